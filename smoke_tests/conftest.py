@@ -1,0 +1,85 @@
+"""Smoke tests against any running OpenAI-compatible vLLM endpoint.
+
+    pytest smoke_tests --base-url http://127.0.0.1:8000 --model glm-4.5-air [--api-key KEY | --api-key-file secrets.env]
+
+Capabilities are read from the server (/v1/models, /version); checks a deployment
+does not claim are skipped with the reason. Without --base-url every test skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("smoke", "vLLM smoke tests")
+    g.addoption("--base-url", help="server root, e.g. http://127.0.0.1:8000 (no /v1)")
+    g.addoption("--model", help="served model name (default: the first in /v1/models)")
+    g.addoption("--api-key", default=os.environ.get("VLLM_API_KEY"), help="API key (default $VLLM_API_KEY)")
+    g.addoption("--api-key-file", help="env file with VLLM_API_KEY=… (e.g. the generated secrets.env)")
+    g.addoption("--reasoning-parser", help="the parser the server should run with, for reasoning checks")
+    g.addoption("--tool-call-parser", help="the parser the server should run with, for tool-call checks")
+
+
+@dataclass
+class Server:
+    base_url: str
+    api_key: str | None
+    model: str
+    max_model_len: int | None
+    version: str
+    reasoning_parser: str | None
+    tool_call_parser: str | None
+
+    def get(self, path: str, auth: bool = True, timeout: float = 30, body: dict | None = None) -> tuple[int, bytes]:
+        """GET (or POST, with a JSON body) a path under the server root."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, headers={"Content-Type": "application/json"})
+        if auth and self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url + "/v1", api_key=self.api_key or "none", timeout=120, max_retries=0)
+
+
+def _key_from_file(path: str) -> str:
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("VLLM_API_KEY="):
+            return line.split("=", 1)[1].strip()
+    raise pytest.UsageError(f"--api-key-file {path}: no VLLM_API_KEY= line")
+
+
+@pytest.fixture(scope="session")
+def server(request) -> Server:
+    opt = request.config.getoption
+    base = opt("--base-url")
+    if not base:
+        pytest.skip("no --base-url given: pass the server to test, e.g. --base-url http://127.0.0.1:8000")
+    base = base.rstrip("/").removesuffix("/v1")
+    key = _key_from_file(opt("--api-key-file")) if opt("--api-key-file") else opt("--api-key")
+    s = Server(base, key, opt("--model") or "", None, "unknown", opt("--reasoning-parser"), opt("--tool-call-parser"))
+    status, body = s.get("/v1/models")
+    if status != 200:
+        pytest.exit(f"{base}/v1/models answered {status}: {body[:200]!r} (wrong --api-key?)", returncode=1)
+    models = json.loads(body)["data"]
+    chosen = next((m for m in models if m["id"] == s.model), None) if s.model else models[0]
+    if chosen is None:
+        pytest.exit(f"model {s.model!r} not served; the server has {[m['id'] for m in models]}", returncode=1)
+    s.model, s.max_model_len = chosen["id"], chosen.get("max_model_len")
+    status, body = s.get("/version")
+    if status == 200:
+        s.version = json.loads(body).get("version", "unknown")
+    return s

@@ -1,0 +1,89 @@
+"""Text checks every deployment must pass: health, models, completions, chat, streaming, auth, errors."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+QUESTION = "What is the capital of France?"
+
+
+def test_health_is_200_without_a_key(server):
+    status, _ = server.get("/health", auth=False)
+    assert status == 200, f"/health answered {status}; the engine is not ready or dead"
+
+
+def test_models_lists_the_served_name_and_context(server):
+    ids = [m.id for m in server.client().models.list().data]
+    assert server.model in ids, f"{server.model!r} not in /v1/models {ids}: check --served-model-name"
+    assert isinstance(server.max_model_len, int) and server.max_model_len > 0, "no max_model_len in /v1/models"
+
+
+def test_api_key_is_required(server):
+    if not server.api_key:
+        pytest.skip("no API key given: the server may run open (not the default)")
+    status, _ = server.get("/v1/models", auth=False)
+    assert status == 401, f"/v1/models without a key answered {status}, expected 401: the API is open"
+
+
+def test_completion_answers_and_counts_usage(server):
+    r = server.client().completions.create(model=server.model, prompt="The capital of France is",
+                                           max_tokens=8, temperature=0)
+    text = r.choices[0].text
+    assert text.strip(), "empty completion"
+    assert r.usage.completion_tokens == 8 or r.choices[0].finish_reason == "stop", r.usage
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_answers_paris(server):
+    r = server.client().chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": QUESTION}], max_tokens=32, temperature=0)
+    answer = r.choices[0].message.content or ""
+    assert "Paris" in answer, f"chat answered {answer!r} to {QUESTION!r}"
+    assert r.usage.prompt_tokens > 5 and r.usage.completion_tokens > 0
+
+
+def test_streaming_chat_reassembles_with_final_usage(server):
+    client = server.client()
+    kwargs = dict(model=server.model, messages=[{"role": "user", "content": QUESTION}], max_tokens=32, temperature=0)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    parts = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in parts if p]) > 1, "the answer came in one piece, not streamed"
+    assert "".join(parts) == whole, "streamed pieces do not reassemble into the non-streamed answer"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0, "no usage in the final chunk"
+
+
+def test_sampling_params_from_the_tutorials_are_accepted(server):
+    r = server.client().chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": QUESTION}], max_tokens=5,
+        temperature=0.6, top_p=0.95, extra_body={"top_k": 20, "min_p": 0.0})
+    assert r.usage.completion_tokens <= 5
+    assert r.choices[0].finish_reason in ("length", "stop")
+
+
+def test_stop_token_ids_end_generation(server):
+    client = server.client()
+    first = client.completions.create(model=server.model, prompt="The capital of France is", max_tokens=4,
+                                      temperature=0, logprobs=1)
+    token = first.choices[0].logprobs.tokens[0]
+    status, body = server.get("/tokenize", body={"model": server.model, "prompt": token, "add_special_tokens": False})
+    assert status == 200, body
+    ids = json.loads(body)["tokens"]
+    r = client.completions.create(model=server.model, prompt="The capital of France is", max_tokens=4,
+                                  temperature=0, extra_body={"stop_token_ids": [ids[-1]]})
+    assert r.usage.completion_tokens == 1 and r.choices[0].finish_reason == "stop", (r.choices[0], r.usage)
+
+
+def test_unknown_model_is_404(server):
+    with pytest.raises(openai.NotFoundError):
+        server.client().chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_prompt_over_max_model_len_is_400(server):
+    if not server.max_model_len or server.max_model_len > 40000:
+        pytest.skip("max_model_len unknown or too large to exceed cheaply")
+    with pytest.raises(openai.BadRequestError):
+        server.client().completions.create(model=server.model, prompt="hello " * (server.max_model_len + 10), max_tokens=1)
