@@ -3,6 +3,7 @@
 
     python tools/images.py build [vllm-cpu] [model-fetch] [--base auto|local|upstream] [--no-host-ca]
     python tools/images.py model-smollm2          # weights for the CPU demo into ./models/
+    python tools/images.py models                 # + the scripted GLM fixtures for the smoke tests
 
 --base auto   (default) use python:3.11-slim-bookworm if Docker has it, else make one locally;
 --base local  make the base image with debootstrap + `docker import` (machines with no registry),
@@ -142,6 +143,23 @@ def model_smollm2(out: Path) -> Path:
     return target
 
 
+SCRIPTED = {"reasoning": "glm45-scripted-reasoning", "tools": "glm45-scripted-tools"}
+
+
+def model_scripted(out: Path) -> list[Path]:
+    """The scripted GLM-4.5-shaped fixtures (tools/make_scripted_glm.py), built in the CPU image."""
+    made = []
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, name in SCRIPTED.items():
+        target = out / name
+        if not (target / "config.json").exists():
+            run(["docker", "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}",
+                 "-e", "HOME=/tmp", "-v", f"{out}:/out", "-v", f"{ROOT / 'tools/make_scripted_glm.py'}:/make.py:ro",
+                 "--entrypoint", "python3", IMAGES["vllm-cpu"], "/make.py", kind, f"/out/{name}"])
+        made.append(target)
+    return made
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -151,6 +169,9 @@ def main() -> None:
     b.add_argument("--no-host-ca", dest="host_ca", action="store_false")
     m = sub.add_parser("model-smollm2", help="make the CPU demo weights", epilog="example: python tools/images.py model-smollm2")
     m.add_argument("--out", type=Path, default=ROOT / "models")
+    ms = sub.add_parser("models", help="make every CPU fixture model (SmolLM2 + scripted GLM)",
+                        epilog="example: python tools/images.py models")
+    ms.add_argument("--out", type=Path, default=ROOT / "models")
     a = p.parse_args()
     unknown = set(getattr(a, "names", [])) - set(IMAGES)
     if unknown:
@@ -158,8 +179,11 @@ def main() -> None:
     try:
         if a.cmd == "build":
             build(a.names or list(IMAGES), a.base, a.host_ca)
-        else:
+        elif a.cmd == "model-smollm2":
             print(model_smollm2(a.out.resolve()))
+        else:
+            for path in [model_smollm2(a.out.resolve()), *model_scripted(a.out.resolve())]:
+                print(path)
     except subprocess.CalledProcessError as e:
         sys.exit(f"[images] failed ({e.returncode}): {' '.join(map(str, e.cmd))}")
 
