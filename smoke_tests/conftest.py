@@ -25,6 +25,10 @@ def pytest_addoption(parser):
     g.addoption("--api-key-file", help="env file with VLLM_API_KEY=… (e.g. the generated secrets.env)")
     g.addoption("--reasoning-parser", help="the parser the server should run with, for reasoning checks")
     g.addoption("--tool-call-parser", help="the parser the server should run with, for tool-call checks")
+    g.addoption("--limit-mm-per-prompt", help='the multimodal limits the server has, e.g. \'{"image":32,"video":1}\'')
+    g.addoption("--media-path", help="the server's --allowed-local-media-path, when it is a folder on this machine")
+    g.addoption("--spec", help="a deployment spec: claims (parsers, limits, media path, name) are read from it")
+    g.addoption("--service", help="the service of --spec to check (default: the only one)")
 
 
 @dataclass
@@ -36,6 +40,8 @@ class Server:
     version: str
     reasoning_parser: str | None
     tool_call_parser: str | None
+    mm_limits: dict
+    media_path: str | None
 
     def get(self, path: str, auth: bool = True, timeout: float = 30, body: dict | None = None) -> tuple[int, bytes]:
         """GET (or POST, with a JSON body) a path under the server root."""
@@ -62,6 +68,21 @@ def _key_from_file(path: str) -> str:
     raise pytest.UsageError(f"--api-key-file {path}: no VLLM_API_KEY= line")
 
 
+def _claims_from_spec(path: str, service: str | None) -> dict:
+    """What the deployment promises, from its spec, resolved by the generator itself."""
+    from deploy import cli
+    from deploy.errors import SpecError
+
+    try:
+        d, _ = cli.load_deployment(path)
+    except SpecError as e:
+        raise pytest.UsageError(f"--spec {path} is not a valid deployment:\n{e}") from None
+    names = [x.name for x in d.services]
+    if service is None and len(names) != 1:
+        raise pytest.UsageError(f"--spec {path} has services {names}: pass --service NAME")
+    return d.service(service or names[0]).values
+
+
 @pytest.fixture(scope="session")
 def server(request) -> Server:
     opt = request.config.getoption
@@ -70,7 +91,13 @@ def server(request) -> Server:
         pytest.skip("no --base-url given: pass the server to test, e.g. --base-url http://127.0.0.1:8000")
     base = base.rstrip("/").removesuffix("/v1")
     key = _key_from_file(opt("--api-key-file")) if opt("--api-key-file") else opt("--api-key")
-    s = Server(base, key, opt("--model") or "", None, "unknown", opt("--reasoning-parser"), opt("--tool-call-parser"))
+    claims = _claims_from_spec(opt("--spec"), opt("--service")) if opt("--spec") else {}
+    s = Server(base, key, opt("--model") or claims.get("served_model_name") or "", None, "unknown",
+               opt("--reasoning-parser") or claims.get("reasoning_parser"),
+               opt("--tool-call-parser") or claims.get("tool_call_parser"),
+               json.loads(opt("--limit-mm-per-prompt")) if opt("--limit-mm-per-prompt")
+               else dict(claims.get("limit_mm_per_prompt", ())),
+               opt("--media-path") or claims.get("allowed_local_media_path"))
     status, body = s.get("/v1/models")
     if status != 200:
         pytest.exit(f"{base}/v1/models answered {status}: {body[:200]!r} (wrong --api-key?)", returncode=1)

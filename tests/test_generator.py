@@ -23,7 +23,7 @@ from deploy.write import header
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "tests/specs"
-STACKS = sorted([*ROOT.glob("deploy/stacks/*.yaml"), *SPECS.glob("good/*.yaml")])
+STACKS = sorted([*ROOT.glob("deploy/stacks/**/*.yaml"), *SPECS.glob("good/*.yaml")])
 SCHEMA = json.loads((ROOT / "deploy/schema/compose-spec.json").read_text())
 
 

@@ -28,7 +28,7 @@ def rendered(spec: Path) -> str:
 
 def main() -> None:
     os.chdir(ROOT)
-    for spec in sorted([*ROOT.glob("deploy/stacks/*.yaml"), *ROOT.glob("tests/specs/good/*.yaml")]):
+    for spec in sorted([*ROOT.glob("deploy/stacks/**/*.yaml"), *ROOT.glob("tests/specs/good/*.yaml")]):
         (ROOT / "tests/golden" / f"{spec.stem}.compose.yaml").write_text(rendered(spec))
     (ROOT / "compose.yaml").write_text(rendered(ROOT / "deploy/stacks/default.yaml"))
     os.chdir(ROOT / "tests/specs")
