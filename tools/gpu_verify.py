@@ -117,15 +117,17 @@ def cmd_serve(specs: list[str]) -> int:
             s.__enter__()
         try:
             for s in servers:
-                took = s.wait()
+                try:
+                    took = s.wait()
+                except RuntimeError as e:
+                    log(str(e))
+                    record(s.name, {"error": str(e)[-3000:], "argv": s.argv})
+                    failed += 1
+                    continue
                 res = smoke(s, spec, s.svc.name)
                 res.update(startup_s=round(took, 1), argv=s.argv, gpus=list(s.svc.gpu_ids or ()))
                 record(s.name, res)
                 failed += res["returncode"] != 0
-        except RuntimeError as e:
-            log(str(e))
-            record(f"{spec}.error", str(e)[-3000:])
-            failed += 1
         finally:
             for s in servers:
                 s.__exit__(None, None, None)

@@ -24,9 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_31_x86_64", "manylinux_2_34_x86_64", "manylinux_2_35_x86_64", "manylinux1_x86_64"]
-# Kernel packages vLLM imports only for particular models, quantizations or backends.
-OPTIONAL = {"flashinfer-python", "tilelang", "humming-kernels", "quack-kernels", "tokenspeed-mla", "nvidia-cutlass-dsl",
-            "pynvvideocodec", "torchcodec", "apache-tvm-ffi", "nvidia-cudnn-frontend", "fastsafetensors"}
+# Kernel packages vLLM 0.26 did not import to serve Llama, GLM-4.5 (MoE, TP 1 and 2) and GLM-4.1V on H200.
+OPTIONAL = {"tilelang", "humming-kernels", "quack-kernels", "tokenspeed-mla", "nvidia-cutlass-dsl", "cuda-tile",
+            "pynvvideocodec", "torchcodec", "nvidia-cudnn-frontend", "fastsafetensors", "pywin32"}
+# Learned on the device (2026-11-22): the sampler imports flashinfer at start-up; xgrammar 0.2.8 needs a newer
+# apache-tvm-ffi than vLLM's pin (0.1.10: "load_lib_module() got an unexpected keyword argument");
+# mistral_common → pydantic_extra_types needs pycountry; gguf converts SmolLM2 there.
+EXTRA_ROOTS = ["apache-tvm-ffi>=0.1.15", "pycountry", "gguf==0.19.0"]
 
 
 def norm(name: str) -> str:
@@ -78,13 +82,17 @@ def main() -> None:
     present = {norm(line.split()[0]) for line in (ROOT / "tools/gpu_present.txt").read_text().split("\n")
                if line.strip() and not line.startswith("#")}
     seen: set[str] = set()
-    queue = [a.root]
+    queue = [*EXTRA_ROOTS, a.root]
     while queue:
         spec = queue.pop(0)
         m = re.match(r"([A-Za-z0-9_.\-]+)(\[([^\]]*)\])?", spec)
         name, extras = norm(m.group(1)), set(filter(None, (m.group(3) or "").split(",")))
         key = name + "[" + ",".join(sorted(extras)) + "]"
         if key in seen or (name in present and not extras) or name in OPTIONAL:
+            continue
+        # One version per package (pip refuses two): the first requirement seen wins.
+        if not extras and any(norm(w.name.split("-")[0]) == name for w in a.out.glob("*.whl")):
+            seen.add(key)
             continue
         seen.add(key)
         wheel = download(re.sub(r"\[[^\]]*\]", "", spec), a.out) if name not in present else None

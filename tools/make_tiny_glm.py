@@ -66,6 +66,7 @@ def moe(dest: Path) -> None:
         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5},
         bos_token_id=ids("[gMASK]"), eos_token_id=[ids("<|endoftext|>"), ids("<|user|>"), ids("<|observation|>")],
         pad_token_id=ids("<|endoftext|>"), num_mtp_layers=0, dtype="bfloat16")
+    cfg.head_dim = 64  # GLM-4.5's config.json states it; vLLM reads it
     torch.manual_seed(0)
     finish(Glm4MoeForCausalLM(cfg), tok, dest, cfg.eos_token_id)
 
