@@ -29,6 +29,7 @@ def pytest_addoption(parser):
     g.addoption("--media-path", help="the server's --allowed-local-media-path, when it is a folder on this machine")
     g.addoption("--spec", help="a deployment spec: claims (parsers, limits, media path, name) are read from it")
     g.addoption("--service", help="the service of --spec to check (default: the only one)")
+    g.addoption("--report-md", help="write a Markdown summary (check × pass/fail/skip) to this file")
 
 
 @dataclass
@@ -109,4 +110,34 @@ def server(request) -> Server:
     status, body = s.get("/version")
     if status == 200:
         s.version = json.loads(body).get("version", "unknown")
+    request.config._smoke_server = s
     return s
+
+
+_OUTCOMES: dict[str, tuple[str, str]] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or report.outcome != "passed":
+        reason = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+        elif report.failed:
+            reason = str(report.longrepr).strip().splitlines()[-1][:160]
+        _OUTCOMES.setdefault(report.nodeid, (report.outcome, reason))
+        if report.outcome != "passed":
+            _OUTCOMES[report.nodeid] = (report.outcome, reason)
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--report-md")
+    if not path:
+        return
+    s = getattr(session.config, "_smoke_server", None)
+    head = f"# Smoke report: {s.model} at {s.base_url}, vLLM {s.version}\n\n" if s else "# Smoke report\n\n"
+    rows = [f"| {nodeid.split('::')[-1]} | {outcome} | {reason.replace('|', '/')} |"
+            for nodeid, (outcome, reason) in _OUTCOMES.items()]
+    counts = {o: sum(1 for x, _ in _OUTCOMES.values() if x == o) for o in ("passed", "failed", "skipped")}
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(head + f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped\n\n"
+                "| check | result | reason |\n|---|---|---|\n" + "\n".join(rows) + "\n")

@@ -99,7 +99,8 @@ def run_smoke(port: int, model: str, work: Path, junit: Path, *extra: str) -> tu
     r = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "smoke_tests"), "-q", "-p", "no:cacheprovider",
          f"--base-url=http://127.0.0.1:{port}", f"--model={model}", f"--api-key-file={work / 'secrets.env'}",
-         f"--junitxml={junit}", *extra], capture_output=True, text=True, cwd=ROOT)
+         f"--junitxml={junit}", f"--report-md={junit.with_suffix('.md')}", *extra],
+        capture_output=True, text=True, cwd=ROOT)
     print(f"\nsmoke suite vs {model}: {time.monotonic() - t0:.1f}s\n{r.stdout[-3000:]}", file=sys.stderr)
     root = ET.parse(junit).getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")

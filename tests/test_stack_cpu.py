@@ -36,6 +36,9 @@ def test_smoke_suite_passes_against_the_cpu_stack(cpu_stack, tmp_path):
     r, counts = run_smoke(PORT, MODEL, work, tmp_path / "smoke.xml")
     assert r.returncode == 0 and counts["failures"] == counts["errors"] == 0, r.stdout[-4000:]
     assert counts["tests"] - counts["skipped"] >= 10, counts
+    report = (tmp_path / "smoke.md").read_text()
+    assert f"{MODEL} at http://127.0.0.1:{PORT}, vLLM 0.32.0" in report and "| test_chat_answers_paris | passed |" in report
+    assert "| test_single_image | skipped | the deployment claims no image input" in report
 
 
 def test_second_fetch_is_a_no_op(cpu_stack):
