@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -115,41 +116,77 @@ def fetch_local(src: Path, dest: Path, include, exclude) -> dict[str, int]:
     return files
 
 
-def _hub_files(kind: str, repo: str, revision: str | None) -> dict[str, int] | None:
-    """File sizes the hub reports, for the disk preflight; None if the hub does not say."""
+def _hub_files(kind: str, repo: str, revision: str | None) -> dict[str, tuple[int, str | None]] | None:
+    """{file: (size, sha256 or None)} as the hub reports them; None if it does not say."""
     try:
         if kind == "hf":
             from huggingface_hub import HfApi
 
-            info = HfApi().model_info(repo, revision=revision, files_metadata=True)
-            return {s.rfilename: s.size or 0 for s in info.siblings or []}
+            # Read at call time, so a mirror (HF_ENDPOINT) set after import is honoured too.
+            info = HfApi(endpoint=os.environ.get("HF_ENDPOINT")).model_info(repo, revision=revision, files_metadata=True)
+            return {s.rfilename: (s.size or 0, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
         from modelscope.hub.api import HubApi
 
         files = HubApi().get_model_files(repo, revision=revision or "master", recursive=True)
-        return {f["Path"]: int(f.get("Size") or 0) for f in files if f.get("Type") != "tree"}
-    except Exception:  # the download itself reports hub errors with their details
+        return {f["Path"]: (int(f.get("Size") or 0), f.get("Sha256")) for f in files if f.get("Type") != "tree"}
+    except Exception as e:  # the download itself reports hub errors with their details
+        log(f"no file list from the hub ({type(e).__name__}); skipping the disk preflight")
         return None
 
 
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _snapshot(kind: str, repo: str, dest: Path, revision, include, exclude) -> None:
+    if kind == "hf":
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo, revision=revision, local_dir=dest, endpoint=os.environ.get("HF_ENDPOINT"),
+                          allow_patterns=include or None, ignore_patterns=exclude or None)
+    else:
+        from modelscope import snapshot_download
+
+        snapshot_download(repo, revision=revision, local_dir=str(dest),
+                          allow_patterns=include or None, ignore_patterns=exclude or None)
+
+
+def _drop_stale_partials(dest: Path) -> None:
+    """huggingface_hub (2.x) downloads each file to a process-unique `*.incomplete` and does not
+    resume another process's: after a kill they are dead weight (up to a shard, GBs), so go."""
+    stale = list((dest / ".cache/huggingface/download").glob("**/*.incomplete"))
+    if stale:
+        size = sum(f.stat().st_size for f in stale)
+        for f in stale:
+            f.unlink()
+        log(f"removed {len(stale)} partial file(s) of an interrupted run ({human(size)}); completed files are kept")
+
+
 def fetch_hub(kind: str, repo: str, dest: Path, revision, include, exclude) -> dict[str, int]:
-    sizes = _hub_files(kind, repo, revision)
+    _drop_stale_partials(dest)
+    listing = _hub_files(kind, repo, revision)
     total = None
-    if sizes:
-        sizes = {n: s for n, s in sizes.items() if wanted(n, include, exclude)}
-        total = sum(sizes.values())
+    if listing:
+        listing = {n: v for n, v in listing.items() if wanted(n, include, exclude)}
+        total = sum(size for size, _ in listing.values())
         check_disk(dest, total)
-        log(f"{len(sizes)} files, {human(total)}")
-    with Progress(dest, total):
-        if kind == "hf":
-            from huggingface_hub import snapshot_download
-
-            snapshot_download(repo, revision=revision, local_dir=dest,
-                              allow_patterns=include or None, ignore_patterns=exclude or None)
-        else:
-            from modelscope import snapshot_download
-
-            snapshot_download(repo, revision=revision, local_dir=str(dest),
-                              allow_patterns=include or None, ignore_patterns=exclude or None)
+        log(f"{len(listing)} files, {human(total)}")
+    for attempt in (1, 2):
+        with Progress(dest, total):
+            _snapshot(kind, repo, dest, revision, include, exclude)
+        bad = [n for n, (size, sha) in (listing or {}).items()
+               if (dest / n).stat().st_size != size or (sha and sha256(dest / n) != sha)]
+        if not bad:
+            break
+        for n in bad:
+            log(f"corrupted: {n} does not match the hub's size/sha256; deleting it to fetch it again")
+            (dest / n).unlink()
+        if attempt == 2:
+            raise FetchError(f"{len(bad)} file(s) still corrupted after a second download: {', '.join(bad[:5])}")
     return {str(f.relative_to(dest)): f.stat().st_size for f in sorted(dest.rglob("*"))
             if f.is_file() and not f.name.startswith(".") and ".cache" not in f.parts and f.name != MARKER}
 

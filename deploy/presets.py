@@ -24,13 +24,15 @@ PRESETS: dict[str, Preset] = {
     for p in (
         # zai-org/GLM-4.5 README (2025-07-28): `vllm serve zai-org/GLM-4.5-Air --tool-call-parser glm45
         # --reasoning-parser glm45 --enable-auto-tool-choice --served-model-name glm-4.5-air`; its GPU
-        # table gives 4×H100 as the BF16 minimum for Air, hence TP 4. ModelScope hosts it as ZhipuAI/.
+        # table gives 4×H100 as the BF16 minimum for Air, hence TP 4. ModelScope (ZhipuAI/) first — reachable from
+# China — then Hugging Face (zai-org/) as the fallback.
         Preset(
             "glm-4.5-air",
             "GLM-4.5-Air (106B MoE, BF16), tool calls + reasoning, TP 4",
             multimodal=False,
             values=dict(
                 model="modelscope:ZhipuAI/GLM-4.5-Air",
+                fallback_sources=("hf:zai-org/GLM-4.5-Air",),
                 served_model_name="glm-4.5-air",
                 tensor_parallel_size=4,
                 tool_call_parser="glm45",
@@ -46,6 +48,7 @@ PRESETS: dict[str, Preset] = {
             multimodal=False,
             values=dict(
                 model="modelscope:ZhipuAI/GLM-4.5-Air-FP8",
+                fallback_sources=("hf:zai-org/GLM-4.5-Air-FP8",),
                 served_model_name="glm-4.5-air-fp8",
                 tensor_parallel_size=2,
                 tool_call_parser="glm45",
@@ -65,6 +68,7 @@ PRESETS: dict[str, Preset] = {
             multimodal=True,
             values=dict(
                 model="modelscope:ZhipuAI/GLM-4.1V-9B-Thinking",
+                fallback_sources=("hf:zai-org/GLM-4.1V-9B-Thinking",),
                 served_model_name="glm-4.1v-9b-thinking",
                 max_model_len=25000,
                 limit_mm_per_prompt=(("image", 32), ("video", 1)),

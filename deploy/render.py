@@ -71,7 +71,10 @@ def format_command(env: dict[str, str], argv: list[str]) -> str:
 
 
 def _fetch_service(d: Deployment, s: Service) -> dict[str, Any]:
-    command = ["--source", s.model, "--dest", s.model_path]
+    command = ["--source", s.model]
+    for source in s.values.get("fallback_sources", ()):
+        command += ["--source", source]
+    command += ["--dest", s.model_path]
     if s.values.get("revision"):
         command += ["--revision", s.revision]
     for key in ("include", "exclude"):

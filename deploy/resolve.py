@@ -34,7 +34,6 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     "api_key": True,
     "health_start_period": lambda s: 600 if s["device"] == "cpu" else 900,
     "cpu_kvcache_space": lambda s: 4 if s["device"] == "cpu" else None,
-    "revision": lambda s: {"modelscope": "master", "hf": "main"}.get(_source_kind(s.get("model")), None),
     "served_model_name": lambda s: _default_served_name(s.get("model")),
 }
 
@@ -170,6 +169,8 @@ def _resolve_service(name: str, spec: ServiceSpec, version: str, c: Collector) -
         if user is not None:
             values[f.name], sources[f.name] = user, "user"
         elif preset and f.name in preset.values:
+            if f.name == "fallback_sources" and spec.model is not None:
+                continue  # the preset's fallbacks mirror the preset's model, not the user's
             value = preset.values[f.name]
             if f.name.endswith("_parser"):
                 value = _parser_for_version(value, version)
@@ -202,10 +203,14 @@ def _check_service(s: Service, path: str, version: str, c: Collector) -> None:
     model = val.get("model")
     if model is None:
         c.error(f"{path}.model", "no model. Fix: set `model:` (modelscope:ORG/NAME, hf:ORG/NAME or ./dir) or a `preset:`.")
-    elif not HUB_RE.match(model) and not model.startswith(("/", "./", "../")):
-        hint = " Hub ids need a source prefix." if "/" in model and ":" not in model else ""
-        c.error(f"{path}.model", f"{model!r} is not a model source.{hint} Fix: write modelscope:ORG/NAME, "
-                f"hf:ORG/NAME, or a local directory starting with ./ or /.")
+    for key, source in [("model", model), *((f"fallback_sources[{i}]", x) for i, x in enumerate(val.get("fallback_sources", ())))]:
+        if source is not None and not HUB_RE.match(source) and not source.startswith(("/", "./", "../")):
+            hint = " Hub ids need a source prefix." if "/" in source and ":" not in source else ""
+            c.error(f"{path}.{key}", f"{source!r} is not a model source.{hint} Fix: write modelscope:ORG/NAME, "
+                    f"hf:ORG/NAME, or a local directory starting with ./ or /.")
+    if model and _source_kind(model) == "local" and val.get("fallback_sources"):
+        c.error(f"{path}.fallback_sources", "only hub models have fallbacks (a local directory is mounted as is). "
+                "Fix: remove fallback_sources.")
     name = val.get("served_model_name")
     if name is not None and not SERVED_NAME_RE.match(name):
         c.error(f"{path}.served_model_name", f"{name!r} has characters clients cannot send safely. "

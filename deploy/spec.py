@@ -143,7 +143,8 @@ class ServiceSpec:
 
     preset: str | None = _f(string, "a preset name (see `python -m deploy presets`)")
     model: str | None = _f(string, "modelscope:ORG/NAME, hf:ORG/NAME, or a local directory")
-    revision: str | None = _f(string, "hub branch, tag or commit")
+    fallback_sources: tuple | None = _f(string_list, "more sources tried in order if `model` fails (e.g. hf:ORG/NAME)")
+    revision: str | None = _f(string, "hub branch, tag or commit (default: each hub's own, master / main)")
     served_model_name: str | None = _f(string, "the name clients send as `model`")
     device: str | None = _f(choice("gpu", "cpu"), "gpu or cpu")
     gpus: int | tuple | None = _f(gpus, "GPU count or list of GPU ids")
