@@ -6,8 +6,8 @@
 Sources are tried in order, one log line per attempt. A marker file written last
 (`.fetch-complete.json`: source, revision, files and sizes) makes a second run a
 no-op that touches no network; compose starts the server only after this exits 0.
-Hub endpoints follow the clients' own settings (HF_ENDPOINT, MODELSCOPE_DOMAIN);
-tokens (HF_TOKEN, MODELSCOPE_API_TOKEN) are read from the environment, never logged.
+Hub endpoints follow the clients' own settings (HF_ENDPOINT; MODELSCOPE_ENDPOINT, MODELSCOPE_DOMAIN
+before modelscope 1.40); tokens (HF_TOKEN, MODELSCOPE_API_TOKEN) come from the environment, never logged.
 Exit codes: 0 weights complete, 1 a source failed or the disk is too small, 2 usage.
 """
 

@@ -89,7 +89,7 @@ def _fetch_service(d: Deployment, s: Service) -> dict[str, Any]:
         "entrypoint": FETCH_ENTRYPOINT,
         "command": command,
         "volumes": volumes,
-        # Hub tokens and mirror settings (HF_ENDPOINT, MODELSCOPE_DOMAIN) for gated or blocked hubs.
+        # Hub tokens and mirror settings (HF_ENDPOINT, MODELSCOPE_ENDPOINT) for gated or blocked hubs.
         "env_file": [{"path": HUB_ENV_FILE, "required": False}],
         "restart": "no",
     }

@@ -1,7 +1,8 @@
-"""A local server that speaks enough of the Hugging Face Hub's HTTP protocol for the real
-`huggingface_hub` client (model info, file tree, HEAD/GET `resolve` with Range), so downloads
-can be tested where the hub is unreachable. Not a mock of our code: the client under test is the
-real library, talking HTTP to this server.
+"""A local server that speaks enough of the Hugging Face Hub's and ModelScope's HTTP protocols for
+the real `huggingface_hub` and `modelscope` clients (HF: model info, tree, HEAD/GET `resolve` with
+Range; ModelScope: `repo/files` listing and `repo?FilePath=` downloads), so downloads can be tested
+where the hubs are unreachable. Not a mock of our code: the clients under test are the real
+libraries, talking HTTP to this server (HF_ENDPOINT / MODELSCOPE_ENDPOINT point at it).
 
 It counts the bytes it serves, can throttle (to interrupt a download mid-file) and can corrupt
 the first response for a file (to test hash verification).
@@ -102,6 +103,20 @@ class Hub:
             if m.group(1) not in self.repos:
                 return self._not_found(h, head)
             return self._json(h, self._entries(m.group(1)))
+        m = re.match(r"^/api/v1/models/([^/]+/[^/]+)/repo/files$", path)
+        if m:
+            if m.group(1) not in self.repos:
+                return self._json(h, {"Code": 10010205, "Success": False,
+                                      "Message": f"model {m.group(1)} not found"}, status=404)
+            files = [{"Name": e["path"].rsplit("/", 1)[-1], "Path": e["path"], "Revision": COMMIT, "Size": e["size"],
+                      "Sha256": e["lfs"]["sha256"], "Type": "blob", "IsLFS": True} for e in self._entries(m.group(1))]
+            return self._json(h, {"Code": 200, "Success": True, "Data": {"Files": files}})
+        m = re.match(r"^/api/v1/models/([^/]+/[^/]+)/repo$", path)
+        if m:
+            name = dict(x.split("=", 1) for x in h.path.split("?", 1)[-1].split("&") if "=" in x).get("FilePath")
+            if m.group(1) in self.repos and name in self.repos[m.group(1)]:
+                return self._file(h, m.group(1), name, head)
+            return self._not_found(h, head)
         m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
         if m and m.group(1) in self.repos and m.group(3) in self.repos[m.group(1)]:
             return self._file(h, m.group(1), m.group(3), head)
