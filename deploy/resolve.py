@@ -251,8 +251,8 @@ def _check_service(s: Service, path: str, version: str, c: Collector) -> None:
             c.error(f"{path}.cpu_kvcache_space", "is for CPU services only. Fix: remove it, or set device: cpu.")
 
     if "limit_mm_per_prompt" in val and s.multimodal is False:
-        c.error(f"{path}.limit_mm_per_prompt", f"the model of this service is text-only; vLLM rejects multimodal "
-                f"limits for it. Fix: remove limit_mm_per_prompt.")
+        c.error(f"{path}.limit_mm_per_prompt", "the model of this service is text-only; vLLM rejects multimodal "
+                "limits for it. Fix: remove limit_mm_per_prompt.")
     media = val.get("allowed_local_media_path")
     if media is not None:
         if not media.startswith("/"):

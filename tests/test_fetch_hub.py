@@ -8,7 +8,6 @@ model-fetch container runs it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
