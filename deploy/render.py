@@ -71,19 +71,18 @@ def format_command(env: dict[str, str], argv: list[str]) -> str:
 
 
 def _fetch_service(d: Deployment, s: Service) -> dict[str, Any]:
-    command = ["--source", s.model]
-    for source in s.values.get("fallback_sources", ()):
-        command += ["--source", source]
-    command += ["--dest", s.model_path]
+    volumes: list[Any] = [f"{d.volumes['models']}:{MODELS_DIR}"]
+    if s.source_kind == "local":  # mounted read-only, then copied into the model volume
+        sources = ["/source"]
+        volumes.append({"type": "bind", "source": s.model, "target": "/source", "read_only": True})
+    else:
+        sources = [s.model, *s.values.get("fallback_sources", ())]
+    command = [arg for source in sources for arg in ("--source", source)] + ["--dest", s.model_path]
     if s.values.get("revision"):
         command += ["--revision", s.revision]
     for key in ("include", "exclude"):
         for pattern in s.values.get(key, ()):
             command += [f"--{key}", pattern]
-    volumes: list[Any] = [f"{d.volumes['models']}:{MODELS_DIR}"]
-    if s.source_kind == "local":
-        command[1] = "/source"
-        volumes.append({"type": "bind", "source": s.model, "target": "/source", "read_only": True})
     return {
         "image": d.images["model_fetch"],
         "entrypoint": FETCH_ENTRYPOINT,
