@@ -24,8 +24,8 @@ PRESETS: dict[str, Preset] = {
     for p in (
         # zai-org/GLM-4.5 README (2025-07-28): `vllm serve zai-org/GLM-4.5-Air --tool-call-parser glm45
         # --reasoning-parser glm45 --enable-auto-tool-choice --served-model-name glm-4.5-air`; its GPU
-        # table gives 4×H100 as the BF16 minimum for Air, hence TP 4. ModelScope (ZhipuAI/) first — reachable from
-# China — then Hugging Face (zai-org/) as the fallback.
+        # table gives 4×H100 as the BF16 minimum for Air, hence TP 4. ModelScope (ZhipuAI/) first — reachable
+        # from China — then Hugging Face (zai-org/) as the fallback.
         Preset(
             "glm-4.5-air",
             "GLM-4.5-Air (106B MoE, BF16), tool calls + reasoning, TP 4",
