@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from .resolve import HUB_RE
+
 MARKER = ".fetch-complete.json"
 
 
@@ -85,10 +87,11 @@ class Progress:
         while not self._stop.wait(self.every):
             now = dir_size(self.dest) if self.dest.exists() else 0
             rate = (now - self.start_bytes) / max(time.monotonic() - self.t0, 1e-9)
-            line = f"{human(now)}"
+            line = human(now)
             if self.total:
-                eta = (self.total - now) / rate if rate > 0 else float("inf")
-                line += f" of {human(self.total)} ({100 * now / self.total:.0f}%), ETA {eta:.0f}s" if eta != float("inf") else f" of {human(self.total)}"
+                line += f" of {human(self.total)} ({100 * now / self.total:.0f}%)"
+                if rate > 0:
+                    line += f", ETA {(self.total - now) / rate:.0f}s"
             log(f"progress: {line}, {human(rate)}/s")
 
 
@@ -178,13 +181,13 @@ def fetch_hub(kind: str, repo: str, dest: Path, revision, include, exclude) -> d
     for attempt in (1, 2):
         with Progress(dest, total):
             _snapshot(kind, repo, dest, revision, include, exclude)
-        bad = [n for n, (size, sha) in (listing or {}).items()
-               if (dest / n).stat().st_size != size or (sha and sha256(dest / n) != sha)]
+        bad = [n for n, (size, sha) in (listing or {}).items() if not (dest / n).is_file()
+               or (dest / n).stat().st_size != size or (sha and sha256(dest / n) != sha)]
         if not bad:
             break
         for n in bad:
-            log(f"corrupted: {n} does not match the hub's size/sha256; deleting it to fetch it again")
-            (dest / n).unlink()
+            log(f"corrupted or missing: {n} does not match the hub's size/sha256; fetching it again")
+            (dest / n).unlink(missing_ok=True)
         if attempt == 2:
             raise FetchError(f"{len(bad)} file(s) still corrupted after a second download: {', '.join(bad[:5])}")
     return {str(f.relative_to(dest)): f.stat().st_size for f in sorted(dest.rglob("*"))
@@ -222,9 +225,9 @@ def fetch(sources: list[str], dest: Path, revision: str | None, include: list[st
         log(f"attempt {i}/{len(sources)}: {source} (revision {revision or 'default'}) → {dest}")
         t0 = time.monotonic()
         try:
-            kind, _, repo = source.partition(":")
-            if kind in ("hf", "modelscope") and repo:
-                files = fetch_hub(kind, repo, dest, revision, include, exclude)
+            hub = HUB_RE.match(source)  # the generator's own rule for what is a hub source
+            if hub:
+                files = fetch_hub(hub.group(1), hub.group(2), dest, revision, include, exclude)
             else:
                 files = fetch_local(Path(source), dest, include, exclude)
         except FetchError as e:

@@ -110,7 +110,7 @@ def test_corrupted_file_is_detected_and_fetched_again(repos, tmp_path, kind):
         dest = tmp_path / "m"
         r = fetch(hub, dest, "--source", f"{kind}:org/tiny", kind=kind)
         assert r.returncode == 0, r.stdout + r.stderr
-        # Ours ("corrupted: …") or the client's own hash check, then a second download.
+        # Ours ("corrupted or missing: …") or the client's own hash check, then a second download.
         assert hub.requests.count(next(q for q in hub.requests if "model.safetensors" in q and q.startswith("GET"))) >= 2
         assert (dest / "model.safetensors").read_bytes() == repos["org/tiny"]["model.safetensors"]
 
