@@ -56,6 +56,15 @@ class Server:
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
+    def reasoning(self, message) -> str:
+        """The thinking in a message or delta, under the field name(s) of the server's vLLM version."""
+        from deploy import versions
+
+        names = (versions.reasoning_fields(self.version) if versions.parse_version(self.version)
+                 else ("reasoning", "reasoning_content"))
+        extra = message.model_extra or {}
+        return next((v for n in names if (v := extra.get(n) or getattr(message, n, None))), "")
+
     def client(self):
         from openai import OpenAI
 

@@ -24,16 +24,6 @@ WEATHER_TOOL = {
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 
 
-def reasoning_of(server, message) -> str | None:
-    try:
-        names = versions.reasoning_fields(server.version)
-    except TypeError:  # unknown version string: look for both spellings
-        names = ("reasoning", "reasoning_content")
-    extra = message.model_extra or {}
-    return next((extra.get(n) or getattr(message, n, None) for n in names
-                 if extra.get(n) or getattr(message, n, None)), None)
-
-
 @pytest.fixture
 def reasoning_server(server):
     if not server.reasoning_parser:
@@ -51,7 +41,7 @@ def tools_server(server):
 def test_reasoning_is_split_from_content(reasoning_server):
     s = reasoning_server
     m = s.client().chat.completions.create(model=s.model, messages=QUESTION, max_tokens=256, temperature=0).choices[0].message
-    content, thinking = m.content or "", reasoning_of(s, m)
+    content, thinking = m.content or "", s.reasoning(m)
     leaked = "<think>" in content or "</think>" in content
     assert thinking and not leaked, (
         f"no reasoning field and the thinking is in content ({content[:120]!r}): start the server with "
@@ -65,7 +55,7 @@ def test_enable_thinking_false_turns_reasoning_off(reasoning_server):
     s = reasoning_server
     m = s.client().chat.completions.create(model=s.model, messages=QUESTION, max_tokens=256, temperature=0,
                                            extra_body=NO_THINKING).choices[0].message
-    assert not reasoning_of(s, m), "reasoning returned although chat_template_kwargs.enable_thinking is false"
+    assert not s.reasoning(m), "reasoning returned although chat_template_kwargs.enable_thinking is false"
     assert (m.content or "").strip() and "<think>" not in m.content
 
 
@@ -77,7 +67,7 @@ def test_streaming_carries_reasoning_then_content(reasoning_server):
         if not chunk.choices:
             continue
         delta = chunk.choices[0].delta
-        r = reasoning_of(s, delta)
+        r = s.reasoning(delta)
         if r:
             assert not "".join(content).strip(), "reasoning arrived after the content had started"
             thinking.append(r)

@@ -9,11 +9,6 @@ import pytest
 QUESTION = "What is the capital of France?"
 
 
-def _reasoning(msg) -> str:
-    extra = msg.model_extra or {}
-    return extra.get("reasoning") or extra.get("reasoning_content") or ""
-
-
 def test_health_is_200_without_a_key(server):
     status, _ = server.get("/health", auth=False)
     assert status == 200, f"/health answered {status}; the engine is not ready or dead"
@@ -55,8 +50,8 @@ def test_streaming_chat_reassembles_with_final_usage(server):
     message = client.chat.completions.create(**kwargs).choices[0].message
     chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
     # With a reasoning parser the text is split between `reasoning` and `content`: compare both.
-    whole = _reasoning(message) + (message.content or "")
-    parts = [_reasoning(c.choices[0].delta) + (c.choices[0].delta.content or "") for c in chunks if c.choices]
+    whole = server.reasoning(message) + (message.content or "")
+    parts = [server.reasoning(c.choices[0].delta) + (c.choices[0].delta.content or "") for c in chunks if c.choices]
     assert len([p for p in parts if p]) > 1, "the answer came in one piece, not streamed"
     assert "".join(parts) == whole, "streamed pieces do not reassemble into the non-streamed answer"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0, "no usage in the final chunk"
