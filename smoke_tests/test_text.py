@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import openai
 import pytest
 
@@ -14,10 +13,14 @@ def test_health_is_200_without_a_key(server):
     assert status == 200, f"/health answered {status}; the engine is not ready or dead"
 
 
-def test_models_lists_the_served_name_and_context(server):
-    ids = [m.id for m in server.client().models.list().data]
-    assert server.model in ids, f"{server.model!r} not in /v1/models {ids}: check --served-model-name"
+def test_responses_carry_the_served_name_and_the_claimed_context(server):
+    """What clients see: the name in every response (not only in /v1/models), and the context the deployment promises."""
+    r = server.client().completions.create(model=server.model, prompt="Hi", max_tokens=1, temperature=0)
+    assert r.model == server.model, f"responses say model {r.model!r}, clients send {server.model!r}: check --served-model-name"
     assert isinstance(server.max_model_len, int) and server.max_model_len > 0, "no max_model_len in /v1/models"
+    if server.claimed_max_model_len:
+        assert server.max_model_len == server.claimed_max_model_len, (
+            f"/v1/models says max_model_len {server.max_model_len}, the spec promises {server.claimed_max_model_len}")
 
 
 def test_api_key_is_required(server):

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from hubserver import Hub
+from support.hubserver import Hub
 
 pytest.importorskip("huggingface_hub")
 
@@ -66,6 +65,17 @@ def test_download_verifies_marks_and_second_run_does_no_network_work(repos, tmp_
         print(f"\n{kind}: second run {took:.2f}s, 0 requests")
 
 
+def wait_for(condition, what: str, proc=None, timeout: float = 60) -> None:
+    """Poll CONDITION; fail (with the process's output) if it does not hold within TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"fetch exited ({proc.returncode}) before {what}: {proc.stdout.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_interrupted_run_keeps_completed_files(repos, tmp_path, kind):
     """Killed mid-download, a rerun fetches only what was not complete.
@@ -80,13 +90,12 @@ def test_interrupted_run_keeps_completed_files(repos, tmp_path, kind):
         env = hub_env(kind, hub, tmp_path)
         p = subprocess.Popen([sys.executable, "-m", "deploy.fetch", "--source", f"{kind}:org/tiny", "--dest", str(dest)],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not (dest / "config.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        # Kill once the small file is complete and the big one is under way (never on a timer).
+        wait_for(lambda: (dest / "config.json").exists() and hub.bytes_served > len(small) + 256 * 1024,
+                 "the first file complete and the second one started", p)
         p.send_signal(signal.SIGKILL)  # no clean-up chance, like a killed container
         p.wait()
-        time.sleep(1)  # let the server notice the dead connection before counting
+        wait_for(lambda: hub.bodies_in_flight == 0, "the hub to notice the dead connection")
         first, n = hub.bytes_served, len(hub.requests)
         assert (dest / "config.json").read_bytes() == small and not (dest / "model.safetensors").exists()
         hub.rate = None

@@ -16,14 +16,15 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy import cli, render, spec, versions
+from deploy import cli, pins, render, spec
 from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
+from deploy.versions import VllmVersion
 from deploy.write import header
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "tests/specs"
-STACKS = sorted([*ROOT.glob("deploy/stacks/**/*.yaml"), *SPECS.glob("good/*.yaml")])
+STACKS = sorted([*ROOT.glob("deploy/stacks/*.yaml"), *ROOT.glob("tests/stacks/**/*.yaml"), *SPECS.glob("good/*.yaml")])
 SCHEMA = json.loads((ROOT / "deploy/schema/compose-spec.json").read_text())
 
 
@@ -41,25 +42,32 @@ def rendered(path: Path) -> str:
 
 
 # ------------------------------------------------------------------ goldens
+# One mechanism: each test compares, or with `pytest --update-goldens` rewrites, then review `git diff`.
+
+
+def check_golden(path: Path, text: str, update: bool) -> None:
+    if update:
+        path.write_text(text)
+    assert path.read_text() == text, f"{path} is stale: review, then `pytest --update-goldens`"
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
-def test_render_matches_golden(stack):
-    golden = ROOT / "tests/golden" / f"{stack.stem}.compose.yaml"
-    assert rendered(stack) == golden.read_text(), f"{golden} is stale: review, then `python tools/regen_goldens.py`"
+def test_render_matches_golden(stack, update_goldens):
+    check_golden(ROOT / "tests/golden" / f"{stack.stem}.compose.yaml", rendered(stack), update_goldens)
 
 
-def test_committed_compose_is_a_fresh_render():
-    assert (ROOT / "compose.yaml").read_text() == rendered(ROOT / "deploy/stacks/default.yaml"), (
-        "compose.yaml differs from its spec: python -m deploy render deploy/stacks/default.yaml -o compose.yaml"
-    )
+def test_committed_compose_is_a_fresh_render(update_goldens):
+    check_golden(ROOT / "compose.yaml", rendered(ROOT / "deploy/stacks/default.yaml"), update_goldens)
 
 
 def test_cli_render_reproduces_compose_yaml_byte_for_byte(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "compose.yaml"
     assert cli.main(["render", "deploy/stacks/default.yaml", "-o", str(out)]) == 0
-    assert out.read_bytes() == (ROOT / "compose.yaml").read_bytes()
+    # Written elsewhere, the build context points back at this checkout; everything else is the same bytes.
+    context = os.path.relpath(ROOT, tmp_path)
+    assert out.read_text().count(f"context: {context}\n") == 4
+    assert out.read_bytes() == (ROOT / "compose.yaml").read_bytes().replace(b"context: .\n", f"context: {context}\n".encode())
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
@@ -103,12 +111,12 @@ BAD = sorted(SPECS.glob("bad/*.yaml"))
 
 
 @pytest.mark.parametrize("bad", BAD, ids=lambda p: p.stem)
-def test_bad_spec_gives_expected_messages_and_writes_nothing(bad, tmp_path, monkeypatch, capsys):
+def test_bad_spec_gives_expected_messages_and_writes_nothing(bad, tmp_path, monkeypatch, capsys, update_goldens):
     monkeypatch.chdir(SPECS)
     out = tmp_path / "compose.yaml"
     assert cli.main(["render", f"bad/{bad.name}", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert err == bad.with_suffix(".expected").read_text()
+    check_golden(bad.with_suffix(".expected"), err, update_goldens)
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
 
@@ -145,7 +153,7 @@ def test_glm45_air_args_match_the_tutorial_corrected_for_the_version(capsys):
     assert argv[:3] == ["vllm", "serve", "ZhipuAI/GLM-4.5-Air"]
     assert out["env"]["VLLM_USE_MODELSCOPE"] == "true"
     assert out["env"]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
-    pairs = dict(zip(argv, argv[1:]))
+    pairs = dict(zip(argv, argv[1:], strict=False))
     assert pairs["--tool-call-parser"] == "glm45" and pairs["--reasoning-parser"] == "glm45"
     assert pairs["--tensor-parallel-size"] == "4" and pairs["--served-model-name"] == "glm-4.5-air"
     assert "--enable-auto-tool-choice" in argv and "--enable-reasoning" not in argv
@@ -183,7 +191,7 @@ def test_cpu_service_has_no_gpu_reservation():
     svc = render.compose(d)["services"]["c"]
     assert "deploy" not in svc and "ipc" not in svc
     assert svc["environment"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    assert svc["image"] == "vllm-compose/vllm-cpu:0.32.0"
+    assert svc["image"] == f"vllm-compose/vllm-cpu:{pins.VLLM}" and svc["build"]["dockerfile"] == "images/vllm-cpu/Dockerfile"
     assert svc["command"][svc["command"].index("--dtype") + 1] == "float32"
 
 
@@ -193,7 +201,8 @@ def test_injection_through_a_model_name_stays_one_argument(tmp_path, capsys):
     evil = f"./m; touch {pwned} $(touch {pwned})"
     d = deployment(f"services:\n  s:\n    model: '{evil}'\n    served_model_name: m\n    device: cpu\n")
     fetch = render.compose(d)["services"]["s-fetch"]
-    assert {"type": "bind", "source": evil, "target": "/source", "read_only": True} in fetch["volumes"]
+    # `$` doubled: compose hands the path to Docker unchanged instead of interpolating it.
+    assert {"type": "bind", "source": evil.replace("$", "$$"), "target": "/source", "read_only": True} in fetch["volumes"]
     env, argv = render.host_command(d.services[0], d.vllm_version)
     line = render.format_command(env, argv)
     assert shlex.split(line)[-len(argv):] == argv
@@ -230,7 +239,7 @@ def test_render_creates_a_private_api_key_file_once(tmp_path, monkeypatch):
      ("32 k", "0.32.0", None)],
 )
 def test_max_model_len_follows_vllm_semantics(value, version, expected):
-    assert parse_max_model_len(value, version)[0] == expected
+    assert parse_max_model_len(value, VllmVersion.parse(version))[0] == expected
 
 
 @pytest.mark.parametrize(
@@ -238,7 +247,7 @@ def test_max_model_len_follows_vllm_semantics(value, version, expected):
                        ("0.15.1", ("reasoning", "reasoning_content")), ("0.16.0", ("reasoning",)), ("0.32.0", ("reasoning",))]
 )
 def test_reasoning_field_name_by_version(version, fields):
-    assert versions.reasoning_fields(version) == fields
+    assert VllmVersion.parse(version).reasoning_fields == fields
 
 
 def test_limit_mm_renders_as_json():
@@ -271,3 +280,79 @@ def test_loader_only_ever_raises_spec_error(data):
         deployment(text)
     except SpecError as e:
         assert e.problems and all(p.message for p in e.problems)
+
+
+# ------------------------------------------------------------------ images
+
+
+def test_gpu_server_is_the_upstream_image_and_project_images_are_built():
+    d = deployment("services:\n  air:\n    preset: glm-4.5-air\n")
+    doc = render.compose(d)["services"]
+    assert doc["air"]["image"] == f"vllm/vllm-openai:v{pins.VLLM}" and "build" not in doc["air"]
+    build = doc["air-fetch"]["build"]
+    assert build["dockerfile"] == "images/model-fetch/Dockerfile" and build["context"] == "."
+    assert build["args"]["BASE_IMAGE"] == f"${{VLLM_COMPOSE_BASE_IMAGE:-{pins.PYTHON_IMAGE}}}"
+
+
+def test_server_image_per_service_and_the_project_variant():
+    d = deployment(f"images:\n  vllm: vllm-compose/vllm:{pins.VLLM}\nservices:\n  a:\n    preset: glm-4.5-air\n"
+                   f"  b:\n    preset: glm-4.1v-9b-thinking\n    image: vllm/vllm-openai:v{pins.VLLM}-cu129\n    port: 8001\n")
+    doc = render.compose(d)["services"]
+    assert doc["a"]["build"]["dockerfile"] == "images/vllm/Dockerfile"
+    assert doc["b"]["image"].endswith("-cu129") and "build" not in doc["b"]
+
+
+@pytest.mark.parametrize("image,message", [
+    ("vllm-compose/nope:1", "no Dockerfile builds it"), ("Vllm Openai", "is not an image reference")])
+def test_bad_images_are_refused(image, message):
+    with pytest.raises(SpecError, match=message):
+        deployment(f"services:\n  a:\n    preset: glm-4.5-air\n    image: '{image}'\n")
+
+
+# ---------------------------------------------------------- hostile input
+
+
+@pytest.mark.parametrize("version", ["0_32_0", "+0.32.0", "0.３２.0", "0.32.0\n", "1" * 400])
+def test_version_strings_that_are_not_plain_releases_are_refused(version):
+    with pytest.raises(SpecError, match="vllm_version"):
+        deployment(f"vllm_version: {json.dumps(version)}\nservices:\n  a:\n    preset: glm-4.5-air\n")
+
+
+def test_dollar_signs_reach_the_container_unchanged():
+    d = deployment("services:\n  a:\n    model: hf:a/b\n    extra_args: ['--x=$HOME']\n    env: {A: '${B}'}\n")
+    svc = render.compose(d)["services"]["a"]
+    assert svc["command"][-1] == "--x=$$HOME" and svc["environment"]["A"] == "$${B}"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("env_file: ../x.env\n", "plain file name"), ("bind_address: example.com\n", "not an IP address"),
+    ("volumes: {models: /etc}\n", "not a volume name")])
+def test_stack_fields_that_would_touch_other_files_are_refused(text, message):
+    with pytest.raises(SpecError, match=message):
+        deployment(text + "services:\n  a:\n    preset: glm-4.5-air\n")
+
+
+def test_a_service_named_like_a_generated_fetch_service_is_refused():
+    with pytest.raises(SpecError, match="collides with the download service"):
+        deployment("services:\n  a:\n    preset: glm-4.5-air\n  a-fetch:\n    model: hf:x/y\n    port: 9000\n    gpus: [5]\n")
+
+
+def test_removed_flags_come_from_one_table_for_keys_and_extra_args():
+    from deploy.versions import REMOVED
+
+    for row in REMOVED:
+        with pytest.raises(SpecError, match=f"{row.flag} was removed in vLLM {row.until}"):
+            deployment(f"services:\n  a:\n    model: hf:a/b\n    extra_args: ['{row.flag}']\n")
+        if row.key:
+            with pytest.raises(SpecError, match=f"{row.key} was removed in vLLM {row.until}"):
+                deployment(f"services:\n  a:\n    model: hf:a/b\n    {row.key}: true\n")
+
+
+def test_resolved_service_is_typed_and_frozen():
+    import dataclasses
+
+    s = deployment("services:\n  a:\n    preset: glm-4.5-air\n").services[0]
+    assert s.tensor_parallel_size == 4 and s.origin("tensor_parallel_size") == "preset glm-4.5-air"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.port = 1  # type: ignore[misc]
+    assert not hasattr(s, "values")

@@ -1,4 +1,4 @@
-"""Dockerfiles: linted, base image as a build argument, and the rendered argv parsed by real vLLM."""
+"""Dockerfiles: linted, defaults equal to deploy/pins.py, and the rendered argv parsed by real vLLM."""
 
 from __future__ import annotations
 
@@ -6,16 +6,20 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from deploy import cli, render
+from deploy import cli, pins, render
+from deploy.images import catalog
+from deploy.versions import VllmVersion
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = sorted(ROOT.glob("images/*/Dockerfile"))
-UPSTREAM = {"vllm": "vllm/vllm-openai:v${VLLM_VERSION}", "vllm-cpu": "python:3.11-slim-bookworm",
-            "model-fetch": "python:3.11-slim-bookworm"}
+VERSION = VllmVersion.parse(pins.VLLM)
+
+
+def _arg_defaults(dockerfile) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(.*)$", dockerfile.read_text(), re.M))
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
@@ -26,20 +30,28 @@ def test_hadolint_passes(dockerfile):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_base_image_is_a_build_argument_with_the_upstream_default(dockerfile):
-    text = dockerfile.read_text()
-    assert re.search(r"^ARG BASE_IMAGE=" + re.escape(UPSTREAM[dockerfile.parent.name]) + r"$", text, re.M)
-    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+@pytest.mark.parametrize("image", catalog(VERSION).values(), ids=lambda i: i.name)
+def test_dockerfile_defaults_equal_the_pins_compose_passes(image):
+    """A hand-run `docker build` gets the same pins as compose; the base image stays a build argument."""
+    dockerfile = ROOT / image.dockerfile
+    defaults = _arg_defaults(dockerfile)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile.read_text(), re.M)
+    for arg, value in image.args:
+        m = re.fullmatch(r"\$\{\w+:?-(.*)\}", value)  # compose interpolation: its default is the pin
+        assert defaults.get(arg) == (m.group(1) if m else value), f"{dockerfile}: ARG {arg} default != {value}"
     for option in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "images/certs/", "images/wheelhouse/"):
-        assert option in text, f"{dockerfile} lacks the {option} build option"
+        assert option in dockerfile.read_text(), f"{dockerfile} lacks the {option} build option"
+
+
+def test_every_dockerfile_is_built_by_the_generator():
+    assert {d.parent.name for d in DOCKERFILES} == {i.name for i in catalog(VERSION).values()}
 
 
 @pytest.mark.docker
-def test_rendered_argv_parses_with_the_real_vllm_cli(images):
-    """Every service's flags, as rendered for vLLM 0.32.0, go through vLLM 0.32.0's own parser."""
+def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
+    """Every service's flags, as rendered for the pinned vLLM, go through that vLLM's own parser."""
     argvs = {}
-    for spec in ("deploy/stacks/default.yaml", "deploy/stacks/scripted-cpu.yaml"):
+    for spec in ("deploy/stacks/default.yaml", "tests/stacks/scripted-cpu.yaml"):
         d, _ = cli.load_deployment(str(ROOT / spec))
         for s in d.services:
             argvs[f"{spec}:{s.name}"] = render.server_argv(s, d.vllm_version)
@@ -55,10 +67,23 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(images):
         "print(json.dumps(out))\n"
     )
     r = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3",
-                        "vllm-compose/vllm-cpu:0.32.0", "-c", code, json.dumps(argvs)],
-                       capture_output=True, text=True, timeout=300)
+                        cpu_image, "-c", code, json.dumps(argvs)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     parsed = json.loads(r.stdout.strip().splitlines()[-1])
     air = parsed["deploy/stacks/default.yaml:glm-4.5-air"]
     assert air[:4] == ["/models/ZhipuAI--GLM-4.5-Air", ["glm-4.5-air"], "glm45", "glm45"]
     assert parsed["deploy/stacks/default.yaml:glm-4.1v"][4] == {"image": 32, "video": 1}
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_compose_builds_the_model_fetch_image(docker, tmp_path):
+    """The GPU stack's fetch service image, built by `docker compose build` from the rendered file."""
+    from support import compose
+
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
+    compose(tmp_path, "build", "glm-4.5-air-fetch")
+    r = compose(tmp_path, "run", "--rm", "--no-deps", "--entrypoint", "python3", "glm-4.5-air-fetch", "-c",
+                "import huggingface_hub, modelscope, deploy.fetch; print(huggingface_hub.__version__)")
+    pinned = re.search(r"^huggingface_hub==(\S+)", (ROOT / "constraints.txt").read_text(), re.M | re.I).group(1)
+    assert r.stdout.strip().splitlines()[-1] == pinned

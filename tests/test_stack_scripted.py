@@ -1,35 +1,31 @@
 """Reasoning and tool calls through real vLLM on CPU, with the GLM-4.5-Air parser flags.
 
-Scripted GLM-4.5-shaped models (tools/make_scripted_glm.py: greedy decoding emits a fixed
-script) stand in for GLM-4.5-Air, which cannot run here. They are served from the rendered
-deploy/stacks/scripted-cpu.yaml with `--reasoning-parser glm45 --tool-call-parser glm45
---enable-auto-tool-choice`; the API must split reasoning and parse tool calls exactly as
-for the real model. A third server lacks --reasoning-parser: the smoke suite must fail
-on it and name the missing flag.
+Scripted GLM-4.5-shaped models (tests/fixtures/make_scripted_glm.py: greedy decoding emits a
+fixed script) stand in for GLM-4.5-Air, which cannot run here. They are served from the
+rendered tests/stacks/scripted-cpu.yaml (ports chosen free at run time) with
+`--reasoning-parser glm45 --tool-call-parser glm45 --enable-auto-tool-choice`; the API must
+split reasoning and parse tool calls exactly as for the real model. A third server lacks
+--reasoning-parser: the smoke suite must fail on it and name the missing flag.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-from conftest import rendered_stack, run_smoke
-
-ROOT = Path(__file__).resolve().parent.parent
-SERVICES = {"glm45-reasoning": 8003, "glm45-tools": 8004, "glm45-no-parser": 8005}
+from support import ROOT, api_key, rendered_stack, run_smoke, with_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def scripted(fixture_models, tmp_path_factory):
-    with rendered_stack(ROOT / "deploy/stacks/scripted-cpu.yaml", tmp_path_factory.mktemp("scripted"),
-                        fixture_models, list(SERVICES)) as (stack, work):
-        key = (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
-        yield work, key
+def scripted(scripted_models, tmp_path_factory):
+    work = tmp_path_factory.mktemp("scripted")
+    spec, ports = with_ports(ROOT / "tests/stacks/scripted-cpu.yaml", work / "scripted-cpu.yaml")
+    with rendered_stack(spec, work, list(ports), links={"models": scripted_models}):
+        yield work, ports, api_key(work)
 
 
 def client(port: int, key: str) -> OpenAI:
@@ -37,8 +33,8 @@ def client(port: int, key: str) -> OpenAI:
 
 
 def test_reasoning_is_returned_exactly_as_for_glm45(scripted):
-    _, key = scripted
-    m = client(8003, key).chat.completions.create(
+    _, ports, key = scripted
+    m = client(ports["glm45-reasoning"], key).chat.completions.create(
         model="glm45-scripted-reasoning", messages=[{"role": "user", "content": "What is the capital of France?"}],
         temperature=0, max_tokens=32).choices[0].message
     assert m.model_extra.get("reasoning") == "The user asks about France."
@@ -46,8 +42,8 @@ def test_reasoning_is_returned_exactly_as_for_glm45(scripted):
 
 
 def test_tool_call_is_returned_exactly_as_for_glm45(scripted):
-    _, key = scripted
-    r = client(8004, key).chat.completions.create(
+    _, ports, key = scripted
+    r = client(ports["glm45-tools"], key).chat.completions.create(
         model="glm45-scripted-tools", messages=[{"role": "user", "content": "Weather in Paris?"}], temperature=0,
         max_tokens=32, tools=[{"type": "function", "function": {
             "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
@@ -62,17 +58,16 @@ def test_tool_call_is_returned_exactly_as_for_glm45(scripted):
     ("glm45-reasoning", "glm45-scripted-reasoning", "--reasoning-parser=glm45"),
     ("glm45-tools", "glm45-scripted-tools", "--tool-call-parser=glm45")])
 def test_smoke_suite_passes_reasoning_and_tool_checks(scripted, tmp_path, service, model, claim):
-    work, _ = scripted
-    r, counts = run_smoke(SERVICES[service], model, work, tmp_path / "smoke.xml", claim,
+    work, ports, _ = scripted
+    r, counts = run_smoke(ports[service], model, work, tmp_path / "smoke.xml", claim,
                           "-k", "reasoning or tool or models or health")
     assert r.returncode == 0 and counts["failures"] == counts["errors"] == 0, r.stdout[-4000:]
-    ran = counts["tests"] - counts["skipped"]
-    assert ran >= 3, counts
+    assert counts["tests"] - counts["skipped"] >= 3, counts
 
 
 def test_smoke_suite_names_the_missing_reasoning_flag(scripted, tmp_path):
-    work, _ = scripted
-    r, counts = run_smoke(SERVICES["glm45-no-parser"], "glm45-no-parser", work, tmp_path / "smoke.xml",
+    work, ports, _ = scripted
+    r, counts = run_smoke(ports["glm45-no-parser"], "glm45-no-parser", work, tmp_path / "smoke.xml",
                           "--reasoning-parser=glm45", "-k", "test_reasoning_is_split_from_content")
     assert r.returncode == 1 and counts["failures"] == 1, r.stdout[-3000:]
     assert "start the server with --reasoning-parser glm45" in r.stdout

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Pack the GPU wheelhouse into ≤ 60 MiB parts that consecutive `device` calls carry.
 
-    python tools/gpu_wheelhouse.py && python tools/gpu_stage.py      # here, once
+    python maintainer/gpu_wheelhouse.py && python maintainer/gpu_stage.py      # here, once
     # then, per device call N (carry .device/partN), on the device:
     mkdir -p /var/stage && cp .device/partN/* /var/stage/            # the parts outlive the call
-    # after the last part:  bash tools/gpu_install.sh                 # beside the device's torch
+    # after the last part:  bash maintainer/gpu_install.sh                 # beside the device's torch
 
 vLLM 0.26.0's FA2 kernels (290 MiB unpacked) are left out: on Hopper (H100/H200) vLLM's
 flash-attention backend uses FA3, and the module loads FA2 lazily, reporting it unavailable.
@@ -34,7 +34,7 @@ def slim_vllm(wheel: Path) -> bytes:
                 continue
             data = src.read(info)
             if info.filename.endswith(".dist-info/RECORD"):
-                data = b"".join(l + b"\n" for l in data.splitlines() if not l.decode().startswith(DROP))
+                data = b"".join(row + b"\n" for row in data.splitlines() if not row.decode().startswith(DROP))
             out.writestr(info, data)
     return buf.getvalue()
 
@@ -47,7 +47,7 @@ def main() -> None:
             info = tarfile.TarInfo(f"wheels/{w.name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        for gguf in (ROOT / ".device").glob("*.gguf"):  # SmolLM2 for the benchmark (tools/images.py fetches it)
+        for gguf in (ROOT / ".device").glob("*.gguf"):  # SmolLM2 for the benchmark (maintainer/README.md says where it comes from)
             tar.add(gguf, arcname=f"models/{gguf.name}")
     blob = lzma.compress(tar_buf.getvalue(), preset=6)
     for old in DEV.glob("part*"):

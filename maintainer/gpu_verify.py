@@ -2,13 +2,13 @@
 """On the GPU machine: serve the GLM fixtures with exactly the argv the generator renders, run the
 smoke checks that apply, and benchmark. Results go to $OUT (JSON + Markdown + server logs).
 
-    python tools/gpu_verify.py fixtures            # tiny GLM checkpoints + SmolLM2 → /var/stage/fixtures
-    python tools/gpu_verify.py serve SPEC [SPEC…]  # every service of each spec, smoke suite against each
-    python tools/gpu_verify.py bench               # SmolLM2: generated config vs the tutorial's plain command,
+    python maintainer/gpu_verify.py fixtures            # tiny GLM checkpoints + SmolLM2 → /var/stage/fixtures
+    python maintainer/gpu_verify.py serve SPEC [SPEC…]  # every service of each spec, smoke suite against each
+    python maintainer/gpu_verify.py bench               # SmolLM2: generated config vs the tutorial's plain command,
                                                    # then cold vs warm start with the compile cache kept
 
 Each server is started from `deploy.render.host_command` — the same code as `python -m deploy args` —
-with only `--host 127.0.0.1 --port P` appended. Needs the venv from tools/gpu_install.sh first on PATH.
+with only `--host 127.0.0.1 --port P` appended. Needs the venv from maintainer/gpu_install.sh first on PATH.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def load(url: str, model: str, n=64, concurrency=16, max_tokens=128) -> dict:
         t0 = time.monotonic()
         first = None
         tokens = 0
-        for chunk in c.completions.create(model=model, prompt=f"Story {i}: once upon a time", max_tokens=max_tokens,
+        for _chunk in c.completions.create(model=model, prompt=f"Story {i}: once upon a time", max_tokens=max_tokens,
                                           temperature=0, stream=True, extra_body={"ignore_eos": True}):
             if first is None:
                 first = time.monotonic() - t0
@@ -162,7 +162,7 @@ def load(url: str, model: str, n=64, concurrency=16, max_tokens=128) -> dict:
 
 
 def cmd_bench() -> int:
-    spec = str(ROOT / "deploy/stacks/gpu/smollm2.yaml")
+    spec = str(ROOT / "tests/stacks/gpu/smollm2.yaml")
     model_dir = str(FIX / "smollm2-135m-instruct")
     cache = Path("/var/stage/vllm-cache")
     shutil.rmtree(cache, ignore_errors=True)
@@ -192,10 +192,12 @@ def cmd_fixtures() -> int:
     py = sys.executable
     for kind, name in (("moe", "tiny-glm4-moe"), ("vision", "tiny-glm4v")):
         if not (FIX / name / "config.json").exists():
-            subprocess.run([py, str(ROOT / "tools/make_tiny_glm.py"), kind, str(FIX / name)], check=True)
+            subprocess.run([py, str(ROOT / "tests/fixtures/make_tiny_glm.py"), kind, str(FIX / name)], check=True)
     gguf = next(Path("/var/stage").glob("**/*.gguf"), None)
     if gguf and not (FIX / "smollm2-135m-instruct/config.json").exists():
-        subprocess.run([py, str(ROOT / "tools/make_smollm2.py"), str(gguf), str(FIX / "smollm2-135m-instruct")], check=True)
+        from deploy.gguf import convert  # the product's own GGUF → safetensors step
+
+        convert(gguf, FIX / "smollm2-135m-instruct")
     log(f"fixtures: {sorted(p.name for p in FIX.iterdir())}")
     return 0
 

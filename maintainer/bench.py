@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: the containerized CPU server vs bare vLLM in a venv — same model, same flags, one run.
 
-    python tools/bench.py [--requests 16] [--concurrency 4] [--max-tokens 64] [--venv build/bench-venv]
+    python maintainer/bench.py [--requests 16] [--concurrency 4] [--max-tokens 64] [--venv build/bench-venv]
 
 Both servers get the argv the generator renders for the `smollm2-cpu` service of
 deploy/stacks/default.yaml. The container runs through the rendered compose file; the
@@ -65,7 +65,7 @@ def load(url: str, key: str | None, model: str, n: int, concurrency: int, max_to
         results = list(pool.map(one, range(n)))
     wall = time.monotonic() - t0
     tokens = sum(t for _, t in results)
-    return {"req_s": n / wall, "tok_s": tokens / wall, "latency_s": statistics.mean(l for l, _ in results)}
+    return {"req_s": n / wall, "tok_s": tokens / wall, "latency_s": statistics.mean(lat for lat, _ in results)}
 
 
 def ensure_venv(venv: Path) -> Path:

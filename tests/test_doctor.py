@@ -1,0 +1,67 @@
+"""`python -m deploy doctor`: the preflight, run for real on this host.
+
+This machine has a Docker engine but no GPU, so the GPU checks meet their real failure
+(no nvidia-smi). The driver check is also run against a stand-in `nvidia-smi` (a script
+printing what the real one prints for an old driver), because no GPU host is reachable here;
+the real GPU machine's output is recorded in docs/doctor.md.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from support import ROOT
+
+
+def doctor(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy", "doctor", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_gpu_stack_without_a_gpu_fails_with_the_cpu_demo_as_fix(tmp_path):
+    r = doctor(str(ROOT / "deploy/stacks/default.yaml"), "--dir", str(tmp_path))
+    assert r.returncode == 1, r.stdout
+    assert "FAIL  gpus" in r.stdout and "nvidia-smi" in r.stdout and "docker compose --profile cpu up" in r.stdout
+    assert "FAIL  secrets" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    print("\n" + r.stdout, file=sys.stderr)
+
+
+def test_old_driver_is_named_with_the_cu129_image_as_fix(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nfor i in 0 1 2 3; do echo \"$i, NVIDIA H100 80GB HBM3, 81559, 550.54.15\"; done\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    r = doctor(str(ROOT / "deploy/stacks/default.yaml"), "--dir", str(tmp_path),
+               env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
+    assert r.returncode == 1
+    assert "driver 550.54.15 is older than 580" in r.stdout and "-cu129" in r.stdout
+    assert "4 GPU(s)" in r.stdout
+
+
+@pytest.mark.docker
+def test_cpu_service_on_a_ready_host_passes(docker, tmp_path):
+    from deploy import cli
+
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
+    r = doctor(str(ROOT / "deploy/stacks/default.yaml"), "--service", "smollm2-cpu", "--dir", str(tmp_path))
+    print("\n" + r.stdout, file=sys.stderr)
+    assert r.returncode == 0, r.stdout
+    assert "ok    docker" in r.stdout and "ok    compose " in r.stdout and "ok    secrets" in r.stdout
+
+
+def test_taken_port_and_open_secrets_are_reported(tmp_path):
+    from deploy import cli
+
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
+    (tmp_path / "secrets.env").chmod(0o644)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 8002))
+        s.listen()
+        r = doctor(str(ROOT / "deploy/stacks/default.yaml"), "--service", "smollm2-cpu", "--dir", str(tmp_path))
+    assert r.returncode == 1
+    assert "127.0.0.1:8002 for smollm2-cpu is taken" in r.stdout and "chmod 600" in r.stdout

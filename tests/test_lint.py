@@ -1,0 +1,59 @@
+"""Static checks that run in CI: ruff clean, no syntax or stdlib newer than Python 3.10, and the
+generator really installed and run on Python 3.10 (Ubuntu 22.04's Python) when the host has one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from support import ROOT
+
+CODE = ["deploy", "smoke_tests", "tests", "tools", "maintainer"]
+
+
+def test_ruff_is_clean():
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", *CODE], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_vermin_finds_nothing_newer_than_python_3_10():
+    r = subprocess.run([sys.executable, "-m", "vermin", "--target=3.10-", "--no-tips", "--violations",
+                        "--eval-annotations", "--backport", "typing_extensions", *CODE],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+def test_generator_installs_and_renders_on_python_3_10(tmp_path):
+    py310 = shutil.which("python3.10")
+    if py310 is None:
+        pytest.skip("no python3.10 on this host (vermin above still checks 3.10 syntax and stdlib)")
+    venv = tmp_path / "venv"
+    subprocess.run([py310, "-m", "venv", str(venv)], check=True)
+    r = subprocess.run([str(venv / "bin/pip"), "install", "-q", "-e", str(ROOT), "-c", str(ROOT / "constraints.txt")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "compose.yaml"
+    r = subprocess.run([str(venv / "bin/vllm-deploy"), "render", "deploy/stacks/default.yaml", "-o", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    version = subprocess.run([str(venv / "bin/python"), "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()
+    assert version == "(3, 10)"
+    body = out.read_text().split("\n", 2)[2]
+    assert body == (ROOT / "compose.yaml").read_text().split("\n", 2)[2].replace("context: .\n", f"context: {_rel(out)}\n")
+
+
+def _rel(out):
+    import os
+
+    return os.path.relpath(ROOT, out.parent)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    from support import readme_block
+
+    [command] = readme_block("test-command")
+    assert command in (ROOT / ".ci/run").read_text().splitlines()
