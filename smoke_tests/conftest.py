@@ -12,7 +12,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -35,7 +35,7 @@ def pytest_addoption(parser):
 @dataclass
 class Server:
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in a failure message or a log
     model: str
     max_model_len: int | None
     version: str

@@ -57,11 +57,14 @@ def test_cpu_service_on_a_ready_host_passes(docker, tmp_path):
 def test_taken_port_and_open_secrets_are_reported(tmp_path):
     from deploy import cli
 
-    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
-    (tmp_path / "secrets.env").chmod(0o644)
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 8002))
+        s.bind(("127.0.0.1", 0))
         s.listen()
-        r = doctor(str(ROOT / "deploy/stacks/default.yaml"), "--service", "smollm2-cpu", "--dir", str(tmp_path))
+        port = s.getsockname()[1]
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"services:\n  demo:\n    preset: smollm2-135m-cpu\n    port: {port}\n")
+        assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0
+        (tmp_path / "secrets.env").chmod(0o644)
+        r = doctor(str(spec), "--dir", str(tmp_path))
     assert r.returncode == 1
-    assert "127.0.0.1:8002 for smollm2-cpu is taken" in r.stdout and "chmod 600" in r.stdout
+    assert f"127.0.0.1:{port} for demo is taken" in r.stdout and "chmod 600" in r.stdout
