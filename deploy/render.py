@@ -174,9 +174,23 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         if s.profiles:
             services[fetch_name]["profiles"] = list(s.profiles)
     return {
-        "services": services,
+        "services": _build_once(services),
         "volumes": {name: {} for _, name in d.volumes},
     }
+
+
+def _build_once(services: dict[str, Any]) -> dict[str, Any]:
+    """One `build:` per image: compose would build a shared tag once per service, in parallel. The other
+    services that run it wait for that build (`pull_policy: never`: there is nothing to pull)."""
+    built: set[str] = set()
+    out = {}
+    for name, svc in services.items():
+        if "build" in svc and svc["image"] in built:
+            svc = {"image": svc["image"], "pull_policy": "never", **{k: v for k, v in svc.items() if k not in ("image", "build")}}
+        elif "build" in svc:
+            built.add(svc["image"])
+        out[name] = svc
+    return out
 
 
 class _NoAliases(yaml.SafeDumper):

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""On nvidia-h200-x4: GLM-4.5-Air at its real shape (dummy weights) at TP 4, and GLM-4.1V-9B-Thinking at
+its real shape on one GPU — served with the argv the generator renders, smoke-checked and benchmarked.
+
+    python maintainer/gpu_fullshape.py [air] [vision]     # default: both; results in $OUT (results.json, logs)
+
+Needs the staged vLLM (maintainer/gpu_install.sh) first on PYTHONPATH/PATH. Steps, each recorded even
+when a later one fails:
+  air.preset     the glm-4.5-air preset (tests/stacks/gpu/glm-air-full.yaml): cold start (empty compile
+                 cache), smoke checks, `vllm bench serve` (random 1024 in / 256 out, concurrency 1, 16, 64)
+  air.warm       the same server again with the compile cache kept: start-up time only
+  air.tutorial   the GLM-4.5 tutorial's command (same flags, written by hand), same benchmark
+  air.ep         the preset + --enable-expert-parallel, same benchmark
+  vision         the glm-4.1v-9b-thinking preset: smoke checks (images, video, limits), 32 images in one
+                 request, one video, and an image + text throughput run
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "maintainer"))
+
+from gpu_verify import OUT, Server, log, record, smoke  # noqa: E402
+
+FIX = Path("/var/stage/fixtures")
+AIR_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full.yaml")
+VISION_SPEC = str(ROOT / "tests/stacks/gpu/glm41v-full.yaml")
+CONCURRENCY = {1: 8, 16: 64, 64: 256}  # max concurrency → number of prompts
+FUSION_OFF = ["--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}']
+
+
+def fixtures() -> None:
+    for kind, name in (("air", "glm-4.5-air-full"), ("vision", "glm-4.1v-full")):
+        if not (FIX / name / "config.json").exists():
+            subprocess.run([sys.executable, str(ROOT / "tests/fixtures/glm_full_shape.py"), kind, str(FIX / name)], check=True)
+    Path("/var/stage/media").mkdir(parents=True, exist_ok=True)
+
+
+def bench(server: Server, tag: str) -> dict:
+    out = {}
+    for conc, n in CONCURRENCY.items():
+        name = f"{tag}.c{conc}"
+        cmd = ["vllm", "bench", "serve", "--backend", "vllm", "--base-url", server.url, "--model",
+               server.svc.served_model_name, "--tokenizer", server.svc.model, "--dataset-name", "random",
+               "--random-input-len", "1024", "--random-output-len", "256", "--ignore-eos", "--num-prompts", str(n),
+               "--max-concurrency", str(conc), "--save-result", "--result-dir", str(OUT), "--result-filename",
+               f"{name}.json", "--percentile-metrics", "ttft,tpot,itl", "--seed", "0"]
+        t0 = time.monotonic()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=server.env)
+        if r.returncode:
+            out[conc] = {"error": (r.stdout + r.stderr)[-1500:]}
+            log(f"bench {name} failed")
+            continue
+        res = json.loads((OUT / f"{name}.json").read_text())
+        out[conc] = {k: res.get(k) for k in ("completed", "output_throughput", "total_token_throughput",
+                                             "mean_ttft_ms", "median_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
+                                             "request_throughput", "duration")}
+        log(f"bench {name}: {out[conc]['output_throughput']:.0f} out tok/s, TTFT {out[conc]['mean_ttft_ms']:.0f} ms, "
+            f"TPOT {out[conc]['mean_tpot_ms']:.1f} ms ({time.monotonic() - t0:.0f}s)")
+    return out
+
+
+def run_server(name: str, spec: str, service: str, cache: str, argv=None, do_smoke=False, do_bench=True) -> dict:
+    s = Server(spec, service, {"VLLM_CACHE_ROOT": cache}, argv=argv)
+    s.name = name
+    with s:
+        try:
+            took = s.wait(timeout=900)
+        except RuntimeError as e:
+            record(name, {"error": str(e)[-3000:], "argv": s.argv})
+            return {}
+        res = {"startup_s": round(took, 1), "argv": s.argv}
+        if do_smoke:
+            res["smoke"] = smoke(s, spec, service)
+        record(name, res)
+        if do_bench:
+            res["bench"] = bench(s, name)
+            record(name, res)
+        return res
+
+
+def air() -> None:
+    from deploy import cli, render
+
+    cache = "/var/stage/cache-air"
+    shutil.rmtree(cache, ignore_errors=True)
+    run_server("air.preset", AIR_SPEC, "glm-4.5-air", cache, do_smoke=True)
+    run_server("air.warm", AIR_SPEC, "glm-4.5-air", cache, do_bench=False)
+    d, _ = cli.load_deployment(AIR_SPEC)
+    svc = d.service("glm-4.5-air")
+    _, preset = render.host_command(svc, d.vllm_version)
+    # zai-org/GLM-4.5 README: vllm serve zai-org/GLM-4.5-Air --tensor-parallel-size 4 --tool-call-parser glm45
+    #   --reasoning-parser glm45 --enable-auto-tool-choice --served-model-name glm-4.5-air
+    tutorial = ["vllm", "serve", svc.model, "--tensor-parallel-size", "4", "--tool-call-parser", "glm45",
+                "--reasoning-parser", "glm45", "--enable-auto-tool-choice", "--served-model-name", "glm-4.5-air",
+                "--load-format", "dummy", *FUSION_OFF]
+    run_server("air.tutorial", AIR_SPEC, "glm-4.5-air", cache, argv=tutorial)
+    run_server("air.ep", AIR_SPEC, "glm-4.5-air", cache, argv=[*preset, "--enable-expert-parallel"])
+
+
+def png(i: int) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (224, 224), (i * 7 % 255, 80, 160)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def chat(url: str, model: str, parts: list, max_tokens=16) -> dict:
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0,
+            "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "Describe."}]}]}
+    req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())
+
+
+def vision() -> None:
+    name = "vision.preset"
+    s = Server(VISION_SPEC, "glm-4.1v", {"VLLM_CACHE_ROOT": "/var/stage/cache-vision"})
+    s.name = name
+    with s:
+        try:
+            took = s.wait(timeout=900)
+        except RuntimeError as e:
+            record(name, {"error": str(e)[-3000:], "argv": s.argv})
+            return
+        res = {"startup_s": round(took, 1), "argv": s.argv, "smoke": smoke(s, VISION_SPEC, "glm-4.1v")}
+        model = s.svc.served_model_name
+        try:
+            r = chat(s.url, model, [{"type": "image_url", "image_url": {"url": png(i)}} for i in range(32)])
+            res["images_32"] = {"prompt_tokens": r["usage"]["prompt_tokens"], "finish": r["choices"][0]["finish_reason"]}
+        except Exception as e:  # recorded, not fatal: the next checks still run
+            res["images_32"] = {"error": str(e)[:500]}
+        try:
+            sys.path.insert(0, str(ROOT / "smoke_tests"))
+            from test_multimodal import data_url, mp4
+
+            r = chat(s.url, model, [{"type": "video_url", "video_url": {"url": data_url(mp4(frames=16, size=(224, 224)), "video/mp4")}}])
+            res["video"] = {"prompt_tokens": r["usage"]["prompt_tokens"], "finish": r["choices"][0]["finish_reason"]}
+        except Exception as e:
+            res["video"] = {"error": str(e)[:500]}
+        # Throughput: 128 requests of one 448x448 image + a short question, 128 tokens out, 32 at a time.
+        image = png(3)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(32) as pool:
+            outs = list(pool.map(lambda _: chat(s.url, model, [{"type": "image_url", "image_url": {"url": image}}], 128),
+                                 range(128)))
+        wall = time.monotonic() - t0
+        res["throughput"] = {"requests": 128, "concurrency": 32, "wall_s": round(wall, 1),
+                             "req_s": round(128 / wall, 2),
+                             "out_tok_s": round(sum(o["usage"]["completion_tokens"] for o in outs) / wall, 1),
+                             "prompt_tokens_each": outs[0]["usage"]["prompt_tokens"]}
+        log(f"vision: {res}")
+        record(name, res)
+
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    fixtures()
+    for step in sys.argv[1:] or ["air", "vision"]:
+        try:
+            {"air": air, "vision": vision}[step]()
+        except Exception as e:  # keep what was measured; say what broke
+            log(f"{step} failed: {type(e).__name__}: {e}")
+            record(f"{step}.error", f"{type(e).__name__}: {e}")
+    log("all done")
