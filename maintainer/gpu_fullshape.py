@@ -2,7 +2,7 @@
 """On nvidia-h200-x4: GLM-4.5-Air at its real shape (dummy weights) at TP 4, and GLM-4.1V-9B-Thinking at
 its real shape on one GPU — served with the argv the generator renders, smoke-checked and benchmarked.
 
-    python maintainer/gpu_fullshape.py [air] [vision]     # default: both; results in $OUT (results.json, logs)
+    python maintainer/gpu_fullshape.py [air] [vision] [ep]   # default: all three; results in $OUT (results.json, logs)
 
 Needs the staged vLLM (maintainer/gpu_install.sh) first on PYTHONPATH/PATH. Steps, each recorded even
 when a later one fails:
@@ -10,9 +10,9 @@ when a later one fails:
                  cache), smoke checks, `vllm bench serve` (random 1024 in / 256 out, concurrency 1, 16, 64)
   air.warm       the same server again with the compile cache kept: start-up time only
   air.tutorial   the GLM-4.5 tutorial's command (same flags, written by hand), same benchmark
-  air.ep         the preset + --enable-expert-parallel, same benchmark
   vision         the glm-4.1v-9b-thinking preset: smoke checks (images, video, limits), 32 images in one
                  request, one video, and an image + text throughput run
+  ep             air.ep: the preset + --enable-expert-parallel, same benchmark as air.preset
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from gpu_verify import OUT, Server, log, record, smoke  # noqa: E402
 FIX = Path("/var/stage/fixtures")
 AIR_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full.yaml")
 VISION_SPEC = str(ROOT / "tests/stacks/gpu/glm41v-full.yaml")
-CONCURRENCY = {1: 8, 16: 64, 64: 256}  # max concurrency → number of prompts
+CONCURRENCY = {1: 4, 16: 32, 64: 128}  # max concurrency → number of prompts
 FUSION_OFF = ["--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}']
 
 
@@ -107,7 +107,14 @@ def air() -> None:
                 "--reasoning-parser", "glm45", "--enable-auto-tool-choice", "--served-model-name", "glm-4.5-air",
                 "--load-format", "dummy", *FUSION_OFF]
     run_server("air.tutorial", AIR_SPEC, "glm-4.5-air", cache, argv=tutorial)
-    run_server("air.ep", AIR_SPEC, "glm-4.5-air", cache, argv=[*preset, "--enable-expert-parallel"])
+
+
+def ep() -> None:
+    from deploy import cli, render
+
+    d, _ = cli.load_deployment(AIR_SPEC)
+    _, preset = render.host_command(d.service("glm-4.5-air"), d.vllm_version)
+    run_server("air.ep", AIR_SPEC, "glm-4.5-air", "/var/stage/cache-air", argv=[*preset, "--enable-expert-parallel"])
 
 
 def png(i: int) -> str:
@@ -169,9 +176,9 @@ def vision() -> None:
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     fixtures()
-    for step in sys.argv[1:] or ["air", "vision"]:
+    for step in sys.argv[1:] or ["air", "vision", "ep"]:
         try:
-            {"air": air, "vision": vision}[step]()
+            {"air": air, "vision": vision, "ep": ep}[step]()
         except Exception as e:  # keep what was measured; say what broke
             log(f"{step} failed: {type(e).__name__}: {e}")
             record(f"{step}.error", f"{type(e).__name__}: {e}")

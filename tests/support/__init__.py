@@ -37,6 +37,11 @@ def require_docker() -> None:
                     "~/.docker/cli-plugins/docker-compose (.ci/run does this)")
 
 
+def venv_tool(name: str) -> str | None:
+    """A console script installed beside this Python (the venv's bin/, which need not be on PATH)."""
+    return shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
