@@ -5,10 +5,67 @@
 """
 
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "docs/gpu-runs"
+sys.path.insert(0, str(ROOT / "tests/fixtures"))
+H200_TBPS = 4.8  # HBM3e bandwidth per H200 (NVIDIA's data sheet), TB/s
+
+
+def active_bytes_per_token(c: dict) -> tuple[float, str]:
+    """Bytes of weights one decoded token reads (BF16), from the config — with the arithmetic shown."""
+    h, heads, kv, hd = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    attn = h * heads * hd * 2 + h * kv * hd * 2  # q + o, k + v
+    layers, dense = c["num_hidden_layers"], c["first_k_dense_replace"]
+    expert = 3 * h * c["moe_intermediate_size"]
+    moe = (c["num_experts_per_tok"] + c["n_shared_experts"]) * expert
+    mlp_dense = 3 * h * c["intermediate_size"]
+    head = c["vocab_size"] * h
+    params = layers * attn + dense * mlp_dense + (layers - dense) * moe + head
+    text = (f"{layers} × attention {attn / 1e6:.0f} M + {dense} dense MLP {mlp_dense / 1e6:.0f} M + {layers - dense} × "
+            f"({c['num_experts_per_tok']} routed + {c['n_shared_experts']} shared experts × {expert / 1e6:.1f} M) + LM head "
+            f"{head / 1e6:.0f} M = {params / 1e9:.2f} B active parameters × 2 bytes = {2 * params / 1e9:.1f} GB per token")
+    return 2 * params, text
+
+
+def fullshape(data: dict) -> list[str]:
+    """The real-shape run: start-up, preset vs the tutorial's command, the roofline, GLM-4.1V."""
+    from glm_full_shape import AIR
+
+    lines = []
+    pre, tut, warm = data.get("air.preset", {}), data.get("air.tutorial", {}), data.get("air.warm", {})
+    if pre.get("startup_s") and warm.get("startup_s"):
+        lines += [f"GLM-4.5-Air start-up at TP 4: cold (empty compile cache) {pre['startup_s']} s, warm (cache kept) "
+                  f"{warm['startup_s']} s; warm ÷ cold {warm['startup_s'] / pre['startup_s']:.2f}.", ""]
+    if pre.get("bench"):
+        lines += ["`vllm bench serve`, random dataset, 1024 tokens in / 256 out (ignore EOS), one run each, same host:", "",
+                  "| variant | concurrency | output tok/s | total tok/s | mean TTFT ms | mean TPOT ms | output tok/s ÷ tutorial |",
+                  "|---|---|---|---|---|---|---|"]
+        for name in ("air.preset", "air.tutorial", "air.ep"):
+            for conc, b in (data.get(name, {}).get("bench") or {}).items():
+                base = (tut.get("bench") or {}).get(conc, {}).get("output_throughput")
+                ratio = f"{b['output_throughput'] / base:.2f}" if base and "output_throughput" in b else "–"
+                if "error" in b:
+                    lines.append(f"| {name} | {conc} | failed | | | | |")
+                    continue
+                lines.append(f"| {name} | {conc} | {b['output_throughput']:.0f} | {b['total_token_throughput']:.0f} | "
+                             f"{b['mean_ttft_ms']:.0f} | {b['mean_tpot_ms']:.2f} | {ratio} |")
+        per_token, arithmetic = active_bytes_per_token(AIR)
+        roof = 4 * H200_TBPS * 1e12 / per_token
+        tpot = pre["bench"]["1"]["mean_tpot_ms"] if "1" in pre["bench"] else pre["bench"][1]["mean_tpot_ms"]
+        lines += ["", f"Roofline at batch 1: {arithmetic}; 4 × {H200_TBPS} TB/s = {4 * H200_TBPS:.1f} TB/s ÷ that = "
+                  f"{roof:.0f} tok/s. Measured: TPOT {tpot:.2f} ms = {1000 / tpot:.0f} tok/s, "
+                  f"{1000 / tpot / roof:.0%} of the roofline.", ""]
+    vis = data.get("vision.preset", {})
+    if vis:
+        t = vis.get("throughput", {})
+        lines += [f"GLM-4.1V-9B-Thinking, full shape, one H200: healthy in {vis.get('startup_s')} s at max_model_len 25000; "
+                  f"32 images in one request: {vis.get('images_32')}; one video: {vis.get('video')}; "
+                  f"{t.get('requests')} requests of one 224×224 image + text ({t.get('prompt_tokens_each')} prompt tokens), "
+                  f"{t.get('concurrency')} at a time: {t.get('req_s')} req/s, {t.get('out_tok_s')} output tok/s.", ""]
+    return lines
 
 
 def main() -> None:
@@ -23,10 +80,13 @@ def main() -> None:
             lines += ["| server | GPUs | start-up s | smoke suite | argv (as `deploy args` renders it, + host/port) |",
                       "|---|---|---|---|---|"]
             for name, r in serves.items():
-                result = r.get("summary") or f"did not start: {r.get('error', '')[-120:]!r}"
+                result = (r.get("summary") or (r.get("smoke") or {}).get("summary") or
+                          ("benchmarked (below)" if "bench" in r else "started (start-up timing only)" if "startup_s" in r else f"did not start: {r.get('error', '')[-120:]!r}"))
                 lines.append(f"| {name} | {r.get('gpus', '')} | {r.get('startup_s', '–')} | {result} | "
                              f"`{' '.join(r['argv'])}` |")
             lines.append("")
+        if "air.preset" in data:
+            lines += fullshape(data)
         for name, b in data.items():
             if name.startswith("bench."):
                 lines += [f"**{name}** (one run, same GPU, same model):", "",
