@@ -38,6 +38,11 @@ def did_you_mean(word: str, choices) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
+def _bounded(text: str, limit: int = 1000) -> str:
+    """Messages quote user input; a hostile spec must not turn them into megabytes."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Collector:
     """Gathers problems; ``lines`` maps a YAML path to its line in the file."""
 
@@ -54,10 +59,10 @@ class Collector:
         return None
 
     def error(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message, self.line_of(path)))
+        self.problems.append(Problem(_bounded(path, 200), _bounded(message), self.line_of(path)))
 
     def warn(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message, self.line_of(path), warning=True))
+        self.problems.append(Problem(_bounded(path, 200), _bounded(message), self.line_of(path), warning=True))
 
     @property
     def errors(self) -> list[Problem]:

@@ -23,6 +23,9 @@ from .versions import VllmVersion
 ENTRYPOINT = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 FETCH_ENTRYPOINT = ["python3", "-m", "deploy.fetch"]
 HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
+LIVENESS = "/opt/vllm-compose/liveness.py"  # deploy/liveness.py, mounted read-only into every server
+# Docker's stop signal reaches vLLM as SIGTERM; it drains for --shutdown-timeout, then Docker waits this much longer.
+STOP_GRACE_MARGIN = 15
 
 
 def _lit(text: str) -> str:
@@ -110,6 +113,7 @@ def _fetch_service(d: Deployment, s: Service, context: str) -> dict[str, Any]:
 
 
 def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) -> dict[str, Any]:
+    drains = any(f.field == "shutdown_timeout" for f in d.vllm_version.flags())
     env = {
         # Weights are local once the fetch service has finished: never reach for a hub at start-up.
         "HF_HUB_OFFLINE": "1",
@@ -125,6 +129,7 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
     ]
     if s.media_dir:
         volumes.append({"type": "bind", "source": _lit(s.media_dir), "target": s.allowed_local_media_path, "read_only": True})
+    volumes.append({"type": "bind", "source": f"{context}/deploy/liveness.py", "target": LIVENESS, "read_only": True})
     svc: dict[str, Any] = {
         **_image(s.image, d.vllm_version, context),
         "entrypoint": ENTRYPOINT,
@@ -135,16 +140,17 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
         "depends_on": {fetch_name: {"condition": "service_completed_successfully"}},
         "restart": "unless-stopped",
         "healthcheck": {
-            # /health is not behind the API key. While weights load vLLM refuses connections,
-            # so start_period must cover the load.
-            "test": ["CMD", "python3", "-c",
-                     f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/health', timeout=5)"],
+            # Readiness (/health answers 200; vLLM refuses connections while weights load, so start_period
+            # covers the load) and liveness: deploy/liveness.py kills a hung engine so the container restarts.
+            "test": ["CMD", "python3", LIVENESS],
             "interval": "10s",
-            "timeout": "10s",
+            "timeout": "25s",
             "retries": 3,
             "start_period": f"{s.health_start_period}s",
         },
     }
+    if drains:
+        svc["stop_grace_period"] = f"{s.shutdown_timeout + STOP_GRACE_MARGIN}s"
     if s.api_key:
         svc["env_file"] = [{"path": d.env_file, "required": True}]
     if s.device == "gpu":

@@ -33,6 +33,7 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     "port": CONTAINER_PORT,
     "api_key": True,
     "health_start_period": lambda s: 600 if s["device"] == "cpu" else 900,
+    "shutdown_timeout": 60,
     "cpu_kvcache_space": lambda s: 4 if s["device"] == "cpu" else None,
     "served_model_name": lambda s: _default_served_name(s.get("model")),
 }
@@ -106,6 +107,7 @@ class Service:
     api_key: bool = True
     cpu_kvcache_space: int | None = None
     health_start_period: int = 900
+    shutdown_timeout: int = 60
     profiles: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()

@@ -33,7 +33,8 @@ Check = Callable[[Any, str, Collector], Any]
 
 
 def _type_error(c: Collector, path: str, value: Any, want: str) -> None:
-    c.error(path, f"expected {want}, got {value!r}. Fix: write {want}.")
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    c.error(path, f"expected {want}, got {shown}. Fix: write {want}.")
 
 
 def string(v, path, c):
@@ -169,6 +170,7 @@ class ServiceSpec:
     api_key: bool | None = _f(boolean, "require the API key (default true)")
     cpu_kvcache_space: int | None = _f(positive_int, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only)")
     health_start_period: int | None = _f(positive_int, "seconds the healthcheck waits for model load")
+    shutdown_timeout: int | None = _f(positive_int, "seconds in-flight requests get to finish on stop (--shutdown-timeout)")
     profiles: tuple | None = _f(string_list, "compose profiles")
     include: tuple | None = _f(string_list, "file patterns to download")
     exclude: tuple | None = _f(string_list, "file patterns to skip")
@@ -209,21 +211,41 @@ def field_names(cls) -> list[str]:
 
 # ----------------------------------------------------------------- YAML lines
 
+# A spec is a few dozen values; these bounds stop alias bombs and absurd nesting long before memory does.
+MAX_VALUES = 10_000
+MAX_DEPTH = 20
 
-def _to_python(node, path: str, lines: dict[str, int], c: Collector, loader) -> Any:
+
+class _TooBig(Exception):
+    pass
+
+
+def _to_python(node, path: str, lines: dict[str, int], c: Collector, loader, seen: list[int], depth: int = 0) -> Any:
+    seen[0] += 1
+    if seen[0] > MAX_VALUES or depth > MAX_DEPTH:
+        raise _TooBig(path)
     if isinstance(node, yaml.MappingNode):
         out = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                c.error(path or "(top level)", "a key is itself a list or a mapping. Fix: keys are plain names.")
+                continue
             key = key_node.value
             sub = f"{path}.{key}" if path else str(key)
             lines[sub] = key_node.start_mark.line + 1
             if key in out:
-                c.error(sub, f"duplicate key {key!r}. Fix: keep one.")
-            out[key] = _to_python(value_node, sub, lines, c, loader)
+                c.error(sub, f"duplicate key {key[:60]!r}. Fix: keep one.")
+            out[key] = _to_python(value_node, sub, lines, c, loader, seen, depth + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(n, f"{path}[{i}]", lines, c, loader) for i, n in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+        return [_to_python(n, f"{path}[{i}]", lines, c, loader, seen, depth + 1) for i, n in enumerate(node.value)]
+    try:
+        return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, OverflowError) as e:  # impossible dates, bad tags, over-long integers
+        problem = getattr(e, "problem", None) or str(e)
+        c.error(path or "(top level)", f"this value cannot be read ({str(problem)[:120]}). Fix: write a plain "
+                "string, number or true/false.")
+        return None
 
 
 def load_yaml(text: str) -> tuple[Any, Collector]:
@@ -231,7 +253,11 @@ def load_yaml(text: str) -> tuple[Any, Collector]:
     c = Collector()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = _to_python(node, "", c.lines, c, yaml.SafeLoader("")) if node is not None else None
+        data = _to_python(node, "", c.lines, c, yaml.SafeLoader(""), [0]) if node is not None else None
+    except (_TooBig, RecursionError) as e:
+        c.problems.append(Problem(str(e) or "(file)", f"the spec nests deeper than {MAX_DEPTH} levels or expands to "
+                                  f"more than {MAX_VALUES} values (YAML aliases?). Fix: write the values out plainly."))
+        return None, c
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         c.problems.append(

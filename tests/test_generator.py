@@ -67,7 +67,8 @@ def test_cli_render_reproduces_compose_yaml_byte_for_byte(tmp_path, monkeypatch)
     # Written elsewhere, the build context points back at this checkout; everything else is the same bytes.
     context = os.path.relpath(ROOT, tmp_path)
     assert out.read_text().count("context: ") == out.read_text().count(f"context: {context}\n") == 2
-    assert out.read_bytes() == (ROOT / "compose.yaml").read_bytes().replace(b"context: .\n", f"context: {context}\n".encode())
+    committed = (ROOT / "compose.yaml").read_text().replace("context: .\n", f"context: {context}\n")
+    assert out.read_text() == committed.replace("source: ./deploy/liveness.py", f"source: {context}/deploy/liveness.py")
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
@@ -172,8 +173,19 @@ def test_server_service_is_secure_by_default():
     assert svc["environment"]["HF_HUB_OFFLINE"] == "1"
     assert "--allowed-local-media-path" in svc["command"]
     assert svc["command"][svc["command"].index("--allowed-local-media-path") + 1] == "/media"
-    media = [v for v in svc["volumes"] if isinstance(v, dict)]
+    media = [v for v in svc["volumes"] if isinstance(v, dict) and v["target"] == "/media"]
     assert media == [{"type": "bind", "source": "./media", "target": "/media", "read_only": True}]
+
+
+def test_servers_drain_and_carry_the_liveness_check():
+    d = deployment("services:\n  s:\n    preset: glm-4.5-air\n    shutdown_timeout: 120\n")
+    svc = render.compose(d)["services"]["s"]
+    assert svc["command"][svc["command"].index("--shutdown-timeout") + 1] == "120"
+    assert svc["stop_grace_period"] == "135s"
+    assert svc["healthcheck"]["test"] == ["CMD", "python3", render.LIVENESS]
+    assert {"type": "bind", "source": "./deploy/liveness.py", "target": render.LIVENESS, "read_only": True} in svc["volumes"]
+    old = render.compose(deployment("vllm_version: 0.26.0\nservices:\n  s:\n    preset: glm-4.5-air\n"))["services"]["s"]
+    assert "--shutdown-timeout" not in old["command"] and "stop_grace_period" not in old  # not read before 0.32.0
 
 
 def test_extra_args_go_last_verbatim_and_booleans_render_both_ways():
@@ -359,3 +371,46 @@ def test_resolved_service_is_typed_and_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
     assert not hasattr(s, "values")
+
+
+# ------------------------------------------------------------- hostile specs
+
+
+HOSTILE = sorted(SPECS.glob("hostile/*.yaml"))
+
+
+@pytest.mark.parametrize("bad", HOSTILE, ids=lambda p: p.stem)
+def test_hostile_spec_is_refused_cleanly(bad, tmp_path, capsys):
+    """Each class of hostile input (alias bombs, recursion, odd keys and scalars, paths, versions, secrets):
+    exit 1, a bounded message naming a path and a fix, nothing written, no traceback."""
+    out = tmp_path / "out" / "compose.yaml"
+    assert cli.main(["render", str(bad), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err) < 4000, err[:500]
+    assert ": error: " in err and "Fix" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def _mutations():
+    """Committed stacks with one value replaced, removed or duplicated by hypothesis."""
+    bases = [yaml.safe_load(p.read_text()) for p in STACKS]
+    return st.tuples(st.sampled_from(bases), st.sampled_from(spec.field_names(spec.ServiceSpec) + ["bogus", "vllm_version",
+                     "bind_address", "env_file", "images", "volumes"]), yaml_values)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_mutations())
+def test_mutated_stacks_render_valid_compose_or_fail_cleanly(mutation):
+    base, key, value = mutation
+    doc = json.loads(json.dumps(base))
+    if key in spec.field_names(spec.ServiceSpec) or key == "bogus":
+        body = next(iter(doc["services"].values()))
+        body[key] = value
+    else:
+        doc[key] = value
+    try:
+        d = deployment(yaml.safe_dump(doc))
+    except SpecError as e:
+        assert e.problems and all(p.message and len(p.message) <= 1000 for p in e.problems)
+        return
+    jsonschema.Draft7Validator(SCHEMA).validate(render.compose(d))

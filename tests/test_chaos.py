@@ -1,0 +1,133 @@
+"""Self-healing and drain on the CPU stack: real vLLM, real Docker, faults injected from outside.
+
+The SmolLM2 CPU service is rendered from a spec (free port), brought up with compose, then:
+the EngineCore process is killed (SIGKILL) three times and stopped (SIGSTOP) once — each time the
+service must serve again with no human step (a killed engine makes vLLM's API server exit and the
+restart policy acts; a stopped one keeps /health at 200, so deploy/liveness.py must notice that no
+token is processed and kill it). Then `docker compose stop` during 16 in-flight streams: vLLM drains
+(--shutdown-timeout) and every stream must finish. Times to heal are printed.
+
+The server image has no `kill` binary: signals are sent with python3 inside the container, and
+the engine is found by its process name (/proc/PID/comm "VLLM::EngineCor").
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+from openai import OpenAI
+
+from support import api_key, compose, free_port, rendered_stack
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+SERVICE, MODEL = "demo", "smollm2-135m-instruct"
+SIGNAL = ("import os, pathlib, signal; pids = [int(p.parent.name) for p in pathlib.Path('/proc').glob('[0-9]*/comm') "
+          "if p.read_text().startswith('VLLM::EngineCor')]; [os.kill(pid, signal.{}) for pid in pids]; print(pids)")
+
+
+@pytest.fixture(scope="module")
+def stack(cpu_image, tmp_path_factory):
+    work = tmp_path_factory.mktemp("chaos")
+    port = free_port()
+    spec = work / "spec.yaml"
+    spec.write_text(f"services:\n  {SERVICE}:\n    preset: smollm2-135m-cpu\n    port: {port}\n")
+    with rendered_stack(spec, work, [SERVICE]):
+        yield work, port, OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key(work), max_retries=0, timeout=60)
+
+
+def signal_engine(work, sig: str) -> list[int]:
+    r = compose(work, "exec", "-T", SERVICE, "python3", "-c", SIGNAL.format(sig))
+    pids = eval(r.stdout.strip().splitlines()[-1])  # a list of ints printed by the line above
+    assert pids, "no EngineCore process found in the container"
+    return pids
+
+
+def serving_again(client: OpenAI, since: float, limit: float = 400) -> float:
+    """Seconds from SINCE until a completion succeeds; fails after LIMIT."""
+    while time.monotonic() - since < limit:
+        try:
+            r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, timeout=10)
+            if r.choices[0].text is not None:
+                return time.monotonic() - since
+        except Exception:  # refused while restarting, or timing out while hung: keep trying
+            pass
+        time.sleep(2)
+    pytest.fail(f"not serving again {limit:.0f}s after the fault")
+
+
+def test_killed_engine_heals_three_times(stack):
+    work, _, client = stack
+    took = []
+    for _ in range(3):
+        serving_again(client, time.monotonic())
+        t0 = time.monotonic()
+        signal_engine(work, "SIGKILL")
+        took.append(serving_again(client, t0))
+    print(f"\nkill -9 EngineCore ×3: serving again after {', '.join(f'{t:.0f}s' for t in took)}", file=sys.stderr)
+
+
+def test_stopped_engine_is_detected_and_healed(stack):
+    work, _, client = stack
+    serving_again(client, time.monotonic())
+    t0 = time.monotonic()
+    signal_engine(work, "SIGSTOP")
+    took = serving_again(client, t0, limit=400)
+    logs = compose(work, "logs", SERVICE).stdout
+    assert "liveness: engine hung" in logs or "SIGKILL to EngineCore" in logs, logs[-3000:]
+    print(f"\nSIGSTOP EngineCore: detected and serving again after {took:.0f}s", file=sys.stderr)
+
+
+def test_stop_drains_in_flight_streams(stack):
+    work, _, client = stack
+    serving_again(client, time.monotonic())
+    results: list = []
+
+    def stream(i: int) -> None:
+        try:
+            chunks = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"Tell story number {i}."}], max_tokens=96,
+                stream=True, timeout=180, extra_body={"ignore_eos": True})
+            text, finish = "", None
+            for c in chunks:
+                if c.choices:
+                    text += c.choices[0].delta.content or ""
+                    finish = c.choices[0].finish_reason or finish
+            results.append((finish, len(text)))
+        except Exception as e:
+            results.append((f"error: {type(e).__name__}: {e}", 0))
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(3)  # every stream admitted and generating
+    t0 = time.monotonic()
+    compose(work, "stop", SERVICE)
+    stopped = time.monotonic() - t0
+    for t in threads:
+        t.join(200)
+    compose(work, "start", SERVICE)
+    finished = [r for r in results if r[0] == "length"]
+    print(f"\nstop during 16 streams: {len(finished)}/16 finished, stop took {stopped:.0f}s", file=sys.stderr)
+    assert len(finished) == 16, results
+
+
+def test_the_api_key_is_in_no_rendered_file_and_no_log(stack):
+    """Checked last, after faults, restarts and drains have written plenty of log lines."""
+    work, port, client = stack
+    serving_again(client, time.monotonic())  # the drain test restarted the service
+    key = api_key(work)
+    logs = compose(work, "--profile", "*", "logs").stdout + compose(work, "--profile", "*", "logs").stderr
+    assert len(logs) > 1000 and key not in logs
+    assert key not in (work / "compose.yaml").read_text()
+    import urllib.error
+    import urllib.request
+
+    for path in ("/v1/models", "/v1/completions", "/v1/chat/completions"):  # every generation path wants the key
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", b"{}" if path != "/v1/models" else None,
+                                     {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 401, path
