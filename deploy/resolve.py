@@ -42,6 +42,7 @@ SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY)", re.I)
 MAX_LEN_RE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)([kmgt]?)|(\d{1,15})([KMGT])", re.ASCII)
 IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
 VOLUME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+PROFILE_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")  # compose's own pattern for profile names
 
 
 def _default_served_name(model: str | None) -> str | None:
@@ -329,6 +330,10 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
         elif media.rstrip("/") == "":
             c.error(f"{path}.media_dir", "cannot be mounted over the container's /. Fix: allowed_local_media_path: /media.")
 
+    profiles = val.get("profiles", ())
+    if any(not PROFILE_RE.fullmatch(p) for p in profiles) or len(set(profiles)) != len(profiles):
+        c.error(f"{path}.profiles", f"{list(profiles)!r:.80} must be distinct names of letters, digits, '_', '.', '-'. "
+                "Fix: such as [vision].")
     for key, _ in val.get("env", ()):
         if SECRET_ENV.search(key):
             c.error(f"{path}.env.{key}", f"{key} looks like a secret; secrets never go into compose.yaml. "

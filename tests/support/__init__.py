@@ -37,6 +37,13 @@ def require_docker() -> None:
                     "~/.docker/cli-plugins/docker-compose (.ci/run does this)")
 
 
+def without_checkout_paths(compose_text: str) -> str:
+    """A rendered compose file with the paths that point back at the checkout (build contexts, the liveness
+    script) replaced: they depend on where the file was written, nothing else does."""
+    text = re.sub(r"(?m)^(\s*context: ).*$", r"\1<checkout>", compose_text)
+    return re.sub(r"(?m)^(\s*source: ).*/deploy/liveness.py$", r"\1<checkout>/deploy/liveness.py", text)
+
+
 def venv_tool(name: str) -> str | None:
     """A console script installed beside this Python (the venv's bin/, which need not be on PATH)."""
     return shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
