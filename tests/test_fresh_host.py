@@ -77,7 +77,8 @@ def test_compose_built_the_images_itself(demo):
     assert builders == [f"{SERVICE}-fetch"], builders  # built once, by the service that runs first
     labels = json.loads(subprocess.run(["docker", "image", "inspect", tag, "--format", "{{json .Config.Labels}}"],
                                        capture_output=True, text=True, check=True).stdout) or {}
-    assert labels.get("com.docker.compose.service") == f"{SERVICE}-fetch", labels
+    # Compose labels what it builds (no helper ran `docker build`); on an empty store, this demo built it.
+    assert labels.get("com.docker.compose.service", "").endswith("-fetch"), labels
 
 
 def test_smoke_suite_passes_against_the_demo(demo, tmp_path):
