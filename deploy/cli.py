@@ -69,6 +69,8 @@ def cmd_render(a) -> int:
     atomic_write(out, text)
     if any(s.api_key for s in d.services) and ensure_env_file(env):
         print(f"created {env} (mode 0600) with a new API key; clients read it from there", file=sys.stderr)
+    elif env.exists() and env.stat().st_mode & 0o077:
+        print(f"warning: {env} can be read by other users. Fix: chmod 600 {env}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -36,12 +36,10 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 def ensure_env_file(path: Path) -> bool:
     """Create the API-key env file if missing. Returns True when it was created.
 
-    An existing file is left alone (its key may be in clients' hands already), but a
-    file that others can read is tightened to 0600.
+    An existing file is left alone, mode included: its key may be in clients' hands already, and
+    we change no file we did not create (the CLI warns when others can read it).
     """
     if path.exists():
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
         return False
     key = "sk-" + secrets.token_urlsafe(32)
     atomic_write(path, f"# API key for the vLLM servers; clients send it as a Bearer token.\nVLLM_API_KEY={key}\n", 0o600)
