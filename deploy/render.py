@@ -113,7 +113,6 @@ def _fetch_service(d: Deployment, s: Service, context: str) -> dict[str, Any]:
 
 
 def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) -> dict[str, Any]:
-    drains = any(f.field == "shutdown_timeout" for f in d.vllm_version.flags())
     env = {
         # Weights are local once the fetch service has finished: never reach for a hub at start-up.
         "HF_HUB_OFFLINE": "1",
@@ -149,7 +148,7 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
             "start_period": f"{s.health_start_period}s",
         },
     }
-    if drains:
+    if d.vllm_version.has("shutdown_timeout"):
         svc["stop_grace_period"] = f"{s.shutdown_timeout + STOP_GRACE_MARGIN}s"
     if s.api_key:
         svc["env_file"] = [{"path": d.env_file, "required": True}]

@@ -18,7 +18,7 @@ from .errors import Collector, did_you_mean
 from .presets import PRESETS
 from .source import FORMS, Source
 from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
-from .versions import VllmVersion
+from .versions import NEWEST, OLDEST, VllmVersion
 
 CONTAINER_PORT = 8000
 MODELS_DIR = "/models"
@@ -84,6 +84,7 @@ class Service:
     sources: tuple[tuple[str, str], ...]  # (field, "user" | "preset NAME" | "default")
     multimodal: bool | None  # None: unknown (no preset)
     download_gb: float | None  # from the preset, for doctor's disk check
+    source: Source  # `model`, parsed once
     model: str
     fallback_sources: tuple[str, ...] = ()
     revision: str | None = None
@@ -116,10 +117,6 @@ class Service:
     env: tuple[tuple[str, str], ...] = ()
 
     @property
-    def source(self) -> Source:
-        return Source.parse(self.model)  # type: ignore[return-value]  # checked in resolve
-
-    @property
     def model_path(self) -> str:
         """Where the weights live inside the containers."""
         return f"{MODELS_DIR}/{self.source.volume_dir or self.name}"
@@ -137,7 +134,7 @@ class Service:
 
     def settings(self) -> dict[str, Any]:
         """The values a user set or a preset/default decided, by field name (for `check`)."""
-        skip = {"name", "sources", "multimodal", "download_gb"}
+        skip = {"name", "sources", "multimodal", "download_gb", "source"}
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in skip and getattr(self, f.name) not in (None, ())}
 
@@ -168,8 +165,6 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
     version = VllmVersion.parse(spec.vllm_version or pins.VLLM)
     if version is None or not version.supported:
         shown = spec.vllm_version if len(spec.vllm_version or "") <= 20 else spec.vllm_version[:20] + "..."
-        from .versions import NEWEST, OLDEST
-
         c.error("vllm_version", f"{shown!r} is not a supported vLLM release ({OLDEST}–{NEWEST}). "
                 f"Fix: pin a release in that range, such as {pins.VLLM}.")
         version = VllmVersion.parse(pins.VLLM)
@@ -249,17 +244,18 @@ def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images:
         values["image"] = images["vllm_cpu" if values["device"] == "cpu" else "vllm"]
         sources["image"] = "default"
 
-    ok = _check_values(name, values, preset.multimodal if preset else None, version, c,
-                       preset_missing=spec.preset is not None and preset is None)
-    if not ok:
+    source = _check_values(name, values, preset.multimodal if preset else None, version, c,
+                           preset_missing=spec.preset is not None and preset is None)
+    if source is None:
         return None
     return Service(name=name, sources=tuple(sources.items()), multimodal=preset.multimodal if preset else None,
-                   download_gb=preset.download_gb if preset else None, **values)
+                   download_gb=preset.download_gb if preset else None, source=source, **values)
 
 
 def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, version: VllmVersion, c: Collector,
-                  preset_missing: bool = False) -> bool:
-    """Every per-service rule; normalises max_model_len in VAL. False when no Service can be built."""
+                  preset_missing: bool = False) -> Source | None:
+    """Every per-service rule; normalises max_model_len in VAL. Returns the parsed model source, or None
+    when no Service can be built."""
     path = f"services.{name}"
     model = val.get("model")
     if model is None and not preset_missing:  # an unknown preset already said why there is no model
@@ -350,7 +346,7 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
             c.error(f"{path}.extra_args", "--api-key puts the key in compose.yaml. Fix: drop it; the key is read from the env file.")
     if val.get("api_key") is False:
         c.warn(f"{path}.api_key", "false: anyone who reaches the port can use the model.")
-    return source is not None
+    return source
 
 
 def _check_across(services: tuple[Service, ...], c: Collector) -> None:

@@ -45,6 +45,10 @@ class VllmVersion:
     def flags(self) -> tuple[Flag, ...]:
         return tuple(f for f in FLAGS if self.within(f.since, f.until))
 
+    def has(self, field: str) -> bool:
+        """Whether this version has the flag that renders spec FIELD."""
+        return any(f.field == field for f in self.flags())
+
     def parser_names(self, kind: str) -> list[str]:
         return [p.name for p in _PARSERS[kind] if self.within(p.since, p.until)]
 
