@@ -13,6 +13,7 @@ the engine is found by its process name (/proc/PID/comm "VLLM::EngineCor").
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -24,8 +25,8 @@ from support import api_key, compose, free_port, rendered_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 SERVICE, MODEL = "demo", "smollm2-135m-instruct"
-SIGNAL = ("import os, pathlib, signal; pids = [int(p.parent.name) for p in pathlib.Path('/proc').glob('[0-9]*/comm') "
-          "if p.read_text().startswith('VLLM::EngineCor')]; [os.kill(pid, signal.{}) for pid in pids]; print(pids)")
+SIGNAL = ("import json, os, pathlib, signal; pids = [int(p.parent.name) for p in pathlib.Path('/proc').glob('[0-9]*/comm') "
+          "if p.read_text().startswith('VLLM::EngineCor')]; [os.kill(pid, signal.{}) for pid in pids]; print(json.dumps(pids))")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def stack(cpu_image, tmp_path_factory):
 
 def signal_engine(work, sig: str) -> list[int]:
     r = compose(work, "exec", "-T", SERVICE, "python3", "-c", SIGNAL.format(sig))
-    pids = eval(r.stdout.strip().splitlines()[-1])  # a list of ints printed by the line above
+    pids = json.loads(r.stdout.strip().splitlines()[-1])
     assert pids, "no EngineCore process found in the container"
     return pids
 

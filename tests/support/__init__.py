@@ -98,7 +98,7 @@ def compose(work: Path, *args: str, check: bool = True, timeout: float = 1800) -
 
 
 @contextlib.contextmanager
-def rendered_stack(spec: Path, work: Path, services: list[str], links: dict[str, Path] = {}):  # noqa: B006
+def rendered_stack(spec: Path, work: Path, services: list[str], links: dict[str, Path] | None = None):
     """Render SPEC into WORK, `up --wait` SERVICES under a unique project name; always `down -v` after.
 
     Yields WORK. A failed start fails the test with the containers' logs. What is left behind
@@ -107,7 +107,7 @@ def rendered_stack(spec: Path, work: Path, services: list[str], links: dict[str,
     from deploy import cli
 
     assert cli.main(["render", str(spec), "-o", str(work / "compose.yaml")]) == 0
-    for name, target in links.items():
+    for name, target in (links or {}).items():
         (work / name).symlink_to(target)
     project = f"vllmtest-{uuid.uuid4().hex[:8]}"
     (work / ".env").write_text(f"COMPOSE_PROJECT_NAME={project}\n")
