@@ -72,7 +72,9 @@ def bench(server: Server, tag: str) -> dict:
     return out
 
 
-def run_server(name: str, spec: str, service: str, cache: str, argv=None, do_smoke=False, do_bench=True) -> dict:
+def run_server(name: str, spec: str, service: str, cache: str, argv=None, do_smoke=False, do_bench=True,
+               checks=None) -> dict:
+    """Start, wait, then smoke / bench / CHECKS(server, result); every stage recorded as it ends."""
     s = Server(spec, service, {"VLLM_CACHE_ROOT": cache}, argv=argv)
     s.name = name
     with s:
@@ -88,19 +90,20 @@ def run_server(name: str, spec: str, service: str, cache: str, argv=None, do_smo
         if do_bench:
             res["bench"] = bench(s, name)
             record(name, res)
+        if checks:
+            checks(s, res)
+            record(name, res)
         return res
 
 
 def air() -> None:
-    from deploy import cli, render
+    from deploy import cli
 
     cache = "/var/stage/cache-air"
     shutil.rmtree(cache, ignore_errors=True)
     run_server("air.preset", AIR_SPEC, "glm-4.5-air", cache, do_smoke=True)
     run_server("air.warm", AIR_SPEC, "glm-4.5-air", cache, do_bench=False)
-    d, _ = cli.load_deployment(AIR_SPEC)
-    svc = d.service("glm-4.5-air")
-    _, preset = render.host_command(svc, d.vllm_version)
+    svc = cli.load_deployment(AIR_SPEC)[0].service("glm-4.5-air")
     # zai-org/GLM-4.5 README: vllm serve zai-org/GLM-4.5-Air --tensor-parallel-size 4 --tool-call-parser glm45
     #   --reasoning-parser glm45 --enable-auto-tool-choice --served-model-name glm-4.5-air
     tutorial = ["vllm", "serve", svc.model, "--tensor-parallel-size", "4", "--tool-call-parser", "glm45",
@@ -133,44 +136,38 @@ def chat(url: str, model: str, parts: list, max_tokens=16) -> dict:
         return json.loads(r.read())
 
 
-def vision() -> None:
-    name = "vision.preset"
-    s = Server(VISION_SPEC, "glm-4.1v", {"VLLM_CACHE_ROOT": "/var/stage/cache-vision"})
-    s.name = name
-    with s:
-        try:
-            took = s.wait(timeout=900)
-        except RuntimeError as e:
-            record(name, {"error": str(e)[-3000:], "argv": s.argv})
-            return
-        res = {"startup_s": round(took, 1), "argv": s.argv, "smoke": smoke(s, VISION_SPEC, "glm-4.1v")}
-        model = s.svc.served_model_name
-        try:
-            r = chat(s.url, model, [{"type": "image_url", "image_url": {"url": png(i)}} for i in range(32)])
-            res["images_32"] = {"prompt_tokens": r["usage"]["prompt_tokens"], "finish": r["choices"][0]["finish_reason"]}
-        except Exception as e:  # recorded, not fatal: the next checks still run
-            res["images_32"] = {"error": str(e)[:500]}
-        try:
-            sys.path.insert(0, str(ROOT / "smoke_tests"))
-            from test_multimodal import data_url, mp4
+def vision_checks(s: Server, res: dict) -> None:
+    """32 images in one request, one video, then an image + text throughput run."""
+    model = s.svc.served_model_name
+    try:
+        r = chat(s.url, model, [{"type": "image_url", "image_url": {"url": png(i)}} for i in range(32)])
+        res["images_32"] = {"prompt_tokens": r["usage"]["prompt_tokens"], "finish": r["choices"][0]["finish_reason"]}
+    except Exception as e:  # recorded, not fatal: the next checks still run
+        res["images_32"] = {"error": str(e)[:500]}
+    try:
+        sys.path.insert(0, str(ROOT / "smoke_tests"))
+        from test_multimodal import data_url, mp4
 
-            r = chat(s.url, model, [{"type": "video_url", "video_url": {"url": data_url(mp4(frames=16, size=(224, 224)), "video/mp4")}}])
-            res["video"] = {"prompt_tokens": r["usage"]["prompt_tokens"], "finish": r["choices"][0]["finish_reason"]}
-        except Exception as e:
-            res["video"] = {"error": str(e)[:500]}
-        # Throughput: 128 requests of one 448x448 image + a short question, 128 tokens out, 32 at a time.
-        image = png(3)
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(32) as pool:
-            outs = list(pool.map(lambda _: chat(s.url, model, [{"type": "image_url", "image_url": {"url": image}}], 128),
-                                 range(128)))
-        wall = time.monotonic() - t0
-        res["throughput"] = {"requests": 128, "concurrency": 32, "wall_s": round(wall, 1),
-                             "req_s": round(128 / wall, 2),
-                             "out_tok_s": round(sum(o["usage"]["completion_tokens"] for o in outs) / wall, 1),
-                             "prompt_tokens_each": outs[0]["usage"]["prompt_tokens"]}
-        log(f"vision: {res}")
-        record(name, res)
+        r = chat(s.url, model, [{"type": "video_url", "video_url": {"url": data_url(mp4(frames=16, size=(224, 224)), "video/mp4")}}])
+        res["video"] = {"prompt_tokens": r["usage"]["prompt_tokens"], "finish": r["choices"][0]["finish_reason"]}
+    except Exception as e:
+        res["video"] = {"error": str(e)[:500]}
+    # Throughput: 128 requests of one 224x224 image + a short question, 128 tokens out, 32 at a time.
+    image = png(3)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        outs = list(pool.map(lambda _: chat(s.url, model, [{"type": "image_url", "image_url": {"url": image}}], 128),
+                             range(128)))
+    wall = time.monotonic() - t0
+    res["throughput"] = {"requests": 128, "concurrency": 32, "wall_s": round(wall, 1), "req_s": round(128 / wall, 2),
+                         "out_tok_s": round(sum(o["usage"]["completion_tokens"] for o in outs) / wall, 1),
+                         "prompt_tokens_each": outs[0]["usage"]["prompt_tokens"]}
+    log(f"vision: {res}")
+
+
+def vision() -> None:
+    run_server("vision.preset", VISION_SPEC, "glm-4.1v", "/var/stage/cache-vision", do_smoke=True, do_bench=False,
+               checks=vision_checks)
 
 
 if __name__ == "__main__":
