@@ -5,7 +5,10 @@ the EngineCore process is killed (SIGKILL) three times and stopped (SIGSTOP) onc
 service must serve again with no human step (a killed engine makes vLLM's API server exit and the
 restart policy acts; a stopped one keeps /health at 200, so deploy/liveness.py must notice that no
 token is processed and kill it). Then `docker compose stop` during 16 in-flight streams: vLLM drains
-(--shutdown-timeout) and every stream must finish. Times to heal are printed.
+(--shutdown-timeout) and every stream must finish. Then abuse: 256 concurrent streaming chats of which
+32 clients disconnect mid-stream, malformed JSON, a JSON array, a 60 MB body, an image URL: nothing but
+the 4xx vLLM defines for each case, the disconnected requests are aborted (running and waiting back to
+0), and the service still serves and is healthy. Times to heal and counts are printed.
 
 The server image has no `kill` binary: signals are sent with python3 inside the container, and
 the engine is found by its process name (/proc/PID/comm "VLLM::EngineCor").
@@ -14,12 +17,17 @@ the engine is found by its process name (/proc/PID/comm "VLLM::EngineCor").
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections import Counter
 
 import pytest
-from openai import OpenAI
+from openai import APIStatusError, OpenAI
 
 from support import api_key, compose, free_port, rendered_stack
 
@@ -115,6 +123,89 @@ def test_stop_drains_in_flight_streams(stack):
     assert len(finished) == 16, results
 
 
+def post(port: int, path: str, body: bytes, key: str) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", body,
+                                 {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def in_engine(port: int) -> float:
+    """Requests the engine holds (running + waiting), from /metrics (unauthenticated)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(v) for v in re.findall(r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} (\S+)$", text, re.M))
+
+
+def test_abuse_gets_4xx_and_the_service_stays_healthy(stack):
+    """256 concurrent streams (32 dropped by their clients mid-stream) and bad requests: vLLM's 400s only.
+
+    The model is text-only, so the image URL is refused before any fetch (400, "not a multimodal model");
+    fetching bad URLs on a vision model is covered by the smoke suite's image checks on GPU."""
+    work, port, client = stack
+    serving_again(client, time.monotonic())
+    key = api_key(work)
+    n, drop = 256, 32
+    results: list = [None] * n
+
+    def stream(i: int) -> None:
+        try:
+            chunks = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=32, stream=True,
+                timeout=600, extra_body={"ignore_eos": True})
+            got, finish = 0, None
+            for c in chunks:
+                if c.choices:
+                    got += 1
+                    finish = c.choices[0].finish_reason or finish
+                if i < drop and got >= 2:
+                    chunks.close()  # the client goes away mid-stream
+                    results[i] = "dropped"
+                    return
+            results[i] = finish
+        except APIStatusError as e:
+            results[i] = f"HTTP {e.status_code}"
+        except Exception as e:
+            results[i] = f"error: {type(e).__name__}: {e}"
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(900)
+    took = time.monotonic() - t0
+    outcomes = Counter(results)
+    for _ in range(60):  # the dropped requests are aborted, not left generating
+        if in_engine(port) == 0:
+            break
+        time.sleep(1)
+    held = in_engine(port)
+    print(f"\n{n} concurrent streams, {drop} dropped by the client: {dict(outcomes)} in {took:.0f}s; "
+          f"requests left in the engine: {held:.0f}", file=sys.stderr)
+    assert outcomes == {"length": n - drop, "dropped": drop}, outcomes
+    assert held == 0
+
+    big = b'{"model": "%s", "prompt": "%s", "max_tokens": 4}' % (MODEL.encode(), b"a" * 60_000_000)
+    image = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/missing.png"}},
+        {"type": "text", "text": "What is this?"}]}]}).encode()
+    cases = {"malformed JSON": ("/v1/chat/completions", b'{"model": "x", "messages": ['),
+             "JSON array": ("/v1/chat/completions", b"[1, 2]"),
+             "60 MB prompt": ("/v1/completions", big),
+             "image URL to a text model": ("/v1/chat/completions", image)}
+    codes = {name: post(port, path, body, key) for name, (path, body) in cases.items()}
+    print("bad requests: " + ", ".join(f"{name} → {code}" for name, (code, _) in codes.items()), file=sys.stderr)
+    assert {name: code for name, (code, _) in codes.items()} == dict.fromkeys(cases, 400), codes
+    assert "maximum context length" in codes["60 MB prompt"][1]
+    assert serving_again(client, time.monotonic(), limit=30) < 30
+    status = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}",
+                             compose(work, "ps", "-q", SERVICE).stdout.strip()], capture_output=True, text=True)
+    assert status.stdout.strip() == "healthy", status
+
+
 def test_the_api_key_is_in_no_rendered_file_and_no_log(stack):
     """Checked last, after faults, restarts and drains have written plenty of log lines."""
     work, port, client = stack
@@ -123,9 +214,6 @@ def test_the_api_key_is_in_no_rendered_file_and_no_log(stack):
     logs = compose(work, "--profile", "*", "logs").stdout + compose(work, "--profile", "*", "logs").stderr
     assert len(logs) > 1000 and key not in logs
     assert key not in (work / "compose.yaml").read_text()
-    import urllib.error
-    import urllib.request
-
     for path in ("/v1/models", "/v1/completions", "/v1/chat/completions"):  # every generation path wants the key
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", b"{}" if path != "/v1/models" else None,
                                      {"Content-Type": "application/json"})
