@@ -27,6 +27,7 @@ examples:
   python -m deploy doctor deploy/stacks/default.yaml
   python -m deploy presets
   python -m deploy args deploy/stacks/default.yaml --service glm-4.5-air
+  python -m deploy batch-input prompts.txt -o batch/glm-4.5-air/input/prompts.jsonl
 """
 
 
@@ -72,6 +73,17 @@ def cmd_render(a) -> int:
     elif env.exists() and env.stat().st_mode & 0o077:
         print(f"warning: {env} can be read by other users. Fix: chmod 600 {env}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
+    for s in d.services:
+        # Made here, by the user who renders, so that the job (the image's user) can write its answers
+        # (Docker would create missing folders owned by root).
+        for key in ("input", "output") if s.batch else ():
+            folder = Path(getattr(s.batch, key))
+            if not folder.is_absolute() and not (out.parent / folder).exists():
+                (out.parent / folder).mkdir(parents=True)
+                print(f"created {out.parent / folder} (batch {key} of {s.name})", file=sys.stderr)
+            elif not (out.parent / folder).exists():
+                print(f"note: {folder} (batch {key} of {s.name}) does not exist; create it before the job runs",
+                      file=sys.stderr)
     return 0
 
 
@@ -124,6 +136,37 @@ def cmd_args(a) -> int:
     return 0
 
 
+def cmd_batch_input(a) -> int:
+    from . import batch
+
+    src, out = Path(a.prompts), Path(a.output)
+    try:
+        text = src.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"cannot read {src}: {e}. Fix: pass a UTF-8 text file (one prompt per line) or a CSV.", file=sys.stderr)
+        return 1
+    if out.exists():
+        print(f"{out} exists; nothing was written. Fix: choose another -o, or delete it first.", file=sys.stderr)
+        return 1
+    try:
+        requests = batch.prompts_to_requests(text, src.suffix.lower() == ".csv", a.model, a.max_tokens, a.system)
+    except ValueError as e:
+        print(f"{src}: {e}", file=sys.stderr)
+        return 1
+    if not requests:
+        print(f"{src} holds no prompt; nothing was written.", file=sys.stderr)
+        return 1
+    cids = [r["custom_id"] for r in requests]
+    if len(set(cids)) != len(cids):
+        dup = next(c for c in cids if cids.count(c) > 1)
+        print(f"{src}: custom_id {dup!r} appears twice; nothing was written. Fix: make the column unique.", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batch.write_atomic(out, [json.dumps(r, ensure_ascii=False) for r in requests])
+    print(f"wrote {len(requests)} request(s) to {out}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deploy",
@@ -158,6 +201,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("spec")
     g.add_argument("--service", help="service name (needed when the spec has several)")
     g.add_argument("--json", action="store_true", help="print {env, argv} as JSON")
+    b = add("batch-input", "turn prompts (a text file, one per line, or a CSV with a `prompt` column and optional "
+            "`custom_id`, `system`) into a batch job's JSONL input",
+            "python -m deploy batch-input prompts.txt -o batch/glm-4.5-air/input/prompts.jsonl", cmd_batch_input)
+    b.add_argument("prompts")
+    b.add_argument("-o", "--output", required=True, help="the .jsonl file to create (never overwritten)")
+    b.add_argument("--model", help="served model name (default: the job's model)")
+    b.add_argument("--max-tokens", type=int, help="max_tokens of every request (default: up to the context length)")
+    b.add_argument("--system", help="a system prompt for every request")
     p.add_argument("--version", action="version", version=f"vllm-compose {pins.PROJECT} (vLLM {versions.OLDEST}–{versions.NEWEST}, default {pins.VLLM})")
     return p
 

@@ -24,6 +24,12 @@ class Preset:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+# The sampling of both tutorials' offline scripts (`SamplingParams(temperature=0.6, top_p=0.95, top_k=20,
+# min_p=0, ...)`), made the default of every request that leaves them unset: the server's and the batch job's.
+# Their stop_token_ids are the eos_token_id list of the models' generation_config.json, which vLLM already
+# applies; max_tokens stays per request (unset: up to the context length).
+TUTORIAL_SAMPLING = (("temperature", 0.6), ("top_p", 0.95), ("top_k", 20), ("min_p", 0.0))
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -44,6 +50,7 @@ PRESETS: dict[str, Preset] = {
                 tool_call_parser="glm45",
                 reasoning_parser="glm45",
                 enable_auto_tool_choice=True,
+                sampling=TUTORIAL_SAMPLING,
                 health_start_period=1800,  # ~200 GB of weights to load onto 4 GPUs
             ),
         ),
@@ -61,6 +68,7 @@ PRESETS: dict[str, Preset] = {
                 tool_call_parser="glm45",
                 reasoning_parser="glm45",
                 enable_auto_tool_choice=True,
+                sampling=TUTORIAL_SAMPLING,
                 health_start_period=1200,
             ),
         ),
@@ -83,6 +91,7 @@ PRESETS: dict[str, Preset] = {
                 allowed_local_media_path="/media",
                 media_dir="./media",
                 reasoning_parser="glm45",
+                sampling=TUTORIAL_SAMPLING,
                 health_start_period=900,
             ),
         ),

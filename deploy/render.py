@@ -24,6 +24,8 @@ ENTRYPOINT = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 FETCH_ENTRYPOINT = ["python3", "-m", "deploy.fetch"]
 HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
 LIVENESS = "/opt/vllm-compose/liveness.py"  # deploy/liveness.py, mounted read-only into every server
+BATCH = "/opt/vllm-compose/batch.py"  # deploy/batch.py, mounted read-only into batch jobs
+BATCH_DIRS = ("/batch/input", "/batch/output")
 # Docker's stop signal reaches vLLM as SIGTERM; it drains for --shutdown-timeout, then Docker waits this much longer.
 STOP_GRACE_MARGIN = 15
 
@@ -50,9 +52,9 @@ def vllm_flags(s: Service, version: VllmVersion) -> list[str]:
     return argv + list(s.extra_args)
 
 
-def server_argv(s: Service, version: VllmVersion) -> list[str]:
+def server_argv(s: Service, version: VllmVersion, host: str = "0.0.0.0") -> list[str]:
     """Arguments after the image's entrypoint."""
-    return ["--model", s.model_path, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT), *vllm_flags(s, version)]
+    return ["--model", s.model_path, "--host", host, "--port", str(CONTAINER_PORT), *vllm_flags(s, version)]
 
 
 def host_command(s: Service, version: VllmVersion) -> tuple[dict[str, str], list[str]]:
@@ -169,6 +171,28 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
     return svc
 
 
+def _batch_service(d: Deployment, s: Service, server: dict[str, Any], context: str) -> dict[str, Any]:
+    """The server's container as a one-shot job: same image, GPUs, environment and argv (bound to 127.0.0.1
+    inside the container, no published port, no key), driven by deploy/batch.py over the two folders."""
+    assert s.batch is not None
+    keep = {k: v for k, v in server.items()
+            if k not in ("entrypoint", "command", "ports", "healthcheck", "restart", "stop_grace_period", "env_file",
+                         "profiles", "volumes")}
+    volumes = [v for v in server["volumes"] if not (isinstance(v, dict) and v["target"] == LIVENESS)]
+    volumes += [{"type": "bind", "source": f"{context}/deploy/batch.py", "target": BATCH, "read_only": True},
+                {"type": "bind", "source": _lit(s.batch.input), "target": BATCH_DIRS[0], "read_only": True},
+                {"type": "bind", "source": _lit(s.batch.output), "target": BATCH_DIRS[1]}]
+    return {
+        **keep,
+        "entrypoint": ["python3", BATCH],
+        "command": ["--input", BATCH_DIRS[0], "--output", BATCH_DIRS[1], "--concurrency", str(s.batch.concurrency),
+                    "--", *ENTRYPOINT, *(_lit(a) for a in server_argv(s, d.vllm_version, host="127.0.0.1"))],
+        "volumes": volumes,
+        "restart": "no",
+        "profiles": ["batch"],
+    }
+
+
 def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
     """The compose document. CONTEXT: the project root (holding images/), relative to the compose file."""
     services: dict[str, Any] = {}
@@ -177,7 +201,10 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         services[fetch_name] = _fetch_service(d, s, context)
         services[s.name] = _server_service(d, s, fetch_name, context)
         if s.profiles:
-            services[fetch_name]["profiles"] = list(s.profiles)
+            # A batch job's download must run under `--profile batch` too.
+            services[fetch_name]["profiles"] = list(s.profiles) + (["batch"] if s.batch else [])
+        if s.batch:
+            services[f"{s.name}-batch"] = _batch_service(d, s, services[s.name], context)
     return {
         "services": _build_once(services),
         "volumes": {name: {} for _, name in d.volumes},

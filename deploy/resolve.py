@@ -77,6 +77,15 @@ def parse_max_model_len(value: int | str, version: VllmVersion) -> tuple[int | s
 
 
 @dataclass(frozen=True)
+class Batch:
+    """A batch job beside the server: host folders and how many requests it keeps in flight."""
+
+    input: str
+    output: str
+    concurrency: int = 256
+
+
+@dataclass(frozen=True)
 class Service:
     """One model server with every value decided. Built once by `resolve`, never changed."""
 
@@ -110,6 +119,8 @@ class Service:
     cpu_kvcache_space: int | None = None
     health_start_period: int = 900
     shutdown_timeout: int = 60
+    sampling: tuple[tuple[str, float], ...] | None = None
+    batch: Batch | None = None
     profiles: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -326,6 +337,17 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
         elif media.rstrip("/") == "":
             c.error(f"{path}.media_dir", "cannot be mounted over the container's /. Fix: allowed_local_media_path: /media.")
 
+    if "batch" in val:
+        b = val["batch"]
+        val["batch"] = Batch(b.input or f"./batch/{name}/input", b.output or f"./batch/{name}/output", b.concurrency or 256)
+        for key in ("input", "output"):
+            folder = getattr(val["batch"], key)
+            if folder.rstrip("/") in ("", ".") or ".." in folder.split("/"):
+                c.error(f"{path}.batch.{key}", f"{folder[:60]!r} would mount a whole tree. Fix: a folder of its own, "
+                        f"such as ./batch/{name}/{key}.")
+        if val["batch"].input.rstrip("/") == val["batch"].output.rstrip("/"):
+            c.error(f"{path}.batch.output", "is the input folder (mounted read-only). Fix: a separate folder.")
+
     profiles = val.get("profiles", ())
     if any(not PROFILE_RE.fullmatch(p) for p in profiles) or len(set(profiles)) != len(profiles):
         c.error(f"{path}.profiles", f"{list(profiles)!r:.80} must be distinct names of letters, digits, '_', '.', '-'. "
@@ -354,9 +376,10 @@ def _check_across(services: tuple[Service, ...], c: Collector) -> None:
     gpus: dict[int, str] = {}
     names = {s.name for s in services}
     for s in services:
-        if f"{s.name}-fetch" in names:
-            c.error(f"services.{s.name}-fetch", f"collides with the download service generated for {s.name!r}. "
-                    f"Fix: rename one of them.")
+        for suffix, what in (("fetch", "download service"), ("batch", "batch job")):
+            if f"{s.name}-{suffix}" in names and (suffix == "fetch" or s.batch):
+                c.error(f"services.{s.name}-{suffix}", f"collides with the {what} generated for {s.name!r}. "
+                        f"Fix: rename one of them.")
         if s.port in ports:
             c.error(f"services.{s.name}.port", f"host port {s.port} is already used by service {ports[s.port]!r}. "
                     f"Fix: give each service its own port.")

@@ -125,6 +125,37 @@ def mm_limits(v, path, c):
     return tuple(out.items())
 
 
+# The generation-config keys vLLM takes as request defaults (--override-generation-config), with their ranges.
+SAMPLING_KEYS: dict[str, tuple[type, float, float, str]] = {
+    "temperature": (float, 0, 100, "a number ≥ 0, such as 0.6"),
+    "top_p": (float, 1e-9, 1, "a number in (0, 1], such as 0.95"),
+    "top_k": (int, -1, 2**31, "-1 (off) or a positive integer, such as 20"),
+    "min_p": (float, 0, 1, "a number in [0, 1], such as 0"),
+    "repetition_penalty": (float, 1e-9, 100, "a number > 0, such as 1.0"),
+    "max_new_tokens": (int, 1, 2**31, "a positive integer: the default max_tokens"),
+}
+
+
+def sampling(v, path, c):
+    if not isinstance(v, dict) or not v:
+        return _type_error(c, path, v, "a mapping such as {temperature: 0.6, top_p: 0.95}")
+    out = {}
+    for k, x in v.items():
+        if k not in SAMPLING_KEYS:
+            c.error(f"{path}.{k}", f"unknown sampling key {str(k)[:40]!r}.{did_you_mean(str(k), SAMPLING_KEYS)} "
+                    f"Fix: use {', '.join(SAMPLING_KEYS)} (generation_config.json's names).")
+            continue
+        kind, low, high, want = SAMPLING_KEYS[k]
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and low <= x <= high
+        if kind is int and not isinstance(x, int) or k == "top_k" and x == 0:
+            ok = False
+        if ok:
+            out[k] = x
+        else:
+            _type_error(c, f"{path}.{k}", x, want)
+    return tuple(out.items())
+
+
 def choice(*options: str) -> Check:
     def check(v, path, c):
         if v in options:
@@ -139,6 +170,22 @@ def choice(*options: str) -> Check:
 
 def _f(check: Check, doc: str):
     return field(default=None, metadata={"check": check, "doc": doc})
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    input: str | None = _f(string, "host folder of *.jsonl request files (default ./batch/SERVICE/input)")
+    output: str | None = _f(string, "host folder the answers go to (default ./batch/SERVICE/output)")
+    concurrency: int | None = _f(positive_int, "requests in flight at once (default 256)")
+
+
+def batch(v, path, c):
+    if v is True:
+        return BatchSpec()
+    if isinstance(v, dict):
+        return _parse_record(BatchSpec, v, path, c)
+    if v is not False:
+        _type_error(c, path, v, "true or a mapping such as {input: ./batch/in, output: ./batch/out}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +218,9 @@ class ServiceSpec:
     cpu_kvcache_space: int | None = _f(positive_int, "VLLM_CPU_KVCACHE_SPACE in GiB (CPU only)")
     health_start_period: int | None = _f(positive_int, "seconds the healthcheck waits for model load")
     shutdown_timeout: int | None = _f(positive_int, "seconds in-flight requests get to finish on stop (--shutdown-timeout)")
+    sampling: tuple | None = _f(sampling, "request defaults: temperature, top_p, top_k, min_p, repetition_penalty, "
+                                          "max_new_tokens (--override-generation-config)")
+    batch: BatchSpec | None = _f(batch, "a batch job SERVICE-batch (`docker compose --profile batch run --rm SERVICE-batch`)")
     profiles: tuple | None = _f(string_list, "compose profiles")
     include: tuple | None = _f(string_list, "file patterns to download")
     exclude: tuple | None = _f(string_list, "file patterns to skip")

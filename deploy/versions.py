@@ -129,6 +129,8 @@ FLAGS: tuple[Flag, ...] = (
     # From 0.10.0 only JSON (or dotted keys) is accepted; the legacy "image=16" form is gone.
     Flag("limit_mm_per_prompt", "--limit-mm-per-prompt", "json", since=_v("0.10.0")),
     Flag("allowed_local_media_path", "--allowed-local-media-path"),
+    # Merged over the model's generation_config.json: the defaults of requests that leave these unset.
+    Flag("sampling", "--override-generation-config", "json"),
     # Drain on SIGTERM: in-flight requests get this long to finish (read in the 0.32.0 wheel).
     Flag("shutdown_timeout", "--shutdown-timeout", since=_v("0.32.0")),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -414,3 +415,84 @@ def test_mutated_stacks_render_valid_compose_or_fail_cleanly(mutation):
         assert e.problems and all(p.message and len(p.message) <= 1000 for p in e.problems)
         return
     jsonschema.Draft7Validator(SCHEMA).validate(render.compose(d))
+
+
+# ------------------------------------------------------------------ batch jobs and sampling
+
+
+def test_batch_job_is_the_server_container_run_once_with_the_same_argv():
+    d = deployment("services:\n  air:\n    preset: glm-4.5-air\n    gpus: [0, 1, 2, 3]\n    batch: {concurrency: 64}\n")
+    doc = render.compose(d)["services"]
+    server, job = doc["air"], doc["air-batch"]
+    argv = job["command"][job["command"].index("--") + 1:]
+    assert argv[:3] == render.ENTRYPOINT and argv[3:] == [
+        "127.0.0.1" if a == "0.0.0.0" else a for a in server["command"]]  # same flags, bound inside the container
+    assert job["deploy"] == server["deploy"] and job["image"] == server["image"] and job["profiles"] == ["batch"]
+    assert "ports" not in job and "env_file" not in job and job["restart"] == "no"
+    assert job["command"][:6] == ["--input", "/batch/input", "--output", "/batch/output", "--concurrency", "64"]
+    binds = {v["target"]: v for v in job["volumes"] if isinstance(v, dict)}
+    assert binds["/batch/input"]["source"] == "./batch/air/input" and binds["/batch/input"]["read_only"]
+    assert binds["/batch/output"]["source"] == "./batch/air/output" and "read_only" not in binds["/batch/output"]
+
+
+def test_the_tutorials_sampling_reaches_server_and_job_as_one_flag():
+    d = deployment("services:\n  air:\n    preset: glm-4.5-air\n    batch: true\n")
+    doc = render.compose(d)["services"]
+    for name in ("air", "air-batch"):
+        cmd = doc[name]["command"]
+        assert json.loads(cmd[cmd.index("--override-generation-config") + 1]) == {
+            "temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}
+
+
+@pytest.mark.parametrize("body,message", [
+    ("sampling: {temprature: 0.6}", "Did you mean 'temperature'"),
+    ("sampling: {top_p: 1.5}", "sampling.top_p: expected a number in"),
+    ("sampling: {top_k: 0}", "sampling.top_k: expected -1"),
+    ("sampling: {max_new_tokens: 1.5}", "sampling.max_new_tokens"),
+    ("batch: {input: /, output: ./out}", "batch.input: '/' would mount a whole tree"),
+    ("batch: {input: ./a/../..}", "batch.input"),
+    ("batch: {input: ./same, output: ./same/}", "batch.output: is the input folder"),
+    ("batch: yes please", "batch: expected true or a mapping"),
+    ("batch: {concurrency: 0}", "batch.concurrency: expected a positive integer"),
+    ("batch: {outptu: ./x}", "Did you mean 'output'")])
+def test_bad_batch_and_sampling_settings_name_the_field_and_the_fix(body, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        deployment(f"services:\n  a:\n    preset: glm-4.5-air\n    {body}\n")
+
+
+def test_a_service_named_like_a_generated_batch_job_is_refused():
+    with pytest.raises(SpecError, match="collides with the batch job"):
+        deployment("services:\n  a:\n    preset: glm-4.5-air\n    batch: true\n  a-batch:\n    model: hf:x/y\n"
+                   "    port: 9000\n    gpus: [5]\n")
+
+
+def test_batch_input_helper_never_overwrites_and_reads_csv(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("custom_id,prompt\nq1,Hello\nq2,\"Two, with a comma\"\n")
+    out = tmp_path / "in" / "p.jsonl"
+    assert cli.main(["batch-input", str(tmp_path / "p.csv"), "-o", str(out), "--max-tokens", "8"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["custom_id"] for x in lines] == ["q1", "q2"]
+    assert lines[1]["body"] == {"messages": [{"role": "user", "content": "Two, with a comma"}], "max_tokens": 8}
+    before = out.read_text()
+    assert cli.main(["batch-input", str(tmp_path / "p.csv"), "-o", str(out)]) == 1
+    assert out.read_text() == before and "exists; nothing was written" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("text\nhello\n")
+    assert cli.main(["batch-input", str(tmp_path / "bad.csv"), "-o", str(tmp_path / "b.jsonl")]) == 1
+    assert "no `prompt` column" in capsys.readouterr().err and not (tmp_path / "b.jsonl").exists()
+
+
+def test_batch_input_lines_are_checked_one_by_one():
+    from deploy import batch
+
+    text = "\n".join([
+        '{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": []}}',
+        "not json",
+        '{"custom_id": "a", "url": "/v1/chat/completions", "body": {}}',
+        '{"custom_id": "b", "url": "/v1/chat/completions"}',
+        '{"custom_id": "c", "method": "GET", "url": "/v1/models", "body": {}}',
+        "[1]", "",
+        '{"custom_id": "d", "url": "/v1/completions", "body": {"prompt": "x"}}'])
+    ok, bad = batch.parse_lines(text)
+    assert [(n, r["custom_id"]) for n, r in ok] == [(1, "a"), (8, "d")]
+    assert [(n, cid) for n, cid, _ in bad] == [(2, None), (3, "a"), (4, "b"), (5, "c"), (6, None)]
+    assert "also on line 1" in bad[1][2] and all("Fix" in m for _, _, m in bad)
