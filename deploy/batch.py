@@ -116,13 +116,6 @@ def write_atomic(path: Path, lines: list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def own_like_folder(path: Path) -> None:
-    """Run as root (the upstream GPU image), give a written file to the output folder's owner, not to root."""
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and path.exists():
-        st = path.parent.stat()
-        os.chown(path, st.st_uid, st.st_gid)
-
-
 def cannot_write(folder: Path) -> str | None:
     """Why this container cannot write answers into FOLDER (checked before the engine loads), or None."""
     probe = folder / f".write-test-{os.getpid()}"
@@ -261,7 +254,6 @@ def run_file(server: Server, src: Path, out_dir: Path, concurrency: int,
                                           "body": payload}, None)
 
     with open(partial, "a", encoding="utf-8") as part, ThreadPoolExecutor(concurrency) as pool:
-        own_like_folder(partial)
         todo = iter([r for _, r in pending])
         running = {pool.submit(one, r) for r in islice(todo, concurrency)}
         try:
@@ -292,7 +284,6 @@ def run_file(server: Server, src: Path, out_dir: Path, concurrency: int,
         error = {"code": "invalid_line", "line": n, "message": f"line {n}: {message}"}
         lines[n] = json.dumps(_record(cid, None, error, f"batch_invalid_line_{n}"), ensure_ascii=False)
     write_atomic(out_dir / src.name, [lines[n] for n in sorted(lines)])
-    own_like_folder(out_dir / src.name)
     partial.unlink(missing_ok=True)
     not_ok = sum(1 for _, r in requests if done[r["custom_id"]]["response"]["status_code"] != 200)
     print(f"[batch] {src.name}: wrote {len(lines)} line(s) to the output folder ({len(requests) - not_ok} answered, "

@@ -26,6 +26,11 @@ HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, 
 LIVENESS = "/opt/vllm-compose/liveness.py"  # deploy/liveness.py, mounted read-only into every server
 BATCH = "/opt/vllm-compose/batch.py"  # deploy/batch.py, mounted read-only into batch jobs
 BATCH_DIRS = ("/batch/input", "/batch/output")
+# Every server runs as this uid (the project's images' user) and gid 0 (vLLM's own non-root image target uses
+# gid 0). The upstream GPU image runs as root unless told; vLLM needs no root (verified on an H100:
+# docs/GPU-RESULTS.md). HOME goes into the compile-cache volume, where Triton/FlashInfer JIT caches persist.
+SERVER_USER = "1000:0"
+SERVER_HOME = f"{CACHE_DIR}/home"
 # Docker's stop signal reaches vLLM as SIGTERM; it drains for --shutdown-timeout, then Docker waits this much longer.
 STOP_GRACE_MARGIN = 15
 
@@ -89,7 +94,9 @@ def _image(ref: str, version: VllmVersion, context: str) -> dict[str, Any]:
 
 def _fetch_service(d: Deployment, s: Service, context: str) -> dict[str, Any]:
     src = s.source
-    volumes: list[Any] = [f"{d.volume('models')}:{MODELS_DIR}"]
+    # The compile-cache volume is mounted here too, only so that Docker creates it from the fetch image's
+    # /cache/vllm, owned by the servers' uid (a volume first mounted by the root-run GPU image would be root's).
+    volumes: list[Any] = [f"{d.volume('models')}:{MODELS_DIR}", f"{d.volume('compile_cache')}:{CACHE_DIR}"]
     if src.kind == "local":  # mounted read-only, then copied into the model volume
         sources = ["/source"]
         volumes.append({"type": "bind", "source": _lit(s.model), "target": "/source", "read_only": True})
@@ -155,6 +162,8 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
     if s.api_key:
         svc["env_file"] = [{"path": d.env_file, "required": True}]
     if s.device == "gpu":
+        svc["user"] = SERVER_USER
+        env["HOME"] = SERVER_HOME
         device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
         if s.gpu_ids is not None:
             device["device_ids"] = [str(g) for g in s.gpu_ids]

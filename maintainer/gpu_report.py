@@ -85,6 +85,8 @@ def main() -> None:
                 lines.append(f"| {name} | {r.get('gpus', '')} | {r.get('startup_s', '–')} | {result} | "
                              f"`{' '.join(r['argv'])}` |")
             lines.append("")
+            lines += [f"- {name}: served as {r['run_as']}; {r.get('machine', '')}." for name, r in serves.items()
+                      if "run_as" in r] + [""] * any("run_as" in r for r in serves.values())
         if "air.preset" in data:
             lines += fullshape(data)
         for name, b in data.items():

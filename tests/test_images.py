@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import uuid
 
 import pytest
 
@@ -81,8 +82,25 @@ def test_compose_builds_the_model_fetch_image(docker, tmp_path):
     from support import compose
 
     assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
+    project = f"vllmtest-{uuid.uuid4().hex[:8]}"
+    (tmp_path / ".env").write_text(f"COMPOSE_PROJECT_NAME={project}\n")
     compose(tmp_path, "build", "glm-4.5-air-fetch")
     r = compose(tmp_path, "run", "--rm", "--no-deps", "--entrypoint", "python3", "glm-4.5-air-fetch", "-c",
                 "import huggingface_hub, modelscope, deploy.fetch; print(huggingface_hub.__version__)")
     pinned = re.search(r"^huggingface_hub==(\S+)", (ROOT / "constraints.txt").read_text(), re.M | re.I).group(1)
     assert r.stdout.strip().splitlines()[-1] == pinned
+    # The GPU server runs as render.SERVER_USER in the upstream image (root unless told): the compile-cache
+    # volume must be writable by it. Its first mount, by the fetch service, makes it the fetch image's.
+    compose(tmp_path, "run", "--rm", "--no-deps", "--entrypoint", "true", "glm-4.5-air-fetch")
+    fetch_image = compose(tmp_path, "config", "--format", "json").stdout
+    fetch_image = json.loads(fetch_image)["services"]["glm-4.5-air-fetch"]["image"]
+    try:  # the fetch service made the volume (else `docker run` below would, from the same image)
+        assert subprocess.run(["docker", "volume", "inspect", f"{project}_vllm-cache"], capture_output=True).returncode == 0
+        r = subprocess.run(["docker", "run", "--rm", "--user", render.SERVER_USER, "-e", f"HOME={render.SERVER_HOME}",
+                            "-v", f"{project}_vllm-cache:/cache/vllm", "--entrypoint", "python3", fetch_image,
+                            "-c", "import os, pathlib; h = pathlib.Path(os.environ['HOME']); h.mkdir(); "
+                            "(h / 'x').write_text('1'); print(os.getuid(), os.getgid())"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.split() == render.SERVER_USER.split(":"), r.stderr
+    finally:
+        compose(tmp_path, "down", "--volumes", check=False)

@@ -3,7 +3,8 @@
 SmolLM2: prompts from a text file through `vllm-deploy batch-input`, plus a malformed line; the run is
 stopped (`docker stop`, SIGTERM) after a few answers and run again: it answers only the rest, keeps the
 first run's answers, reports the bad line by number, and writes the output whole, in input order.
-The scripted GLM-4.5-shaped model (tests/fixtures/make_scripted_glm.py) with the GLM-4.5-Air parser
+Both jobs run in the session's shared stacks (conftest: demo_stack, scripted_stack), beside their idle
+servers, as a user who keeps the server up on a CPU host would. The scripted GLM-4.5-shaped model (tests/fixtures/make_scripted_glm.py) with the GLM-4.5-Air parser
 flags: `chat_template_kwargs: {enable_thinking: ...}` is honoured and the reasoning comes back split.
 """
 
@@ -13,25 +14,14 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from support import ROOT, compose
+from support import compose
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 PROMPTS = 16
-
-
-def batch_stack(work: Path, body: str, links: dict[str, Path] | None = None) -> None:
-    from deploy import cli
-
-    (work / "spec.yaml").write_text(body)
-    assert cli.main(["render", str(work / "spec.yaml"), "-o", str(work / "compose.yaml")]) == 0
-    for name, target in (links or {}).items():
-        (work / name).symlink_to(target)
-    (work / ".env").write_text(f"COMPOSE_PROJECT_NAME=vllmtest-{uuid.uuid4().hex[:8]}\n")
 
 
 def run_job(work: Path, service: str) -> subprocess.CompletedProcess:
@@ -43,16 +33,9 @@ def answers(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture
-def down(tmp_path):
-    yield tmp_path
-    compose(tmp_path, "--profile", "*", "down", "--volumes", "--remove-orphans", check=False)
-
-
-def test_interrupted_job_resumes_and_reports_the_bad_line(cpu_image, down):
-    work = down
-    batch_stack(work, "services:\n  demo:\n    preset: smollm2-135m-cpu\n    profiles: [cpu]\n"
-                      "    batch: {concurrency: 1}\n")
+def test_interrupted_job_resumes_and_reports_the_bad_line(demo_stack):
+    """The job runs beside the idle server of the shared demo stack (same project: the weights are there)."""
+    work, _, _ = demo_stack
     out_dir, in_dir = work / "batch/demo/output", work / "batch/demo/input"
     out_dir.chmod(0o777)  # the CPU image runs as uid 1000; CI runs as root (a uid-1000 user needs nothing)
     (work / "prompts.txt").write_text("".join(f"Write a sentence about the number {i}.\n" for i in range(PROMPTS)))
@@ -103,10 +86,8 @@ def test_interrupted_job_resumes_and_reports_the_bad_line(cpu_image, down):
     assert answers(out_dir / "numbers.jsonl") == out
 
 
-def test_reasoning_is_split_and_enable_thinking_honoured(scripted_models, down):
-    work = down
-    batch_stack(work, (ROOT / "tests/stacks/scripted-cpu.yaml").read_text().split("\n  glm45-tools:")[0]
-                + "    batch: true\n", links={"models": scripted_models})
+def test_reasoning_is_split_and_enable_thinking_honoured(scripted_stack):
+    work, _ = scripted_stack
     in_dir, out_dir = work / "batch/glm45-reasoning/input", work / "batch/glm45-reasoning/output"
     out_dir.chmod(0o777)
     lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
