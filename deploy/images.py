@@ -48,6 +48,8 @@ def catalog(version: VllmVersion) -> dict[str, ProjectImage]:
         ProjectImage("model-fetch", f"{NAMESPACE}model-fetch:{pins.PROJECT}", (
             python_base, index, ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", "")),
         )),
+        # The monitoring profile's Prometheus: Debian's package on the same base.
+        ProjectImage("prometheus", f"{NAMESPACE}prometheus:{pins.PROJECT}", (python_base,)),
         # The upstream GPU image plus extra CA certificates and a wheelhouse, for sites whose
         # TLS proxy or mirror the server must trust at run time. Chosen with images.vllm.
         ProjectImage("vllm", f"{NAMESPACE}vllm:{version}", (
@@ -63,4 +65,5 @@ def default_images(version: VllmVersion) -> dict[str, str]:
         "vllm": pins.VLLM_GPU_IMAGE.format(version=version),
         "vllm_cpu": f"{NAMESPACE}vllm-cpu:{version}",
         "model_fetch": f"{NAMESPACE}model-fetch:{pins.PROJECT}",
+        "prometheus": f"{NAMESPACE}prometheus:{pins.PROJECT}",
     }

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import images as project_images
+from . import monitoring
 from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
 from .versions import VllmVersion
 
@@ -31,6 +32,7 @@ BATCH_DIRS = ("/batch/input", "/batch/output")
 # docs/GPU-RESULTS.md). HOME goes into the compile-cache volume, where Triton/FlashInfer JIT caches persist.
 SERVER_USER = "1000:0"
 SERVER_HOME = f"{CACHE_DIR}/home"
+PROMETHEUS_VOLUME = "prometheus-data"
 # Docker's stop signal reaches vLLM as SIGTERM; it drains for --shutdown-timeout, then Docker waits this much longer.
 STOP_GRACE_MARGIN = 15
 
@@ -214,10 +216,21 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
             services[fetch_name]["profiles"] = list(s.profiles) + (["batch"] if s.batch else [])
         if s.batch:
             services[f"{s.name}-batch"] = _batch_service(d, s, services[s.name], context)
-    return {
-        "services": _build_once(services),
-        "volumes": {name: {} for _, name in d.volumes},
-    }
+    doc: dict[str, Any] = {"services": _build_once(services), "volumes": {name: {} for _, name in d.volumes}}
+    if d.monitoring_port:
+        doc["services"]["prometheus"] = {
+            **_image(d.image("prometheus"), d.vllm_version, context),
+            "configs": [{"source": "prometheus", "target": "/etc/prometheus/prometheus.yml"},
+                        {"source": "prometheus-alerts", "target": "/etc/prometheus/alerts.yml"}],
+            "ports": [f"{d.bind_address}:{d.monitoring_port}:9090"],
+            "volumes": [f"{PROMETHEUS_VOLUME}:/prometheus"],
+            "restart": "unless-stopped",
+            "profiles": ["monitoring"],
+        }
+        doc["volumes"][PROMETHEUS_VOLUME] = {}
+        doc["configs"] = {"prometheus": {"content": _lit(monitoring.prometheus_yaml(d))},
+                          "prometheus-alerts": {"content": _lit(monitoring.alerts_yaml())}}
+    return doc
 
 
 def _build_once(services: dict[str, Any]) -> dict[str, Any]:
@@ -235,10 +248,15 @@ def _build_once(services: dict[str, Any]) -> dict[str, Any]:
 
 
 class _NoAliases(yaml.SafeDumper):
-    """Repeated lists (the entrypoints) are written out, not as &id001 anchors."""
+    """Repeated lists (the entrypoints) are written out, not as &id001 anchors; multi-line strings (the
+    monitoring configs) as literal blocks."""
 
     def ignore_aliases(self, data):
         return True
+
+
+_NoAliases.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
 
 
 def compose_yaml(d: Deployment, header: str = "", context: str = ".") -> str:

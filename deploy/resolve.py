@@ -158,6 +158,7 @@ class Deployment:
     images: tuple[tuple[str, str], ...]  # (role, reference): vllm, vllm_cpu, model_fetch
     volumes: tuple[tuple[str, str], ...]  # (role, volume name): models, compile_cache
     services: tuple[Service, ...] = ()
+    monitoring_port: int | None = None  # Prometheus's host port; None: no monitoring
 
     def image(self, role: str) -> str:
         return dict(self.images)[role]
@@ -203,7 +204,15 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
         c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
     services = tuple(filter(None, (_resolve_service(name, s, version, images, c) for name, s in spec.services)))
     _check_across(services, c)
-    return Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services)
+    monitoring_port = None
+    if spec.monitoring is not None:
+        monitoring_port = spec.monitoring.port or 9090
+        if used := next((s.name for s in services if s.port == monitoring_port), None):
+            c.error("monitoring.port", f"host port {monitoring_port} is already used by service {used!r}. "
+                    "Fix: give Prometheus another port.")
+        if "prometheus" in {s.name for s in services}:
+            c.error("services.prometheus", "collides with the monitoring service. Fix: rename it.")
+    return Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port)
 
 
 def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> None:

@@ -233,6 +233,21 @@ class Images:
     vllm: str | None = _f(string, "GPU server image (default: upstream vllm/vllm-openai:v<vllm_version>)")
     vllm_cpu: str | None = _f(string, "CPU server image")
     model_fetch: str | None = _f(string, "model download image")
+    prometheus: str | None = _f(string, "monitoring image (default: built from images/prometheus)")
+
+
+@dataclass(frozen=True)
+class MonitoringSpec:
+    port: int | None = _f(port, "host port of Prometheus (default 9090)")
+
+
+def monitoring(v, path, c):
+    if v is True:
+        return MonitoringSpec()
+    if isinstance(v, dict):
+        return _parse_record(MonitoringSpec, v, path, c)
+    if v is not False:
+        _type_error(c, path, v, "true or a mapping such as {port: 9090}")
 
 
 @dataclass(frozen=True)
@@ -246,6 +261,7 @@ class StackSpec:
     vllm_version: str | None = _f(string, "the pinned vLLM version")
     bind_address: str | None = _f(string, "host address ports are published on (default 127.0.0.1)")
     env_file: str | None = _f(string, "file holding VLLM_API_KEY, created with mode 0600")
+    monitoring: MonitoringSpec | None = _f(monitoring, "Prometheus scraping every server, with alert rules (profile monitoring)")
     images: Images = field(default_factory=Images)
     volumes: Volumes = field(default_factory=Volumes)
     services: tuple[tuple[str, ServiceSpec], ...] = ()
@@ -367,6 +383,7 @@ def parse(data: Any, c: Collector) -> StackSpec:
         vllm_version=stack.vllm_version,
         bind_address=stack.bind_address,
         env_file=stack.env_file,
+        monitoring=stack.monitoring,
         images=images,
         volumes=volumes,
         services=tuple(services),

@@ -396,7 +396,7 @@ def _mutations():
     """Committed stacks with one value replaced, removed or duplicated by hypothesis."""
     bases = [yaml.safe_load(p.read_text()) for p in STACKS]
     return st.tuples(st.sampled_from(bases), st.sampled_from(spec.field_names(spec.ServiceSpec) + ["bogus", "vllm_version",
-                     "bind_address", "env_file", "images", "volumes"]), yaml_values)
+                     "bind_address", "env_file", "images", "volumes", "monitoring"]), yaml_values)
 
 
 @settings(max_examples=1000, deadline=None)
@@ -496,3 +496,26 @@ def test_batch_input_lines_are_checked_one_by_one():
     assert [(n, r["custom_id"]) for n, r in ok] == [(1, "a"), (8, "d")]
     assert [(n, cid) for n, cid, _ in bad] == [(2, None), (3, "a"), (4, "b"), (5, "c"), (6, None)]
     assert "also on line 1" in bad[1][2] and all("Fix" in m for _, _, m in bad)
+
+
+# ------------------------------------------------------------------ monitoring
+
+
+def test_monitoring_scrapes_every_server_by_service_name():
+    d = deployment("monitoring: {port: 9191}\nservices:\n  air:\n    preset: glm-4.5-air\n"
+                   "  v:\n    preset: glm-4.1v-9b-thinking\n    port: 8001\n    gpus: [4]\n")
+    doc = render.compose(d)
+    prom = doc["services"]["prometheus"]
+    assert prom["ports"] == ["127.0.0.1:9191:9090"] and prom["profiles"] == ["monitoring"] and "build" in prom
+    scrape = yaml.safe_load(doc["configs"]["prometheus"]["content"])["scrape_configs"][0]["static_configs"]
+    assert [(t["targets"], t["labels"]["service"]) for t in scrape] == [(["air:8000"], "air"), (["v:8000"], "v")]
+    assert "$$labels" in doc["configs"]["prometheus-alerts"]["content"]  # compose must not interpolate it
+
+
+@pytest.mark.parametrize("text,message", [
+    ("monitoring: {port: 8000}\n", "monitoring.port: host port 8000 is already used by service 'air'"),
+    ("monitoring: please\n", "monitoring: expected true or a mapping"),
+    ("monitoring: {prot: 1}\n", "Did you mean 'port'")])
+def test_bad_monitoring_settings_are_refused(text, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        deployment(text + "services:\n  air:\n    preset: glm-4.5-air\n")

@@ -11,11 +11,15 @@ split reasoning and parse tool calls exactly as for the real model. A third serv
 from __future__ import annotations
 
 import json
+import time
+import urllib.parse
+import urllib.request
 
 import pytest
 from openai import OpenAI
 
-from support import api_key, run_smoke
+from deploy import monitoring
+from support import api_key, compose, run_smoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -24,6 +28,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 def scripted(scripted_stack):
     work, ports = scripted_stack
     return work, ports, api_key(work)
+
+
+def servers(ports: dict[str, int]) -> dict[str, int]:
+    return {name: port for name, port in ports.items() if name != "prometheus"}
 
 
 def client(port: int, key: str) -> OpenAI:
@@ -69,3 +77,37 @@ def test_smoke_suite_names_the_missing_reasoning_flag(scripted, tmp_path):
                           "--reasoning-parser=glm45", "-k", "test_reasoning_is_split_from_content")
     assert r.returncode == 1 and counts["failures"] == 1, r.stdout[-3000:]
     assert "start the server with --reasoning-parser glm45" in r.stdout
+
+
+# ------------------------------------------------------------------ monitoring
+
+
+def prom(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return json.loads(r.read())["data"]
+
+
+def test_prometheus_scrapes_every_server_and_loads_the_alert_rules(scripted):
+    """Real Prometheus (Debian's 2.42, built by compose) with the rendered scrape config and rules."""
+    _, ports, _ = scripted
+    query = "/api/v1/query?query=" + urllib.parse.quote("vllm:num_requests_running")
+    seen: set = set()
+    for _ in range(60):
+        seen = {r["metric"].get("service") for r in prom(ports["prometheus"], query)["result"]}
+        if seen == set(servers(ports)):
+            break
+        time.sleep(2)
+    assert seen == set(servers(ports)), seen
+    rules = {r["name"] for g in prom(ports["prometheus"], "/api/v1/rules")["groups"] for r in g["rules"]}
+    assert rules == {name for name, *_ in monitoring.ALERTS}
+
+
+def test_every_metric_the_rules_use_is_exported_by_the_pinned_vllm(scripted):
+    """Names drift between vLLM releases; each one in the alert rules must be on a live server's /metrics."""
+    work, ports, _ = scripted
+    port = servers(ports)["glm45-reasoning"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert monitoring.metric_names() <= exported, monitoring.metric_names() - exported
+    r = compose(work, "exec", "-T", "prometheus", "promtool", "check", "rules", "/etc/prometheus/alerts.yml")
+    assert "SUCCESS: 5 rules found" in r.stdout, r.stdout

@@ -79,11 +79,14 @@ def fresh_copy(dest: Path) -> Path:
 
 
 def with_ports(spec: Path, out: Path) -> tuple[Path, dict[str, int]]:
-    """A copy of SPEC whose services listen on free host ports (two test runs never collide)."""
+    """A copy of SPEC whose services (and Prometheus) listen on free host ports (two test runs never collide)."""
     data = yaml.safe_load(spec.read_text())
     ports = {}
     for name, body in data["services"].items():
         body["port"] = ports[name] = free_port()
+    if data.get("monitoring"):
+        data["monitoring"] = {"port": free_port()}
+        ports["prometheus"] = data["monitoring"]["port"]
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out, ports
 

@@ -1,0 +1,62 @@
+"""The monitoring profile: Prometheus's scrape configuration and alert rules for a deployment.
+
+Every vLLM server's `/metrics` (open in vLLM: no key needed) is scraped by its compose service name, with
+the service as a label. The rules use metric names exported by the pinned vLLM; tests/test_stack_scripted.py
+checks each name against a running server's /metrics (names drift between releases:
+`vllm:gpu_cache_usage_perc` became `vllm:kv_cache_usage_perc`) and `promtool check rules` checks the syntax.
+"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from .resolve import CONTAINER_PORT, Deployment
+
+SCRAPE_INTERVAL = "5s"
+
+# (name, expression, for, summary). Thresholds: a KV cache above 90 % for 5 min means preemptions soon;
+# a waiting queue that only grows for 10 min means the server is under-provisioned.
+ALERTS: tuple[tuple[str, str, str, str], ...] = (
+    ("VllmServerDown", 'up{job="vllm"} == 0', "2m",
+     "{{ $labels.service }} does not answer /metrics (down, restarting, or its profile was not started)"),
+    ("VllmKvCacheAlmostFull", "vllm:kv_cache_usage_perc > 0.9", "5m",
+     "{{ $labels.service }}: KV cache {{ $value | humanizePercentage }} full"),
+    ("VllmQueueGrowing", "vllm:num_requests_waiting > 0 and delta(vllm:num_requests_waiting[10m]) > 0", "10m",
+     "{{ $labels.service }}: {{ $value }} more requests waiting than 10 minutes ago"),
+    ("VllmErrorRate",
+     'sum by (service) (rate(http_requests_total{job="vllm",status="5xx"}[5m]))'
+     ' / sum by (service) (rate(http_requests_total{job="vllm"}[5m])) > 0.05', "5m",
+     "{{ $labels.service }}: more than 5 % of requests answered 5xx"),
+    ("VllmSlowFirstToken",
+     "histogram_quantile(0.9, sum by (service, le) (rate(vllm:time_to_first_token_seconds_bucket[5m]))) > 10",
+     "10m", "{{ $labels.service }}: 90th percentile time to first token above 10 s"),
+)
+
+
+def metric_names() -> set[str]:
+    """Every metric name the rules use (without the label selectors)."""
+    names = set()
+    for _, expr, _, _ in ALERTS:
+        names |= set(re.findall(r"\b(vllm:[a-z_]+|http_requests_total)\b", expr))
+    return names
+
+
+def prometheus_yaml(d: Deployment) -> str:
+    doc = {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "rule_files": ["/etc/prometheus/alerts.yml"],
+        "scrape_configs": [{
+            "job_name": "vllm",
+            "static_configs": [{"targets": [f"{s.name}:{CONTAINER_PORT}"], "labels": {"service": s.name}}
+                               for s in d.services],
+        }],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def alerts_yaml() -> str:
+    rules = [{"alert": name, "expr": expr, "for": duration, "labels": {"severity": "warning"},
+              "annotations": {"summary": summary}} for name, expr, duration, summary in ALERTS]
+    return yaml.safe_dump({"groups": [{"name": "vllm", "rules": rules}]}, sort_keys=False, width=1000)
