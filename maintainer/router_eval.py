@@ -102,12 +102,15 @@ def routers(a, work: Path, key: str) -> dict[str, tuple[list[str], dict]]:
     urls = [f"http://127.0.0.1:{port}" for _, port in MODELS.values()]
     out = {}
     if a.vllm_router:
-        for i, igw in enumerate((["--enable-igw"], [])):
+        # With --api-key (sent to the workers) and without (does the client's own key reach them?).
+        variants = [("vllm-router --enable-igw", ["--enable-igw", "--api-key", key]),
+                    ("vllm-router", ["--api-key", key]),
+                    ("vllm-router --enable-igw, no --api-key", ["--enable-igw"])]
+        for i, (name, extra) in enumerate(variants):
             port = ROUTER_PORT + 2 * i
-            out["vllm-router" + (" --enable-igw" if igw else "")] = (
-                [a.vllm_router, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls, *igw,
-                 "--policy", "round_robin", "--api-key", key, "--prometheus-host", "127.0.0.1",
-                 "--prometheus-port", str(port + 1)], {"port": port})
+            out[name] = ([a.vllm_router, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls, *extra,
+                          "--policy", "round_robin", "--prometheus-host", "127.0.0.1",
+                          "--prometheus-port", str(port + 1)], {"port": port})
     if a.litellm:
         cfg = work / "litellm.yaml"
         cfg.write_text(json.dumps({
@@ -116,7 +119,7 @@ def routers(a, work: Path, key: str) -> dict[str, tuple[list[str], dict]]:
                 for name, port in MODELS.values()],
             "general_settings": {"master_key": "sk-router-test"},
             "litellm_settings": {"callbacks": ["prometheus"]}}))
-        port = ROUTER_PORT + 4
+        port = ROUTER_PORT + 6
         out["litellm proxy"] = ([a.litellm, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
                                 {"client_key": "sk-router-test", "port": port})
     return out

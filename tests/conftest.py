@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import support` from every test module
 
-from support import CPU_IMAGE_SERVICE, ROOT, compose, free_port, rendered_stack, require_docker, with_ports  # noqa: E402
+from support import CPU_IMAGE_SERVICE, ROOT, compose, require_docker  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -58,23 +58,3 @@ def scripted_models(cpu_image, tmp_path_factory) -> Path:
                         "--entrypoint", "python3", cpu_image, "/make.py", kind, f"/out/{name}"], check=True)
     return out
 
-
-@pytest.fixture(scope="session")
-def demo_stack(cpu_image, tmp_path_factory):
-    """The SmolLM2 CPU service (free port) with a batch job, up for the session: the batch and chaos modules
-    share it (one download, one warm compile cache). Yields (folder, port, service)."""
-    work = tmp_path_factory.mktemp("demo")
-    port = free_port()
-    spec = work / "spec.yaml"
-    spec.write_text(f"services:\n  demo:\n    preset: smollm2-135m-cpu\n    port: {port}\n    batch: {{concurrency: 1}}\n")
-    with rendered_stack(spec, work, ["demo"]):
-        yield work, port, "demo"
-
-
-@pytest.fixture(scope="session")
-def scripted_stack(scripted_models, tmp_path_factory):
-    """tests/stacks/scripted-cpu.yaml up for the session (free ports); yields (folder, {service: port})."""
-    work = tmp_path_factory.mktemp("scripted")
-    spec, ports = with_ports(ROOT / "tests/stacks/scripted-cpu.yaml", work / "scripted-cpu.yaml")
-    with rendered_stack(spec, work, list(ports), links={"models": scripted_models}):
-        yield work, ports

@@ -29,7 +29,7 @@ from collections import Counter
 import pytest
 from openai import APIStatusError, OpenAI
 
-from support import api_key, compose
+from support import api_key, compose, free_port, rendered_stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 SERVICE, MODEL = "demo", "smollm2-135m-instruct"
@@ -38,9 +38,13 @@ SIGNAL = ("import json, os, pathlib, signal; pids = [int(p.parent.name) for p in
 
 
 @pytest.fixture(scope="module")
-def stack(demo_stack):
-    work, port, _ = demo_stack
-    return work, port, OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key(work), max_retries=0, timeout=60)
+def stack(cpu_image, tmp_path_factory):
+    work = tmp_path_factory.mktemp("chaos")
+    port = free_port()
+    spec = work / "spec.yaml"
+    spec.write_text(f"services:\n  {SERVICE}:\n    preset: smollm2-135m-cpu\n    port: {port}\n")
+    with rendered_stack(spec, work, [SERVICE]):
+        yield work, port, OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key(work), max_retries=0, timeout=60)
 
 
 def signal_engine(work, sig: str) -> list[int]:

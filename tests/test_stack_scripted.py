@@ -19,15 +19,17 @@ import pytest
 from openai import OpenAI
 
 from deploy import monitoring
-from support import api_key, compose, run_smoke
+from support import ROOT, api_key, compose, rendered_stack, run_smoke, with_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def scripted(scripted_stack):
-    work, ports = scripted_stack
-    return work, ports, api_key(work)
+def scripted(scripted_models, tmp_path_factory):
+    work = tmp_path_factory.mktemp("scripted")
+    spec, ports = with_ports(ROOT / "tests/stacks/scripted-cpu.yaml", work / "scripted-cpu.yaml")
+    with rendered_stack(spec, work, list(ports), links={"models": scripted_models}):
+        yield work, ports, api_key(work)
 
 
 def servers(ports: dict[str, int]) -> dict[str, int]:
