@@ -130,12 +130,13 @@ def evaluate(argv: list[str], opts: dict, key: str, n: int) -> tuple[dict, subpr
     base = f"http://127.0.0.1:{opts['port']}"
     client_key = opts.get("client_key", key)
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = open(opts["log"], "w")  # noqa: SIM115 - the router's output, kept for the report
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     res: dict = {"argv": argv}
     try:
         while time.monotonic() - t0 < 120 and complete(base, MODELS["smollm2"][0], client_key)[0] != 200:
             if proc.poll() is not None:
-                return {**res, "error": f"exited {proc.returncode}"}, proc
+                return {**res, "error": f"exited {proc.returncode}: {Path(opts['log']).read_text()[-300:]}"}, proc
             time.sleep(0.2)
         res["start_s"] = round(time.monotonic() - t0, 1)
         res["rss_mb"] = round(rss_mb(proc.pid))
@@ -202,19 +203,23 @@ def main() -> int:
             running = {}
             try:
                 for name, (argv, opts) in routers(a, work, key).items():
+                    opts["log"] = str(work / f"router-{len(running)}.log")
                     res, proc = evaluate(argv, opts, key, a.requests)
                     running[name] = (res, proc, opts)
+                    print(name, json.dumps(res), flush=True)
                 failover(work, running, key)
             finally:
                 for _, proc, _ in running.values():
-                    os.killpg(proc.pid, 15)
-                    proc.wait(30)
+                    if proc.poll() is None:
+                        os.killpg(proc.pid, 15)
+                        proc.wait(30)
             results = {name: res for name, (res, _, _) in running.items()}
         finally:
             subprocess.run(["docker", "compose", "down", "--volumes"], cwd=work, capture_output=True)
-    print(json.dumps(results, indent=1))
+    text = json.dumps(results, indent=1).replace(key, "$VLLM_API_KEY")  # the key is in the routers' argv
+    print(text)
     if a.out:
-        a.out.write_text(json.dumps(results, indent=1))
+        a.out.write_text(text)
     return 0
 
 
