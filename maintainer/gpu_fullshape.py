@@ -7,7 +7,7 @@ its real shape on one GPU — served with the argv the generator renders, smoke-
 Needs the staged vLLM (maintainer/gpu_install.sh) first on PYTHONPATH/PATH. Steps, each recorded even
 when a later one fails:
   air.preset     the glm-4.5-air preset (tests/stacks/gpu/glm-air-full.yaml): cold start (empty compile
-                 cache), smoke checks, `vllm bench serve` (random 1024 in / 256 out, concurrency 1, 16, 64)
+                 cache), smoke checks, `vllm bench serve` (random 1024 in / 256 out, concurrency 1, 16, 64, 256)
   air.warm       the same server again with the compile cache kept: start-up time only
   air.tutorial   the GLM-4.5 tutorial's command (same flags, written by hand), same benchmark
   vision         the glm-4.1v-9b-thinking preset: smoke checks (images, video, limits), 32 images in one
@@ -37,7 +37,7 @@ from gpu_verify import OUT, Server, log, record, smoke  # noqa: E402
 FIX = Path("/var/stage/fixtures")
 AIR_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full.yaml")
 VISION_SPEC = str(ROOT / "tests/stacks/gpu/glm41v-full.yaml")
-CONCURRENCY = {1: 4, 16: 32, 64: 128}  # max concurrency → number of prompts
+CONCURRENCY = {1: 4, 16: 32, 64: 128, 256: 512}  # max concurrency → number of prompts
 FUSION_OFF = ["--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}']
 
 
