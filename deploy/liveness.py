@@ -82,7 +82,8 @@ def probe(state: dict) -> str | None:
     last = state.get("tokens")
     state["tokens"] = tokens
     if busy:
-        if last is not None and tokens <= last:
+        # Equal: nothing processed. Lower: the counters restarted with the server (the state file outlives it).
+        if last is not None and tokens == last:
             return f"{busy:.0f} request(s) in flight and no token processed since the last probe"
         return None
     try:
