@@ -179,13 +179,20 @@ class BatchSpec:
     concurrency: int | None = _f(positive_int, "requests in flight at once (default 256)")
 
 
-def batch(v, path, c):
-    if v is True:
-        return BatchSpec()
-    if isinstance(v, dict):
-        return _parse_record(BatchSpec, v, path, c)
-    if v is not False:
-        _type_error(c, path, v, "true or a mapping such as {input: ./batch/in, output: ./batch/out}")
+def true_or_record(cls, example: str) -> Check:
+    """A section switched on with `true` (all defaults) or given as a mapping of CLS's fields; `false` = not set."""
+    def check(v, path, c):
+        if v is True:
+            return cls()
+        if isinstance(v, dict):
+            return _parse_record(cls, v, path, c)
+        if v is not False:
+            _type_error(c, path, v, f"true or a mapping such as {example}")
+
+    return check
+
+
+batch = true_or_record(BatchSpec, "{input: ./batch/in, output: ./batch/out}")
 
 
 @dataclass(frozen=True)
@@ -241,13 +248,7 @@ class MonitoringSpec:
     port: int | None = _f(port, "host port of Prometheus (default 9090)")
 
 
-def monitoring(v, path, c):
-    if v is True:
-        return MonitoringSpec()
-    if isinstance(v, dict):
-        return _parse_record(MonitoringSpec, v, path, c)
-    if v is not False:
-        _type_error(c, path, v, "true or a mapping such as {port: 9090}")
+monitoring = true_or_record(MonitoringSpec, "{port: 9090}")
 
 
 @dataclass(frozen=True)
