@@ -68,9 +68,15 @@ def cmd_render(a) -> int:
         print(f"{a.spec}: {env} exists and is not a file. Fix: move it away or set env_file.", file=sys.stderr)
         return 1
     atomic_write(out, text)
-    if any(s.api_key for s in d.services) and ensure_env_file(env):
-        print(f"created {env} (mode 0600) with a new API key; clients read it from there", file=sys.stderr)
-    elif env.exists() and env.stat().st_mode & 0o077:
+    existed = env.exists()
+    added, missing = ensure_env_file(env, d.key_names()) if d.key_names() else ([], [])
+    if added:
+        print(f"{'added to' if existed else 'created'} {env} (mode 0600): new key(s) {', '.join(added)}; clients read "
+              "them from there", file=sys.stderr)
+    if missing:
+        print(f"warning: {env} lacks {', '.join(missing)}, and it is not a file this tool made, so it was left alone. "
+              f"Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)", file=sys.stderr)
+    if existed and env.stat().st_mode & 0o077:
         print(f"warning: {env} can be read by other users. Fix: chmod 600 {env}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     for s in d.services:

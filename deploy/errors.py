@@ -55,7 +55,7 @@ class Collector:
         while path:
             if path in self.lines:
                 return self.lines[path]
-            path = path.rpartition(".")[0]
+            path = path.rpartition("[")[0] if path.endswith("]") else path.rpartition(".")[0]
         return None
 
     def error(self, path: str, message: str) -> None:

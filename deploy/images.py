@@ -50,6 +50,10 @@ def catalog(version: VllmVersion) -> dict[str, ProjectImage]:
         )),
         # The monitoring profile's Prometheus: Debian's package on the same base.
         ProjectImage("prometheus", f"{NAMESPACE}prometheus:{pins.PROJECT}", (python_base,)),
+        # The router: LiteLLM's proxy on the same base.
+        ProjectImage("router", f"{NAMESPACE}router:{pins.PROJECT}", (
+            python_base, ("LITELLM_VERSION", pins.LITELLM), index, ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", "")),
+        )),
         # The upstream GPU image plus extra CA certificates and a wheelhouse, for sites whose
         # TLS proxy or mirror the server must trust at run time. Chosen with images.vllm.
         ProjectImage("vllm", f"{NAMESPACE}vllm:{version}", (
@@ -66,4 +70,5 @@ def default_images(version: VllmVersion) -> dict[str, str]:
         "vllm_cpu": f"{NAMESPACE}vllm-cpu:{version}",
         "model_fetch": f"{NAMESPACE}model-fetch:{pins.PROJECT}",
         "prometheus": f"{NAMESPACE}prometheus:{pins.PROJECT}",
+        "router": f"{NAMESPACE}router:{pins.PROJECT}",
     }

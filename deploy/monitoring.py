@@ -12,15 +12,19 @@ import re
 
 import yaml
 
+from . import router
 from .resolve import CONTAINER_PORT, Deployment
 
 SCRAPE_INTERVAL = "5s"
+ROUTER_CA = "/etc/prometheus/router-ca.crt"
 
 # (name, expression, for, summary). Thresholds: a KV cache above 90 % for 5 min means preemptions soon;
 # a waiting queue that only grows for 10 min means the server is under-provisioned.
 ALERTS: tuple[tuple[str, str, str, str], ...] = (
     ("VllmServerDown", 'up{job="vllm"} == 0', "2m",
      "{{ $labels.service }} does not answer /metrics (down, restarting, or its profile was not started)"),
+    ("VllmRouterDown", 'up{job="router"} == 0', "2m",
+     "the router does not answer /metrics: no model is reachable through it"),
     ("VllmKvCacheAlmostFull", "vllm:kv_cache_usage_perc > 0.9", "5m",
      "{{ $labels.service }}: KV cache {{ $value | humanizePercentage }} full"),
     ("VllmQueueGrowing", "vllm:num_requests_waiting > 0 and delta(vllm:num_requests_waiting[10m]) > 0", "10m",
@@ -53,6 +57,16 @@ def prometheus_yaml(d: Deployment) -> str:
                                for s in d.services],
         }],
     }
+    if d.router:
+        # LiteLLM's own metrics (requests, latency, failures by model and key name) on the router's port.
+        job = {"job_name": "router", "metrics_path": "/metrics/", "static_configs": [{"targets": [f"{router.NAME}:{router.PORT}"]}]}
+        if d.router.tls:
+            job["scheme"] = "https"
+            # The self-signed certificate names the service; the user's names the public host, so inside the
+            # compose network only encryption is asked of it.
+            job["tls_config"] = ({"insecure_skip_verify": True} if d.router.tls.cert
+                                 else {"ca_file": ROUTER_CA, "server_name": router.NAME})
+        doc["scrape_configs"].append(job)
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from . import images as project_images
-from . import monitoring
+from . import monitoring, router
 from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
 from .versions import VllmVersion
 
@@ -145,7 +145,7 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
         "entrypoint": ENTRYPOINT,
         "command": [_lit(a) for a in server_argv(s, d.vllm_version)],
         "environment": env,
-        "ports": [f"{d.bind_address}:{s.port}:{CONTAINER_PORT}"],
+        "ports": [f"{d.bind_address}:{s.port}:{CONTAINER_PORT}"],  # none behind the router: removed below
         "volumes": volumes,
         "depends_on": {fetch_name: {"condition": "service_completed_successfully"}},
         "restart": "unless-stopped",
@@ -159,6 +159,8 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
             "start_period": f"{s.health_start_period}s",
         },
     }
+    if s.port is None:
+        del svc["ports"]
     if d.vllm_version.has("shutdown_timeout"):
         svc["stop_grace_period"] = f"{s.shutdown_timeout + STOP_GRACE_MARGIN}s"
     if s.api_key:
@@ -216,7 +218,13 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
             services[fetch_name]["profiles"] = list(s.profiles) + (["batch"] if s.batch else [])
         if s.batch:
             services[f"{s.name}-batch"] = _batch_service(d, s, services[s.name], context)
+    if d.router:
+        services[router.NAME] = _router_service(d, context)
     doc: dict[str, Any] = {"services": _build_once(services), "volumes": {name: {} for _, name in d.volumes}}
+    configs: dict[str, Any] = {}
+    if d.router:
+        configs["router"] = {"content": _lit(router.litellm_config(d))}
+        configs["router-file"] = {"content": _lit(router.router_json(d))}
     if d.monitoring_port:
         doc["services"]["prometheus"] = {
             **_image(d.image("prometheus"), d.vllm_version, context),
@@ -227,10 +235,49 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
             "restart": "unless-stopped",
             "profiles": ["monitoring"],
         }
+        if d.router and d.router.tls and not d.router.tls.cert:
+            # The router's self-signed CA, to verify it when scraping over HTTPS.
+            doc["services"]["prometheus"]["volumes"].append(
+                {"type": "bind", "source": "./tls/ca.crt", "target": monitoring.ROUTER_CA, "read_only": True})
+            doc["services"]["prometheus"]["depends_on"] = {router.NAME: {"condition": "service_healthy"}}
         doc["volumes"][PROMETHEUS_VOLUME] = {}
-        doc["configs"] = {"prometheus": {"content": _lit(monitoring.prometheus_yaml(d))},
-                          "prometheus-alerts": {"content": _lit(monitoring.alerts_yaml())}}
+        configs["prometheus"] = {"content": _lit(monitoring.prometheus_yaml(d))}
+        configs["prometheus-alerts"] = {"content": _lit(monitoring.alerts_yaml())}
+    if configs:
+        doc["configs"] = configs
     return doc
+
+
+def _router_service(d: Deployment, context: str) -> dict[str, Any]:
+    """LiteLLM in front of every server (deploy/router.py); the only service a client reaches."""
+    assert d.router is not None
+    tls = d.router.tls
+    volumes: list[Any] = []
+    if tls and tls.cert:
+        volumes += [{"type": "bind", "source": _lit(tls.cert), "target": f"{router.TLS_DIR}/cert.pem", "read_only": True},
+                    {"type": "bind", "source": _lit(tls.key), "target": f"{router.TLS_DIR}/key.pem", "read_only": True}]
+    elif tls:
+        volumes.append({"type": "bind", "source": "./tls", "target": router.TLS_DIR, "bind": {"create_host_path": True}})
+    scheme = "https" if tls else "http"
+    svc: dict[str, Any] = {
+        **_image(d.image("router"), d.vllm_version, context),
+        "command": router.argv(d),
+        "configs": [{"source": "router", "target": router.CONFIG}, {"source": "router-file", "target": router.ROUTER_FILE}],
+        # The keys (VLLM_API_KEY, the router's) come from the same env file as the servers'.
+        "env_file": [{"path": d.env_file, "required": True}],
+        "ports": [f"{d.bind_address}:{d.router.port}:{router.PORT}"],
+        "restart": "unless-stopped",
+        "healthcheck": {
+            "test": ["CMD", "python3", "/opt/router/start.py", "--health",
+                     f"{scheme}://127.0.0.1:{router.PORT}/health/liveliness"],
+            "interval": "10s", "timeout": "15s", "retries": 3, "start_period": "120s",
+        },
+        # Started with the servers (those whose profile is on); it answers for the others once they are up.
+        "depends_on": {s.name: {"condition": "service_started", "required": False} for s in d.services},
+    }
+    if volumes:
+        svc["volumes"] = volumes
+    return svc
 
 
 def _build_once(services: dict[str, Any]) -> dict[str, Any]:

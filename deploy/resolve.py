@@ -42,6 +42,7 @@ SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY)", re.I)
 MAX_LEN_RE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)([kmgt]?)|(\d{1,15})([KMGT])", re.ASCII)
 IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
 VOLUME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+HOST_RE = re.compile(r"[A-Za-z0-9*][A-Za-z0-9.:-]*")  # a DNS name (wildcards allowed) or an IP address
 PROFILE_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")  # compose's own pattern for profile names
 
 
@@ -114,7 +115,7 @@ class Service:
     allowed_local_media_path: str | None = None
     media_dir: str | None = None
     trust_remote_code: bool | None = None
-    port: int = CONTAINER_PORT
+    port: int | None = None  # None: behind the router, no host port (SERVICE_DEFAULTS gives 8000 otherwise)
     api_key: bool = True
     cpu_kvcache_space: int | None = None
     health_start_period: int = 900
@@ -151,6 +152,25 @@ class Service:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """HTTPS at the router: the user's certificate and key (host paths), or a self-signed pair made at first start."""
+
+    cert: str | None = None  # None: self-signed
+    key: str | None = None
+    hosts: tuple[str, ...] = ()  # extra names in the self-signed certificate
+
+
+@dataclass(frozen=True)
+class Router:
+    """The one endpoint in front of every server; servers then publish no host port."""
+
+    port: int = 4000
+    keys: tuple[tuple[str, str | tuple[str, ...]], ...] = (("VLLM_API_KEY", "*"),)  # env name → served names or "*"
+    tls: Tls | None = None
+    policy: str = "simple-shuffle"
+
+
+@dataclass(frozen=True)
 class Deployment:
     vllm_version: VllmVersion
     bind_address: str
@@ -159,6 +179,12 @@ class Deployment:
     volumes: tuple[tuple[str, str], ...]  # (role, volume name): models, compile_cache
     services: tuple[Service, ...] = ()
     monitoring_port: int | None = None  # Prometheus's host port; None: no monitoring
+    router: Router | None = None
+
+    def key_names(self) -> tuple[str, ...]:
+        """The variables env_file must hold: the servers' key, then the router's keys."""
+        names = ["VLLM_API_KEY"] if any(s.api_key for s in self.services) else []
+        return tuple(dict.fromkeys(names + [name for name, _ in (self.router.keys if self.router else ())]))
 
     def image(self, role: str) -> str:
         return dict(self.images)[role]
@@ -202,8 +228,10 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
     env_file = spec.env_file or "secrets.env"
     if "/" in env_file or env_file.startswith(".") or not VOLUME_RE.fullmatch(env_file):
         c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
-    services = tuple(filter(None, (_resolve_service(name, s, version, images, c) for name, s in spec.services)))
-    _check_across(services, c)
+    services = tuple(filter(None, (_resolve_service(name, s, version, images, c, spec.router is not None)
+                                   for name, s in spec.services)))
+    _check_across(services, c, routed=spec.router is not None)
+    router = _resolve_router(spec, services, c) if spec.router is not None else None
     monitoring_port = None
     if spec.monitoring is not None:
         monitoring_port = spec.monitoring.port or 9090
@@ -212,7 +240,40 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
                     "Fix: give Prometheus another port.")
         if "prometheus" in {s.name for s in services}:
             c.error("services.prometheus", "collides with the monitoring service. Fix: rename it.")
-    return Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port)
+        if router and router.port == monitoring_port:
+            c.error("monitoring.port", f"host port {monitoring_port} is already the router's. Fix: give Prometheus another port.")
+    return Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port,
+                      router)
+
+
+def _resolve_router(spec: StackSpec, services: tuple[Service, ...], c: Collector) -> Router:
+    r = spec.router
+    assert r is not None
+    served = sorted({s.served_model_name or s.name for s in services})
+    keys = r.keys or Router.keys
+    for name, scope in keys:
+        if scope == "*":
+            continue
+        for i, model in enumerate(scope):
+            if model not in served:
+                c.error(f"router.keys.{name}[{i}]", f"{model[:60]!r} is not a served model name of this stack."
+                        f"{did_you_mean(model, served)} Fix: use one of {', '.join(served)}, or \"*\" for all.")
+    tls = None
+    if r.tls is not None:
+        if (r.tls.cert is None) != (r.tls.key is None):
+            c.error("router.tls", "give both `cert` and `key` (your own certificate), or neither (self-signed). "
+                    "Fix: add the missing one, or write `tls: self-signed`.")
+        elif r.tls.cert is not None and r.tls.hosts:
+            c.error("router.tls.hosts", "only the self-signed certificate is made for `hosts`; yours names its own. "
+                    "Fix: remove hosts, or remove cert and key.")
+        for i, host in enumerate(r.tls.hosts or ()):
+            if not HOST_RE.fullmatch(host):
+                c.error(f"router.tls.hosts[{i}]", f"{host[:60]!r} is not a host name or IP address. Fix: such as "
+                        "llm.example.internal or 10.0.0.5.")
+        tls = Tls(r.tls.cert, r.tls.key, tuple(r.tls.hosts or ()))
+    if "router" in {s.name for s in services}:
+        c.error("services.router", "collides with the router service. Fix: rename it.")
+    return Router(port=r.port or Router.port, keys=keys, tls=tls, policy=r.policy or Router.policy)
 
 
 def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> None:
@@ -227,8 +288,11 @@ def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> Non
 
 
 def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images: dict[str, str],
-                     c: Collector) -> Service | None:
+                     c: Collector, routed: bool = False) -> Service | None:
     path = f"services.{name}"
+    if routed and spec.port is not None:
+        c.error(f"{path}.port", "behind the router a server publishes no host port (clients use router.port). "
+                "Fix: remove this port, or remove the `router:` section.")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     preset = None
@@ -251,7 +315,7 @@ def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images:
                 value = version.spelling(f.name.split("_")[0], value)
             values[f.name], sources[f.name] = value, f"preset {preset.name}"
     for key, default in SERVICE_DEFAULTS.items():
-        if key not in values:
+        if key not in values and not (routed and key == "port"):
             value = default(values) if callable(default) else default
             if value is not None:
                 values[key], sources[key] = value, "default"
@@ -380,16 +444,22 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
     return source
 
 
-def _check_across(services: tuple[Service, ...], c: Collector) -> None:
+def _check_across(services: tuple[Service, ...], c: Collector, routed: bool = False) -> None:
     ports: dict[int, str] = {}
     gpus: dict[int, str] = {}
     names = {s.name for s in services}
+    served: dict[str, Service] = {}
     for s in services:
+        # Behind the router, services with one served name are replicas of one model (router.policy spreads the load).
+        first = served.setdefault(s.served_model_name or s.name, s)
+        if routed and first is not s and first.model != s.model:
+            c.warn(f"services.{s.name}.served_model_name", f"{s.served_model_name!r} is also served by {first.name!r} "
+                   f"from another model ({first.model}); the router treats them as replicas of one model.")
         for suffix, what in (("fetch", "download service"), ("batch", "batch job")):
             if f"{s.name}-{suffix}" in names and (suffix == "fetch" or s.batch):
                 c.error(f"services.{s.name}-{suffix}", f"collides with the {what} generated for {s.name!r}. "
                         f"Fix: rename one of them.")
-        if s.port in ports:
+        if s.port is not None and s.port in ports:
             c.error(f"services.{s.name}.port", f"host port {s.port} is already used by service {ports[s.port]!r}. "
                     f"Fix: give each service its own port.")
         ports.setdefault(s.port, s.name)

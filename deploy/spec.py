@@ -241,6 +241,7 @@ class Images:
     vllm_cpu: str | None = _f(string, "CPU server image")
     model_fetch: str | None = _f(string, "model download image")
     prometheus: str | None = _f(string, "monitoring image (default: built from images/prometheus)")
+    router: str | None = _f(string, "router image (default: built from images/router)")
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,59 @@ class MonitoringSpec:
 
 
 monitoring = true_or_record(MonitoringSpec, "{port: 9090}")
+
+
+def key_scopes(v, path, c):
+    # {ROUTER_KEY_TEAM: [glm-4.5-air], VLLM_API_KEY: "*"}: the env variable holding each key (in env_file) and the
+    # served names it may use; the names are checked against the services in resolve.
+    if not isinstance(v, dict) or not v:
+        return _type_error(c, path, v, 'a mapping of ENV_NAME: [served names] or "*", such as {ROUTER_KEY_TEAM: [glm-4.5-air]}')
+    out = {}
+    for k, x in v.items():
+        sub = f"{path}.{k}"
+        if not isinstance(k, str) or not ENV_KEY_RE.fullmatch(k):
+            c.error(sub, f"{str(k)[:60]!r} is not a valid environment variable name. Fix: use letters, digits and _, "
+                    "such as ROUTER_KEY_TEAM_A.")
+        elif x == "*":
+            out[k] = "*"
+        elif isinstance(x, list) and x and all(isinstance(m, str) and m for m in x):
+            out[k] = tuple(x)
+        else:
+            _type_error(c, sub, x, 'a list of served model names, or "*" for every model')
+    return tuple(out.items())
+
+
+@dataclass(frozen=True)
+class TlsSpec:
+    cert: str | None = _f(string, "host path of the certificate chain (PEM); with `key`")
+    key: str | None = _f(string, "host path of its private key (PEM); with `cert`")
+    hosts: tuple | None = _f(string_list, "extra host names or IPs for the generated self-signed certificate")
+
+
+def tls(v, path, c):
+    if v == "self-signed":
+        return TlsSpec()
+    if isinstance(v, dict):
+        return _parse_record(TlsSpec, v, path, c)
+    if v is not False:
+        _type_error(c, path, v, "self-signed, or a mapping {cert: FILE, key: FILE}, or {hosts: [NAME, ...]} "
+                    "(self-signed for those names)")
+
+
+ROUTING_POLICIES = ("simple-shuffle", "least-busy", "latency-based-routing")
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    port: int | None = _f(port, "host port of the one endpoint (default 4000)")
+    keys: tuple | None = _f(key_scopes, "API keys: ENV_NAME (a variable in env_file) → the served names it may use, "
+                                        "or \"*\" (default {VLLM_API_KEY: \"*\"})")
+    tls: TlsSpec | None = _f(tls, "HTTPS: self-signed (a local CA in ./tls) or {cert: FILE, key: FILE}")
+    policy: str | None = _f(choice(*ROUTING_POLICIES), "how requests are spread over replicas of one served name "
+                                                       "(default simple-shuffle)")
+
+
+router = true_or_record(RouterSpec, "{port: 4000, keys: {VLLM_API_KEY: '*'}, tls: self-signed}")
 
 
 @dataclass(frozen=True)
@@ -263,6 +317,7 @@ class StackSpec:
     bind_address: str | None = _f(string, "host address ports are published on (default 127.0.0.1)")
     env_file: str | None = _f(string, "file holding VLLM_API_KEY, created with mode 0600")
     monitoring: MonitoringSpec | None = _f(monitoring, "Prometheus scraping every server, with alert rules (profile monitoring)")
+    router: RouterSpec | None = _f(router, "one endpoint for every model (LiteLLM): routing by `model`, scoped keys, TLS")
     images: Images = field(default_factory=Images)
     volumes: Volumes = field(default_factory=Volumes)
     services: tuple[tuple[str, ServiceSpec], ...] = ()
@@ -385,6 +440,7 @@ def parse(data: Any, c: Collector) -> StackSpec:
         bind_address=stack.bind_address,
         env_file=stack.env_file,
         monitoring=stack.monitoring,
+        router=stack.router,
         images=images,
         volumes=volumes,
         services=tuple(services),

@@ -1,8 +1,8 @@
 """Stage 4 — write: the only stage that touches disk.
 
 Files are written atomically (temp file + rename), so a failed run leaves the
-old file or nothing. The API key lives in an env file created once with mode
-0600, next to compose.yaml, and is never printed or written anywhere else.
+old file or nothing. The API keys live in an env file created with mode 0600,
+next to compose.yaml, and are never printed or written anywhere else.
 """
 
 from __future__ import annotations
@@ -33,14 +33,32 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def ensure_env_file(path: Path) -> bool:
-    """Create the API-key env file if missing. Returns True when it was created.
+ENV_HEADER = "# API keys for the vLLM servers and the router; clients send one as a Bearer token.\n"
+OLD_HEADER = "# API key for the vLLM servers; clients send it as a Bearer token.\n"
 
-    An existing file is left alone, mode included: its key may be in clients' hands already, and
-    we change no file we did not create (the CLI warns when others can read it).
+
+def new_key() -> str:
+    # sk-: the form LiteLLM hashes before a key reaches its logs or metrics (images/router/start.py insists on it).
+    return "sk-" + secrets.token_urlsafe(32)
+
+
+def ensure_env_file(path: Path, names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Give the env file a generated key for each of NAMES it lacks. Returns (added, missing).
+
+    A missing file is created with mode 0600. A file we created (it starts with our header) gets the
+    missing variables appended, its other lines and mode unchanged: its keys may be in clients' hands
+    already. Any other file is left alone, and the names it lacks come back as `missing`.
     """
-    if path.exists():
-        return False
-    key = "sk-" + secrets.token_urlsafe(32)
-    atomic_write(path, f"# API key for the vLLM servers; clients send it as a Bearer token.\nVLLM_API_KEY={key}\n", 0o600)
-    return True
+    if not path.exists():
+        atomic_write(path, ENV_HEADER + "".join(f"{n}={new_key()}\n" for n in names), 0o600)
+        return list(names), []
+    text = path.read_text(encoding="utf-8")
+    have = {line.split("=", 1)[0].strip() for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#")}
+    lacking = [n for n in names if n not in have]
+    if not lacking:
+        return [], []
+    if not text.startswith((ENV_HEADER, OLD_HEADER)):
+        return [], lacking
+    atomic_write(path, text + ("" if text.endswith("\n") else "\n") + "".join(f"{n}={new_key()}\n" for n in lacking),
+                 path.stat().st_mode & 0o777)
+    return lacking, []

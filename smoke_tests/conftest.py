@@ -1,9 +1,12 @@
 """Smoke tests against any running OpenAI-compatible vLLM endpoint.
 
     pytest smoke_tests --base-url http://127.0.0.1:8000 --model glm-4.5-air [--api-key KEY | --api-key-file secrets.env]
+    pytest smoke_tests --base-url https://127.0.0.1:4000 --ca-cert tls/ca.crt ...    (through the router, HTTPS)
 
 Capabilities are read from the server (/v1/models, /version); checks a deployment
 does not claim are skipped with the reason. Without --base-url every test skips.
+Behind the stack's router (LiteLLM) the same checks run, but for the listed context length, which its
+/v1/models may not carry (pass --spec for the limit checks); the router is recognised by its /health/liveliness.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def pytest_addoption(parser):
     g.addoption("--model", help="served model name (default: the first in /v1/models)")
     g.addoption("--api-key", default=os.environ.get("VLLM_API_KEY"), help="API key (default $VLLM_API_KEY)")
     g.addoption("--api-key-file", help="env file with VLLM_API_KEY=… (e.g. the generated secrets.env)")
+    g.addoption("--api-key-var", default="VLLM_API_KEY", help="the variable of --api-key-file to use (a router key)")
+    g.addoption("--ca-cert", help="verify HTTPS against this CA certificate (the router's self-signed tls/ca.crt)")
     g.addoption("--reasoning-parser", help="the parser the server should run with, for reasoning checks")
     g.addoption("--tool-call-parser", help="the parser the server should run with, for tool-call checks")
     g.addoption("--limit-mm-per-prompt", help='the multimodal limits the server has, e.g. \'{"image":32,"video":1}\'')
@@ -44,6 +49,14 @@ class Server:
     tool_call_parser: str | None
     mm_limits: dict
     media_path: str | None
+    ca_cert: str | None = None
+    router: bool = False  # the stack's router (LiteLLM) in front of the server
+    context_listed: bool = True  # /v1/models lists the context length
+
+    def _ssl(self):
+        import ssl
+
+        return ssl.create_default_context(cafile=self.ca_cert) if self.ca_cert else None
 
     def get(self, path: str, auth: bool = True, timeout: float = 30, body: dict | None = None) -> tuple[int, bytes]:
         """GET (or POST, with a JSON body) a path under the server root."""
@@ -52,7 +65,7 @@ class Server:
         if auth and self.api_key:
             req.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._ssl()) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -67,16 +80,18 @@ class Server:
         return next((v for n in names if (v := extra.get(n) or getattr(message, n, None))), "")
 
     def client(self):
-        from openai import OpenAI
+        from openai import DefaultHttpxClient, OpenAI
 
-        return OpenAI(base_url=self.base_url + "/v1", api_key=self.api_key or "none", timeout=120, max_retries=0)
+        http = DefaultHttpxClient(verify=self._ssl()) if self.ca_cert else None
+        return OpenAI(base_url=self.base_url + "/v1", api_key=self.api_key or "none", timeout=120, max_retries=0,
+                      http_client=http)
 
 
-def _key_from_file(path: str) -> str:
+def _key_from_file(path: str, var: str) -> str:
     for line in open(path, encoding="utf-8"):
-        if line.startswith("VLLM_API_KEY="):
+        if line.startswith(f"{var}="):
             return line.split("=", 1)[1].strip()
-    raise pytest.UsageError(f"--api-key-file {path}: no VLLM_API_KEY= line")
+    raise pytest.UsageError(f"--api-key-file {path}: no {var}= line")
 
 
 def _claims_from_spec(path: str, service: str | None) -> dict:
@@ -101,7 +116,7 @@ def server(request) -> Server:
     if not base:
         pytest.skip("no --base-url given: pass the server to test, e.g. --base-url http://127.0.0.1:8000")
     base = base.rstrip("/").removesuffix("/v1")
-    key = _key_from_file(opt("--api-key-file")) if opt("--api-key-file") else opt("--api-key")
+    key = _key_from_file(opt("--api-key-file"), opt("--api-key-var")) if opt("--api-key-file") else opt("--api-key")
     claims = _claims_from_spec(opt("--spec"), opt("--service")) if opt("--spec") else {}
     s = Server(base, key, opt("--model") or claims.get("served_model_name") or "", None, "unknown",
                claims.get("max_model_len") if isinstance(claims.get("max_model_len"), int) else None,
@@ -109,7 +124,9 @@ def server(request) -> Server:
                opt("--tool-call-parser") or claims.get("tool_call_parser"),
                json.loads(opt("--limit-mm-per-prompt")) if opt("--limit-mm-per-prompt")
                else dict(claims.get("limit_mm_per_prompt", ())),
-               opt("--media-path") or claims.get("allowed_local_media_path"))
+               opt("--media-path") or claims.get("allowed_local_media_path"), opt("--ca-cert"))
+    status, body = s.get("/health/liveliness", auth=False)  # LiteLLM's; vLLM has no such path
+    s.router = status == 200
     status, body = s.get("/v1/models")
     if status != 200:
         pytest.exit(f"{base}/v1/models answered {status}: {body[:200]!r} (wrong --api-key?)", returncode=1)
@@ -118,6 +135,11 @@ def server(request) -> Server:
     if chosen is None:
         pytest.exit(f"model {s.model!r} not served; the server has {[m['id'] for m in models]}", returncode=1)
     s.model, s.max_model_len = chosen["id"], chosen.get("max_model_len")
+    if s.router and not s.max_model_len:
+        # LiteLLM lists the context as max_input_tokens where it knows it; else the spec's claim stands in, so
+        # that the over-long prompt is still sent (and refused by the server behind).
+        s.max_model_len = chosen.get("max_input_tokens") or s.claimed_max_model_len
+        s.context_listed = bool(chosen.get("max_input_tokens"))
     status, body = s.get("/version")
     if status == 200:
         s.version = json.loads(body).get("version", "unknown")

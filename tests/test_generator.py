@@ -245,6 +245,43 @@ def test_render_creates_a_private_api_key_file_once(tmp_path, monkeypatch):
     assert env.read_text().split("VLLM_API_KEY=")[1].strip() == key
 
 
+# ------------------------------------------------------------ the router
+
+ROUTED = ("router:\n  keys: {VLLM_API_KEY: '*', ROUTER_KEY_V: [glm-4.1v-9b-thinking]}\n  tls: self-signed\n"
+          "services:\n  air:\n    preset: glm-4.5-air\n  v:\n    preset: glm-4.1v-9b-thinking\n    gpus: [4]\n")
+
+
+def test_router_is_the_only_published_port_and_its_config_names_no_key():
+    d = deployment(ROUTED)
+    doc = render.compose(d)
+    assert "ports" not in doc["services"]["air"] and "ports" not in doc["services"]["v"]
+    assert doc["services"]["router"]["ports"] == ["127.0.0.1:4000:4000"]
+    config = yaml.safe_load(doc["configs"]["router"]["content"])
+    assert [(m["model_name"], m["litellm_params"]["api_base"]) for m in config["model_list"]] == [
+        ("glm-4.5-air", "http://air:8000/v1"), ("glm-4.1v-9b-thinking", "http://v:8000/v1")]
+    assert {m["litellm_params"]["api_key"] for m in config["model_list"]} == {"os.environ/VLLM_API_KEY"}
+    assert json.loads(doc["configs"]["router-file"]["content"]) == {
+        "models": ["glm-4.5-air", "glm-4.1v-9b-thinking"], "reasoning_field": "reasoning",
+        "keys": {"VLLM_API_KEY": "*", "ROUTER_KEY_V": ["glm-4.1v-9b-thinking"]}}
+    assert d.key_names() == ("VLLM_API_KEY", "ROUTER_KEY_V")
+
+
+def test_render_adds_new_router_keys_to_its_own_env_file_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text("services:\n  air:\n    preset: glm-4.5-air\n")
+    (tmp_path / "b.yaml").write_text(ROUTED)
+    assert cli.main(["render", "a.yaml", "-o", "compose.yaml"]) == 0
+    env = tmp_path / "secrets.env"
+    first = env.read_text()
+    assert cli.main(["render", "b.yaml", "-o", "compose.yaml"]) == 0
+    assert env.read_text().startswith(first) and "\nROUTER_KEY_V=sk-" in env.read_text()
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    env.write_text("VLLM_API_KEY=sk-mine-0000000000000000\n")  # the user's own file: never touched
+    assert cli.main(["render", "b.yaml", "-o", "compose.yaml"]) == 0
+    assert env.read_text() == "VLLM_API_KEY=sk-mine-0000000000000000\n"
+    assert "lacks ROUTER_KEY_V" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------ versions
 
 
@@ -396,7 +433,7 @@ def _mutations():
     """Committed stacks with one value replaced, removed or duplicated by hypothesis."""
     bases = [yaml.safe_load(p.read_text()) for p in STACKS]
     return st.tuples(st.sampled_from(bases), st.sampled_from(spec.field_names(spec.ServiceSpec) + ["bogus", "vllm_version",
-                     "bind_address", "env_file", "images", "volumes", "monitoring"]), yaml_values)
+                     "bind_address", "env_file", "images", "volumes", "monitoring", "router"]), yaml_values)
 
 
 @settings(max_examples=1000, deadline=None)

@@ -1,48 +1,66 @@
-"""Reasoning and tool calls through real vLLM on CPU, with the GLM-4.5-Air parser flags.
+"""Reasoning and tool calls through real vLLM on CPU, with the GLM-4.5-Air parser flags, behind the router.
 
 Scripted GLM-4.5-shaped models (tests/fixtures/make_scripted_glm.py: greedy decoding emits a
 fixed script) stand in for GLM-4.5-Air, which cannot run here. They are served from the
-rendered tests/stacks/scripted-cpu.yaml (ports chosen free at run time) with
-`--reasoning-parser glm45 --tool-call-parser glm45 --enable-auto-tool-choice`; the API must
-split reasoning and parse tool calls exactly as for the real model. A third server lacks
---reasoning-parser: the smoke suite must fail on it and name the missing flag.
+rendered tests/stacks/scripted-cpu.yaml with `--reasoning-parser glm45 --tool-call-parser glm45
+--enable-auto-tool-choice`, beside the real SmolLM2, and reached only through the stack's router (LiteLLM,
+built by compose) over HTTPS verified against its self-signed CA: the API must split reasoning and parse
+tool calls exactly as for the real model, each name must reach its own server, keys must hold their scope.
+A third scripted server lacks --reasoning-parser: the smoke suite must fail on it and name the missing flag.
+Prometheus (Debian's) scrapes the servers and the router.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
+import openai
 import pytest
-from openai import OpenAI
+from openai import DefaultHttpxClient, OpenAI
 
 from deploy import monitoring
 from support import ROOT, api_key, compose, rendered_stack, run_smoke, with_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+SPEC = ROOT / "tests/stacks/scripted-cpu.yaml"
+SERVED = {"glm45-reasoning": "glm45-scripted-reasoning", "glm45-tools": "glm45-scripted-tools",
+          "glm45-no-parser": "glm45-no-parser", "smollm2": "smollm2-135m-instruct"}
 
 
 @pytest.fixture(scope="module")
 def scripted(scripted_models, tmp_path_factory):
     work = tmp_path_factory.mktemp("scripted")
-    spec, ports = with_ports(ROOT / "tests/stacks/scripted-cpu.yaml", work / "scripted-cpu.yaml")
-    with rendered_stack(spec, work, list(ports), links={"models": scripted_models}):
+    spec, ports = with_ports(SPEC, work / "scripted-cpu.yaml")
+    with rendered_stack(spec, work, [*SERVED, "router", "prometheus"], links={"models": scripted_models}):
         yield work, ports, api_key(work)
 
 
-def servers(ports: dict[str, int]) -> dict[str, int]:
-    return {name: port for name, port in ports.items() if name != "prometheus"}
+def tls(work) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(work / "tls/ca.crt"))
 
 
-def client(port: int, key: str) -> OpenAI:
-    return OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=120)
+def client(work, port: int, key: str) -> OpenAI:
+    return OpenAI(base_url=f"https://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=120,
+                  http_client=DefaultHttpxClient(verify=tls(work)))
+
+
+def tokens_asked_beyond_one(work, service: str) -> float:
+    """Sum over finished requests of (max_tokens - 1), from one server's /metrics, read inside its container
+    (servers publish no port). The liveness probe's 1-token completions add nothing to it; ours add 6 each."""
+    code = ("import urllib.request as u; t = u.urlopen('http://127.0.0.1:8000/metrics').read().decode(); "
+            "v = lambda n: sum(float(l.split()[-1]) for l in t.splitlines() if l.startswith(n)); "
+            "print(v('vllm:request_params_max_tokens_sum') - v('vllm:request_params_max_tokens_count'))")
+    return float(compose(work, "exec", "-T", service, "python3", "-c", code).stdout)
 
 
 def test_reasoning_is_returned_exactly_as_for_glm45(scripted):
-    _, ports, key = scripted
-    m = client(ports["glm45-reasoning"], key).chat.completions.create(
+    work, ports, key = scripted
+    m = client(work, ports["router"], key).chat.completions.create(
         model="glm45-scripted-reasoning", messages=[{"role": "user", "content": "What is the capital of France?"}],
         temperature=0, max_tokens=32).choices[0].message
     assert m.model_extra.get("reasoning") == "The user asks about France."
@@ -50,8 +68,8 @@ def test_reasoning_is_returned_exactly_as_for_glm45(scripted):
 
 
 def test_tool_call_is_returned_exactly_as_for_glm45(scripted):
-    _, ports, key = scripted
-    r = client(ports["glm45-tools"], key).chat.completions.create(
+    work, ports, key = scripted
+    r = client(work, ports["router"], key).chat.completions.create(
         model="glm45-scripted-tools", messages=[{"role": "user", "content": "Weather in Paris?"}], temperature=0,
         max_tokens=32, tools=[{"type": "function", "function": {
             "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
@@ -62,12 +80,12 @@ def test_tool_call_is_returned_exactly_as_for_glm45(scripted):
 
 
 # Each scripted model carries one script, so each is checked for the capability it scripts.
-@pytest.mark.parametrize("service,model,claim", [
-    ("glm45-reasoning", "glm45-scripted-reasoning", "--reasoning-parser=glm45"),
-    ("glm45-tools", "glm45-scripted-tools", "--tool-call-parser=glm45")])
-def test_smoke_suite_passes_reasoning_and_tool_checks(scripted, tmp_path, service, model, claim):
+@pytest.mark.parametrize("model,claim", [
+    ("glm45-scripted-reasoning", "--reasoning-parser=glm45"),
+    ("glm45-scripted-tools", "--tool-call-parser=glm45")])
+def test_smoke_suite_passes_reasoning_and_tool_checks(scripted, tmp_path, model, claim):
     work, ports, _ = scripted
-    r, counts = run_smoke(ports[service], model, work, tmp_path / "smoke.xml", claim,
+    r, counts = run_smoke(ports["router"], model, work, tmp_path / "smoke.xml", claim,
                           "-k", "reasoning or tool or models or health")
     assert r.returncode == 0 and counts["failures"] == counts["errors"] == 0, r.stdout[-4000:]
     assert counts["tests"] - counts["skipped"] >= 3, counts
@@ -75,10 +93,80 @@ def test_smoke_suite_passes_reasoning_and_tool_checks(scripted, tmp_path, servic
 
 def test_smoke_suite_names_the_missing_reasoning_flag(scripted, tmp_path):
     work, ports, _ = scripted
-    r, counts = run_smoke(ports["glm45-no-parser"], "glm45-no-parser", work, tmp_path / "smoke.xml",
+    r, counts = run_smoke(ports["router"], "glm45-no-parser", work, tmp_path / "smoke.xml",
                           "--reasoning-parser=glm45", "-k", "test_reasoning_is_split_from_content")
     assert r.returncode == 1 and counts["failures"] == 1, r.stdout[-3000:]
     assert "start the server with --reasoning-parser glm45" in r.stdout
+
+
+# ------------------------------------------------------------------ the router
+
+
+def test_smoke_suite_passes_through_the_router(scripted, tmp_path):
+    """The whole text suite (completions, chat, streaming, stop tokens, auth, 404, context limit) on SmolLM2."""
+    work, ports, _ = scripted
+    r, counts = run_smoke(ports["router"], "smollm2-135m-instruct", work, tmp_path / "smoke.xml",
+                          f"--spec={work / 'scripted-cpu.yaml'}", "--service=smollm2")
+    assert r.returncode == 0 and counts["failures"] == counts["errors"] == 0, r.stdout[-4000:]
+    assert counts["tests"] - counts["skipped"] >= 9, counts  # all text checks but the listed context length
+
+
+def test_each_served_name_reaches_its_own_server(scripted):
+    work, ports, key = scripted
+    c = client(work, ports["router"], key)
+    assert sorted(m.id for m in c.models.list().data) == sorted(SERVED.values())
+    for service, name in SERVED.items():
+        before = {s: tokens_asked_beyond_one(work, s) for s in SERVED}
+        for _ in range(2):
+            r = c.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=7)
+            assert r.model == name
+        after = {s: tokens_asked_beyond_one(work, s) for s in SERVED}
+        assert {s: after[s] - before[s] for s in SERVED} == {s: 12.0 if s == service else 0.0 for s in SERVED}, name
+
+
+def test_keys_are_checked_and_scoped(scripted):
+    work, ports, key = scripted
+    scoped = api_key(work, "ROUTER_KEY_TOOLS")
+    ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    with pytest.raises(openai.AuthenticationError):  # 401
+        client(work, ports["router"], "sk-" + "x" * 40).chat.completions.create(model="glm45-scripted-tools", **ask)
+    no_key = urllib.request.Request(f"https://127.0.0.1:{ports['router']}/v1/chat/completions", method="POST",
+                                    data=json.dumps({"model": "glm45-scripted-tools", **ask}).encode(),
+                                    headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(no_key, context=tls(work), timeout=30)
+    tools_only = client(work, ports["router"], scoped)
+    assert tools_only.chat.completions.create(model="glm45-scripted-tools", **ask).model == "glm45-scripted-tools"
+    with pytest.raises(openai.PermissionDeniedError, match="may not use model 'smollm2-135m-instruct'"):  # 403
+        tools_only.chat.completions.create(model="smollm2-135m-instruct", **ask)
+    assert [m.id for m in tools_only.models.list().data] == ["glm45-scripted-tools"]
+    with pytest.raises(openai.NotFoundError):  # 404, as from vLLM itself
+        client(work, ports["router"], key).chat.completions.create(model="no-such-model", **ask)
+
+
+def test_tls_is_verified_against_the_generated_ca(scripted):
+    """A real HTTPS client: trusts the router only through ./tls/ca.crt; plain HTTP gets no answer."""
+    work, ports, _ = scripted
+    url = f"https://localhost:{ports['router']}/health/readiness"
+    with urllib.request.urlopen(url, context=tls(work), timeout=10) as r:
+        assert r.status == 200
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)  # the system's CAs only
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{ports['router']}/health/readiness", timeout=10)
+    assert (work / "tls/ca.key").stat().st_mode & 0o077 == 0 and (work / "tls/router.key").stat().st_mode & 0o077 == 0
+
+
+def test_no_key_appears_in_rendered_files_router_logs_or_metrics(scripted):
+    work, ports, _ = scripted
+    keys = [line.split("=", 1)[1] for line in (work / "secrets.env").read_text().splitlines() if "=" in line]
+    assert len(keys) == 2
+    seen = (work / "compose.yaml").read_text() + compose(work, "--profile", "*", "logs", "--no-color").stdout
+    with urllib.request.urlopen(f"https://127.0.0.1:{ports['router']}/metrics/", context=tls(work), timeout=10) as r:
+        metrics = r.read().decode()
+    assert "litellm_proxy_total_requests_metric_total" in metrics and 'api_key_alias="ROUTER_KEY_TOOLS"' in metrics
+    for k in keys:
+        assert k not in seen and k not in metrics
 
 
 # ------------------------------------------------------------------ monitoring
@@ -90,26 +178,31 @@ def prom(port: int, path: str) -> dict:
 
 
 def test_prometheus_scrapes_every_server_and_loads_the_alert_rules(scripted):
-    """Real Prometheus (Debian's 2.42, built by compose) with the rendered scrape config and rules."""
+    """Real Prometheus (Debian's 2.42, built by compose) with the rendered scrape config and rules: every server's
+    running-requests series, and the router's own metrics scraped over HTTPS verified against the generated CA."""
     _, ports, _ = scripted
     query = "/api/v1/query?query=" + urllib.parse.quote("vllm:num_requests_running")
+    router_up = "/api/v1/query?query=" + urllib.parse.quote('up{job="router"}')
     seen: set = set()
+    up: list = []
     for _ in range(60):
         seen = {r["metric"].get("service") for r in prom(ports["prometheus"], query)["result"]}
-        if seen == set(servers(ports)):
+        up = [r["value"][1] for r in prom(ports["prometheus"], router_up)["result"]]
+        if seen == set(SERVED) and up == ["1"]:
             break
         time.sleep(2)
-    assert seen == set(servers(ports)), seen
+    assert seen == set(SERVED), seen
+    assert up == ["1"], up
     rules = {r["name"] for g in prom(ports["prometheus"], "/api/v1/rules")["groups"] for r in g["rules"]}
     assert rules == {name for name, *_ in monitoring.ALERTS}
 
 
 def test_every_metric_the_rules_use_is_exported_by_the_pinned_vllm(scripted):
     """Names drift between vLLM releases; each one in the alert rules must be on a live server's /metrics."""
-    work, ports, _ = scripted
-    port = servers(ports)["glm45-reasoning"]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    work, _, _ = scripted
+    text = compose(work, "exec", "-T", "glm45-reasoning", "python3", "-c",
+                   "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/metrics').read().decode())").stdout
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     assert monitoring.metric_names() <= exported, monitoring.metric_names() - exported
     r = compose(work, "exec", "-T", "prometheus", "promtool", "check", "rules", "/etc/prometheus/alerts.yml")
-    assert "SUCCESS: 5 rules found" in r.stdout, r.stdout
+    assert f"SUCCESS: {len(monitoring.ALERTS)} rules found" in r.stdout, r.stdout

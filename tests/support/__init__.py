@@ -79,11 +79,15 @@ def fresh_copy(dest: Path) -> Path:
 
 
 def with_ports(spec: Path, out: Path) -> tuple[Path, dict[str, int]]:
-    """A copy of SPEC whose services (and Prometheus) listen on free host ports (two test runs never collide)."""
+    """A copy of SPEC whose services (or its router) and Prometheus listen on free host ports (two test runs
+    never collide)."""
     data = yaml.safe_load(spec.read_text())
     ports = {}
-    for name, body in data["services"].items():
-        body["port"] = ports[name] = free_port()
+    if data.get("router"):
+        data["router"]["port"] = ports["router"] = free_port()
+    else:
+        for name, body in data["services"].items():
+            body["port"] = ports[name] = free_port()
     if data.get("monitoring"):
         data["monitoring"] = {"port": free_port()}
         ports["prometheus"] = data["monitoring"]["port"]
@@ -128,11 +132,14 @@ def rendered_stack(spec: Path, work: Path, services: list[str], links: dict[str,
 
 
 def run_smoke(port: int, model: str, work: Path, junit: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """Run the smoke suite as a user would, against a running server; returns (process, junit counts)."""
+    """Run the smoke suite as a user would, against a running server (or the stack's router, over HTTPS
+    verified against its CA when WORK has tls/); returns (process, junit counts)."""
     t0 = time.monotonic()
+    ca = work / "tls/ca.crt"
+    where = [f"--base-url=https://127.0.0.1:{port}", f"--ca-cert={ca}"] if ca.exists() else [f"--base-url=http://127.0.0.1:{port}"]
     r = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "smoke_tests"), "-q", "-p", "no:cacheprovider",
-         f"--base-url=http://127.0.0.1:{port}", f"--model={model}", f"--api-key-file={work / 'secrets.env'}",
+         *where, f"--model={model}", f"--api-key-file={work / 'secrets.env'}",
          f"--junitxml={junit}", f"--report-md={junit.with_suffix('.md')}", *extra],
         capture_output=True, text=True, cwd=ROOT)
     print(f"\nsmoke suite vs {model}: {time.monotonic() - t0:.1f}s\n{r.stdout[-3000:]}", file=sys.stderr)
@@ -142,5 +149,5 @@ def run_smoke(port: int, model: str, work: Path, junit: Path, *extra: str) -> tu
     return r, counts
 
 
-def api_key(work: Path) -> str:
-    return (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
+def api_key(work: Path, name: str = "VLLM_API_KEY") -> str:
+    return (work / "secrets.env").read_text().split(f"{name}=")[1].split("\n")[0].strip()

@@ -1,0 +1,192 @@
+"""The router container's entrypoint: preflight, TLS, then LiteLLM as an unprivileged user.
+
+Runs as root only to read the TLS files whatever their owner on the host, and to make the self-signed CA
+and certificate in ./tls on first start; then drops to the `router` user and execs LiteLLM. Fails fast,
+naming the fix, when a key variable is missing, empty, shared or not LiteLLM's `sk-` form.
+
+  start.py --router-file FILE [--tls-dir DIR [--own-cert | --host NAME ...]] -- LITELLM_ARGS...
+  start.py --health URL       (the compose healthcheck)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import pwd
+import secrets
+import shutil
+import ssl
+import sys
+import urllib.request
+from pathlib import Path
+
+USER = "router"
+PRIVATE = Path("/run/router")  # the key LiteLLM reads, owned by USER; the container's own filesystem
+BASE_NAMES = ("localhost", "127.0.0.1", "::1", "router")  # the compose service name: Prometheus scrapes it
+LEAF_DAYS, CA_DAYS, RENEW_DAYS = 397, 3650, 30
+MIN_KEY_LEN = 20
+
+
+def fail(message: str) -> None:
+    print(f"router: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def check_keys(path: str) -> int:
+    scopes = json.loads(Path(path).read_text())["keys"]
+    seen: dict[str, str] = {}
+    for name in scopes:
+        value = os.environ.get(name, "")
+        if not value:
+            fail(f"{name} is not set. Fix: add `{name}=sk-...` to the stack's env file (secrets.env), "
+                 "e.g. rendering again adds a generated one, then `docker compose up -d router`.")
+        # LiteLLM hashes keys of this form before they reach a log or a metric label; others would show verbatim.
+        if not value.startswith("sk-") or len(value) < MIN_KEY_LEN:
+            fail(f"{name} must start with sk- and be at least {MIN_KEY_LEN} characters. Fix: set it to "
+                 "sk- followed by a random string, such as the output of "
+                 "`python3 -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(32))'`.")
+        if value in seen:
+            fail(f"{name} and {seen[value]} hold the same key, so their scopes cannot be told apart. Fix: give each its own.")
+        seen[value] = name
+    return len(scopes)
+
+
+def _names(hosts: list[str]):
+    from cryptography import x509
+
+    out = []
+    for h in dict.fromkeys([*BASE_NAMES, *hosts]):
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            out.append(x509.DNSName(h))
+    return out
+
+
+def self_signed(tls: Path, hosts: list[str]) -> tuple[Path, Path]:
+    """A local CA (kept, so clients trust it once) and a server certificate for HOSTS, renewed when the names
+    change or it nears expiry. Written whole (temp file + rename); keys mode 0600."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def write(path: Path, data: bytes, mode: int) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_crt, ca_key, crt, key = (tls / n for n in ("ca.crt", "ca.key", "router.crt", "router.key"))
+    if not (ca_crt.exists() and ca_key.exists()):
+        k = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"vllm-compose local CA {now:%Y-%m-%d}")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                             content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                             key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(k.public_key()), critical=False)
+                .sign(k, hashes.SHA256()))
+        write(ca_key, pem_key(k), 0o600)
+        write(ca_crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        crt.unlink(missing_ok=True)
+        print(f"router: made a local CA: {ca_crt.name} in ./tls (clients trust this file)", flush=True)
+    ca = x509.load_pem_x509_certificate(ca_crt.read_bytes())
+    wanted = _names(hosts)
+    if crt.exists() and key.exists():
+        old = x509.load_pem_x509_certificate(crt.read_bytes())
+        sans = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if (set(sans) == set(wanted) and old.issuer == ca.subject
+                and old.not_valid_after_utc - now > datetime.timedelta(days=RENEW_DAYS)):
+            return crt, key
+    ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
+    k = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "router")])).issuer_name(ca.subject)
+            .public_key(k.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=LEAF_DAYS))
+            .add_extension(x509.SubjectAlternativeName(wanted), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_private.public_key()), critical=False)
+            .sign(ca_private, hashes.SHA256()))
+    write(key, pem_key(k), 0o600)
+    write(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    print(f"router: issued {crt.name} for {', '.join(dict.fromkeys([*BASE_NAMES, *hosts]))}, signed by ./tls/ca.crt, "
+          f"valid {LEAF_DAYS} days", flush=True)
+    return crt, key
+
+
+def own_cert(tls: Path) -> tuple[Path, Path]:
+    crt, key = tls / "cert.pem", tls / "key.pem"
+    for path, what in ((crt, "certificate"), (key, "private key")):
+        if not path.is_file():
+            fail(f"the TLS {what} was not mounted at {path} (the spec's router.tls path does not exist on the host?). "
+                 "Fix: point router.tls.cert/key at existing PEM files and render again.")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(crt, key)
+    except (ssl.SSLError, ValueError) as e:
+        fail(f"the TLS certificate and key do not load together ({e}). Fix: give the PEM chain and its own private key.")
+    return crt, key
+
+
+def health(url: str) -> int:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # our own certificate, checked from inside
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+            return 0 if r.status == 200 else 1
+    except OSError as e:
+        print(f"router health: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str]) -> int:
+    ours, litellm_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="start.py")
+    p.add_argument("--health")
+    p.add_argument("--router-file")
+    p.add_argument("--tls-dir", type=Path)
+    p.add_argument("--own-cert", action="store_true")
+    p.add_argument("--host", action="append", default=[])
+    a = p.parse_args(ours)
+    if a.health:
+        return health(a.health)
+    n = check_keys(a.router_file)
+    os.environ["ROUTER_FILE"] = a.router_file
+    # LiteLLM refuses to start without a master key; the custom-auth hook never accepts it, so a random one
+    # that no one knows leaves LiteLLM's admin routes closed.
+    os.environ["LITELLM_MASTER_KEY"] = "sk-" + secrets.token_urlsafe(32)
+    user = pwd.getpwnam(USER)
+    if a.tls_dir:
+        crt, key = own_cert(a.tls_dir) if a.own_cert else self_signed(a.tls_dir, a.host)
+        PRIVATE.mkdir(mode=0o700, exist_ok=True)
+        shutil.copyfile(crt, PRIVATE / "cert.pem")
+        shutil.copyfile(key, PRIVATE / "key.pem")
+        for f in (PRIVATE, PRIVATE / "cert.pem", PRIVATE / "key.pem"):
+            os.chown(f, user.pw_uid, user.pw_gid)
+        os.chmod(PRIVATE / "key.pem", 0o400)
+        litellm_args += ["--ssl_certfile_path", str(PRIVATE / "cert.pem"), "--ssl_keyfile_path", str(PRIVATE / "key.pem")]
+    print(f"router: {n} key(s) checked, TLS {'on' if a.tls_dir else 'off'}; starting LiteLLM as {USER}", flush=True)
+    if os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+    os.environ["HOME"] = user.pw_dir
+    os.execvp("litellm", ["litellm", *litellm_args])
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
