@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from itertools import islice
 from pathlib import Path
 
-PORT = 8000
+DEFAULT_PORT = 8000  # vLLM's, when the server argv names none
 PARTIAL = ".{}.partial"
 HEALTH_WAIT_LOG_S = 30
 
@@ -162,6 +162,13 @@ class Server:
 
     def __init__(self, argv: list[str]):
         self.argv = argv
+        # The port the command itself listens on: `--port N` or `--port=N`, the last one winning, as for argparse.
+        self.port = DEFAULT_PORT
+        for i, arg in enumerate(argv):
+            if arg == "--port" and i + 1 < len(argv) and argv[i + 1].isdigit():
+                self.port = int(argv[i + 1])
+            elif arg.startswith("--port=") and arg[7:].isdigit():
+                self.port = int(arg[7:])
         self.proc: subprocess.Popen | None = None
         self.local = threading.local()
         self.model: str | None = None
@@ -191,7 +198,7 @@ class Server:
     def call(self, method: str, path: str, body: bytes | None, timeout: float = 3600) -> tuple[int, bytes]:
         conn = getattr(self.local, "conn", None)
         if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=timeout)
+            conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body, {"Content-Type": "application/json"} if body else {})
             r = conn.getresponse()

@@ -162,13 +162,14 @@ def cmd_batch_input(a) -> int:
     if not requests:
         print(f"{src} holds no prompt; nothing was written.", file=sys.stderr)
         return 1
-    cids = [r["custom_id"] for r in requests]
-    if len(set(cids)) != len(cids):
-        dup = next(c for c in cids if cids.count(c) > 1)
-        print(f"{src}: custom_id {dup!r} appears twice; nothing was written. Fix: make the column unique.", file=sys.stderr)
+    lines = [json.dumps(r, ensure_ascii=False) for r in requests]
+    _, problems = batch.parse_lines("\n".join(lines))  # the job's own checks (unique custom_id, ...), one pass
+    if problems:
+        n, _, message = problems[0]
+        print(f"{src}: request {n}: {message} Nothing was written.", file=sys.stderr)
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)
-    batch.write_atomic(out, [json.dumps(r, ensure_ascii=False) for r in requests])
+    batch.write_atomic(out, lines)
     print(f"wrote {len(requests)} request(s) to {out}", file=sys.stderr)
     return 0
 

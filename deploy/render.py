@@ -8,6 +8,7 @@ interpolations are the build arguments of deploy/images.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from typing import Any
@@ -33,6 +34,7 @@ BATCH_DIRS = ("/batch/input", "/batch/output")
 SERVER_USER = "1000:0"
 SERVER_HOME = f"{CACHE_DIR}/home"
 PROMETHEUS_VOLUME = "prometheus-data"
+CONFIG_HASH_LABEL = "io.vllm-compose.config-hash"
 # Docker's stop signal reaches vLLM as SIGTERM; it drains for --shutdown-timeout, then Docker waits this much longer.
 STOP_GRACE_MARGIN = 15
 
@@ -245,6 +247,13 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         configs["prometheus-alerts"] = {"content": _lit(monitoring.alerts_yaml())}
     if configs:
         doc["configs"] = configs
+        # compose recreates a container when its service definition changes, not when a config's content does:
+        # a label with the contents' hash makes a re-rendered config reach the running service.
+        for svc in doc["services"].values():
+            used = [c["source"] for c in svc.get("configs", ())]
+            if used:
+                digest = hashlib.sha256("".join(configs[name]["content"] for name in used).encode()).hexdigest()
+                svc["labels"] = {CONFIG_HASH_LABEL: digest[:16]}
     return doc
 
 

@@ -30,6 +30,7 @@ TIMEOUT = 600
 
 def litellm_config(d: Deployment) -> str:
     assert d.router is not None
+    names = {s.served_model_name or s.name for s in d.services}
     models = []
     for s in d.services:
         params = {"model": f"hosted_vllm/{s.served_model_name or s.name}",
@@ -41,8 +42,11 @@ def litellm_config(d: Deployment) -> str:
         "model_list": models,
         "router_settings": {
             "routing_strategy": d.router.policy,
-            # A refused or dead replica is skipped for 30 s; with one server per name the client sees the error at once.
-            "num_retries": 0, "allowed_fails": 1, "cooldown_time": 30, "timeout": TIMEOUT,
+            # Replicas: a failed request is tried once more on another one (LiteLLM's own cooldown, left at its
+            # defaults, then keeps a failing replica out). One server per name: its error goes straight back; a
+            # fixed allowed_fails would also cool down a lone server, answering 429 for a while after it recovers.
+            "num_retries": 1 if len(names) < len(d.services) else 0,
+            "timeout": TIMEOUT,
         },
         "litellm_settings": {
             "callbacks": ["prometheus", "vllm_fields.proxy_handler_instance"],

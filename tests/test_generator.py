@@ -266,6 +266,16 @@ def test_router_is_the_only_published_port_and_its_config_names_no_key():
     assert d.key_names() == ("VLLM_API_KEY", "ROUTER_KEY_V")
 
 
+def test_a_changed_config_changes_the_service_so_compose_recreates_it():
+    """compose does not recreate a container when only a config's content changes; the hash label does."""
+    def labels(text):
+        services = render.compose(deployment("monitoring: true\n" + text))["services"]
+        return services["router"]["labels"], services["prometheus"]["labels"]
+    router_a, prom_a = labels(ROUTED)
+    router_b, prom_b = labels(ROUTED.replace("ROUTER_KEY_V: [glm-4.1v-9b-thinking]", "ROUTER_KEY_V: '*'"))
+    assert router_a != router_b and prom_a == prom_b
+
+
 def test_render_adds_new_router_keys_to_its_own_env_file_only(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.yaml").write_text("services:\n  air:\n    preset: glm-4.5-air\n")
@@ -516,6 +526,18 @@ def test_batch_input_helper_never_overwrites_and_reads_csv(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("text\nhello\n")
     assert cli.main(["batch-input", str(tmp_path / "bad.csv"), "-o", str(tmp_path / "b.jsonl")]) == 1
     assert "no `prompt` column" in capsys.readouterr().err and not (tmp_path / "b.jsonl").exists()
+    (tmp_path / "dup.csv").write_text("custom_id,prompt\nq1,Hello\nq1,Again\n")
+    assert cli.main(["batch-input", str(tmp_path / "dup.csv"), "-o", str(tmp_path / "d.jsonl")]) == 1
+    assert "request 2: custom_id 'q1' is also on line 1" in capsys.readouterr().err
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_batch_job_talks_to_the_port_its_server_command_names():
+    from deploy import batch
+
+    assert batch.Server(["python3", "-m", "vllm", "--port", "8123"]).port == 8123
+    assert batch.Server(["python3", "-m", "vllm", "--port=9001"]).port == 9001
+    assert batch.Server(["python3", "-m", "vllm"]).port == batch.DEFAULT_PORT
 
 
 def test_batch_input_lines_are_checked_one_by_one():
