@@ -190,23 +190,27 @@ def check_disk(services: list[Service], info: dict) -> list[Line]:
 
 def check_ports(d: Deployment, services: list[Service]) -> list[Line]:
     lines = []
-    for s in services:
+    # Behind a router the servers publish nothing; the router's port is the one to check.
+    published = [(s.name, s.port) for s in services if s.port is not None]
+    if d.router:
+        published.append(("the router", d.router.port))
+    for name, port in published:
         family = socket.AF_INET6 if ":" in d.bind_address else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             # As servers do: connections in TIME_WAIT from earlier clients do not make a port "taken".
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((d.bind_address, s.port))
-                lines.append(Line(True, "port", f"{d.bind_address}:{s.port} free for {s.name}"))
+                sock.bind((d.bind_address, port))
+                lines.append(Line(True, "port", f"{d.bind_address}:{port} free for {name}"))
             except OSError as e:
-                lines.append(Line(False, "port", f"{d.bind_address}:{s.port} for {s.name} is taken ({e.strerror}).",
+                lines.append(Line(False, "port", f"{d.bind_address}:{port} for {name} is taken ({e.strerror}).",
                                   "stop what listens there (or this stack: docker compose down), or set port: in the spec."))
     return lines
 
 
 def check_env_file(d: Deployment, services: list[Service], folder: Path, spec_path: str) -> list[Line]:
-    if not any(s.api_key for s in services):
-        return [Line(True, "secrets", "no service asks for an API key")]
+    if not d.key_names():
+        return [Line(True, "secrets", "no service or router asks for an API key")]
     env = folder / d.env_file
     render_cmd = f"python -m deploy render {spec_path} -o {folder / 'compose.yaml'} (creates it)"
     if not env.is_file():
@@ -214,8 +218,11 @@ def check_env_file(d: Deployment, services: list[Service], folder: Path, spec_pa
     mode = stat.S_IMODE(env.stat().st_mode)
     if mode & 0o077:
         return [Line(False, "secrets", f"{env} has mode {mode:o}: others can read the API key.", f"chmod 600 {env}.")]
-    if "VLLM_API_KEY=" not in env.read_text(encoding="utf-8", errors="replace"):
-        return [Line(False, "secrets", f"{env} holds no VLLM_API_KEY= line.", f"remove it, then {render_cmd}.")]
+    text = env.read_text(encoding="utf-8", errors="replace")
+    for name in d.key_names():
+        if f"{name}=" not in text:
+            return [Line(False, "secrets", f"{env} holds no {name}= line.",
+                         f"add `{name}=sk-<random>` to it (or remove it, then {render_cmd}).")]
     return [Line(True, "secrets", f"{env} present, mode 600")]
 
 
