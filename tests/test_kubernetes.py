@@ -1,0 +1,176 @@
+"""The Kubernetes target: every rendered manifest checked offline against the Kubernetes schemas.
+
+kubernetes-validate (PyPI) carries the upstream OpenAPI schemas; they are used strictly (unknown fields
+fail). The LeaderWorkerSet is a CRD, so its own fields are checked against tests/fixtures/
+leaderworkerset-v1.schema.json and its pod templates, strictly, as core PodTemplates. No cluster here:
+what a scheduler or kubelet would do is not exercised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deploy import cli, kubernetes, render
+from deploy.errors import SpecError
+from deploy.spec import loads
+from support import ROOT
+
+STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"]
+LWS_SCHEMA = json.loads((ROOT / "tests/fixtures/leaderworkerset-v1.schema.json").read_text())
+
+
+def deployment(text: str):
+    from deploy.resolve import resolve
+
+    stack, c = loads(text)
+    d = resolve(stack, c)
+    c.raise_if_errors("spec")
+    return d
+
+
+def validate(obj: dict) -> None:
+    # The schemas leave names free; the API server does not: a Service's name (ours are all the same) is a DNS-1035 label.
+    assert kubernetes.NAME_RE.fullmatch(obj["metadata"]["name"].removesuffix("-models")), obj["metadata"]["name"]
+    if obj["kind"] == "LeaderWorkerSet":
+        jsonschema.Draft7Validator(LWS_SCHEMA).validate(obj)
+        for role in ("leaderTemplate", "workerTemplate"):
+            template = obj["spec"]["leaderWorkerTemplate"][role]
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                                          "template": template}, kubernetes.KUBERNETES_VERSION, strict=True)
+    else:
+        kubernetes_validate.validate(obj, kubernetes.KUBERNETES_VERSION, strict=True)
+
+
+def rendered(stack: Path, tmp_path: Path, *extra: str) -> dict[str, list[dict]]:
+    out = tmp_path / stack.stem
+    assert cli.main(["render", str(stack), "--target", "kubernetes", "-o", str(out), *extra]) == 0
+    return {p.name: [o for o in yaml.safe_load_all(p.read_text()) if o] for p in sorted(out.glob("*.yaml"))}
+
+
+@pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
+def test_manifests_pass_the_kubernetes_schemas_and_match_the_golden(stack, tmp_path, update_goldens):
+    files = rendered(stack, tmp_path)
+    for objects in files.values():
+        for obj in objects:
+            validate(obj)
+    text = "".join(f"# ---- {name}\n" + render.dump_yaml(objects) for name, objects in files.items())
+    golden = ROOT / "tests/golden/k8s" / f"{stack.stem}.yaml"
+    if update_goldens:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.read_text() == text, f"{golden} is stale: review, then `pytest --update-goldens`"
+
+
+def test_the_server_runs_the_compose_argv_with_gpus_probes_and_the_key_from_a_secret(tmp_path):
+    d, _ = cli.load_deployment(str(ROOT / "deploy/stacks/default.yaml"))
+    air = d.service("glm-4.5-air")
+    [pvc, deploy, svc] = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)["glm-4.5-air.yaml"]
+    pod = deploy["spec"]["template"]["spec"]
+    [server] = pod["containers"]
+    assert server["command"] + server["args"] == render.ENTRYPOINT + render.server_argv(air, d.vllm_version)
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 4 and deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert server["startupProbe"]["failureThreshold"] * server["startupProbe"]["periodSeconds"] >= air.health_start_period
+    assert server["livenessProbe"]["exec"]["command"] == ["python3", render.LIVENESS]
+    key = next(e for e in server["env"] if e["name"] == "VLLM_API_KEY")
+    assert key == {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": kubernetes.SECRET, "key": "VLLM_API_KEY"}}}
+    [fetch] = pod["initContainers"]
+    assert fetch["args"] == render.fetch_command(air) and pvc["metadata"]["name"] == "glm-4-5-air-models"
+    assert pod["securityContext"]["runAsUser"] == 1000 and svc["spec"]["ports"][0]["port"] == 8000
+
+
+def test_more_gpus_than_a_node_has_becomes_a_leader_worker_set(tmp_path):
+    files = rendered(ROOT / "tests/stacks/k8s/glm-air-multinode.yaml", tmp_path, "--gpus-per-node", "8")
+    [lws] = [o for o in files["glm-4.5-air.yaml"] if o["kind"] == "LeaderWorkerSet"]
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2 and group["restartPolicy"] == "RecreateGroupOnPodRestart"
+    leader = group["leaderTemplate"]["spec"]["containers"][0]
+    worker = group["workerTemplate"]["spec"]["containers"][0]
+    for c in (leader, worker):
+        assert c["command"] == ["vllm", "serve"]  # the entry point that honours --headless
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 8
+        assert c["args"][c["args"].index("--nnodes") + 1] == "2"
+        assert c["args"][c["args"].index("--master-addr") + 1] == "$(LWS_LEADER_ADDRESS)"
+    assert leader["args"][-2:] == ["--node-rank", "0"] and "startupProbe" in leader
+    assert worker["args"][-3:] == ["--node-rank", "$(LWS_WORKER_INDEX)", "--headless"] and "startupProbe" not in worker
+    [svc] = [o for o in files["glm-4.5-air.yaml"] if o["kind"] == "Service"]
+    assert svc["spec"]["selector"]["role"] == "leader"
+    # One copy of the weights for the group: the leader fetches, the workers wait for its marker.
+    [pvc] = [o for o in files["glm-4.5-air.yaml"] if o["kind"] == "PersistentVolumeClaim"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert [c["name"] for c in group["leaderTemplate"]["spec"]["initContainers"]] == ["fetch"]
+    [wait] = group["workerTemplate"]["spec"]["initContainers"]
+    assert wait["name"] == "wait-for-weights" and ".fetch-complete.json" in wait["command"][-1]
+    # With nodes as large as the job, the same spec is a plain Deployment.
+    assert {o["kind"] for o in rendered(ROOT / "tests/stacks/k8s/glm-air-multinode.yaml", tmp_path / "big",
+                                        "--gpus-per-node", "16")["glm-4.5-air.yaml"]} >= {"Deployment"}
+
+
+@pytest.mark.parametrize("text,gpn,message", [
+    ("services:\n  a:\n    model: ./weights\n    served_model_name: a\n", 8, "a local directory"),
+    ("services:\n  a:\n    preset: glm-4.5-air\n    tensor_parallel_size: 3\n", 2, "cannot be split evenly over 2 nodes"),
+    ("vllm_version: 0.20.0\nservices:\n  a:\n    preset: glm-4.5-air\n", 2, "multi-node serving is rendered for vLLM 0.32.0"),
+])
+def test_what_kubernetes_cannot_take_is_refused_with_the_fix(text, gpn, message, tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    assert cli.main(["render", str(spec), "--target", "kubernetes", "-o", str(tmp_path / "out"),
+                     "--gpus-per-node", str(gpn)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Fix:" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_key_and_no_host_variable_reaches_a_manifest(tmp_path):
+    """Keys stay in the Secret; a `$(...)` in the spec reaches the container as written, never expanded."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("services:\n  a:\n    preset: smollm2-135m-cpu\n    extra_args: ['--x=$(HOME)']\n")
+    assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0  # makes secrets.env
+    key = (tmp_path / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
+    files = rendered(spec, tmp_path)
+    text = json.dumps(files)
+    assert key not in text and "--x=$$(HOME)" in text
+
+
+def test_a_folder_with_foreign_files_is_left_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "glm-4.5-air.yaml").write_text("mine\n")
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "--target", "kubernetes", "-o", str(out)]) == 1
+    assert (out / "glm-4.5-air.yaml").read_text() == "mine\n" and "not written by this tool" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["glm-4.5-air.yaml"]
+
+
+GOOD = [yaml.safe_load(p.read_text()) for p in STACKS]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(GOOD), st.sampled_from(["tensor_parallel_size", "pipeline_parallel_size", "gpus", "model",
+                                               "served_model_name", "extra_args", "env", "max_model_len", "device"]),
+       st.none() | st.booleans() | st.integers(-2, 40) | st.text(max_size=12) | st.lists(st.text(max_size=8), max_size=3)
+       | st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=2),
+       st.sampled_from([1, 2, 4, 8]))
+def test_mutated_stacks_give_valid_manifests_or_a_clean_error(base, key, value, gpus_per_node):
+    """The hostile-spec property for this target: a SpecError / TargetError naming the fix, or manifests
+    that pass the schemas."""
+    doc = json.loads(json.dumps(base))
+    next(iter(doc["services"].values()))[key] = value
+    try:
+        d = deployment(yaml.safe_dump(doc))
+        files = kubernetes.manifests(d, gpus_per_node)
+    except SpecError as e:
+        assert e.problems and all(p.message for p in e.problems)
+        return
+    except kubernetes.TargetError as e:
+        assert "Fix:" in str(e)
+        return
+    for objects in files.values():
+        for obj in objects:
+            validate(obj)
