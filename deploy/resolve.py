@@ -129,6 +129,11 @@ class Service:
     env: tuple[tuple[str, str], ...] = ()
 
     @property
+    def served_name(self) -> str:
+        """The name clients send as `model`."""
+        return self.served_model_name or self.name
+
+    @property
     def model_path(self) -> str:
         """Where the weights live inside the containers."""
         return f"{MODELS_DIR}/{self.source.volume_dir or self.name}"
@@ -249,7 +254,7 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
 def _resolve_router(spec: StackSpec, services: tuple[Service, ...], c: Collector) -> Router:
     r = spec.router
     assert r is not None
-    served = sorted({s.served_model_name or s.name for s in services})
+    served = sorted({s.served_name for s in services})
     keys = r.keys or Router.keys
     for name, scope in keys:
         if scope == "*":
@@ -451,7 +456,7 @@ def _check_across(services: tuple[Service, ...], c: Collector, routed: bool = Fa
     served: dict[str, Service] = {}
     for s in services:
         # Behind the router, services with one served name are replicas of one model (router.policy spreads the load).
-        first = served.setdefault(s.served_model_name or s.name, s)
+        first = served.setdefault(s.served_name, s)
         if routed and first is not s and first.model != s.model:
             c.warn(f"services.{s.name}.served_model_name", f"{s.served_model_name!r} is also served by {first.name!r} "
                    f"from another model ({first.model}); the router treats them as replicas of one model.")

@@ -30,14 +30,14 @@ TIMEOUT = 600
 
 def litellm_config(d: Deployment) -> str:
     assert d.router is not None
-    names = {s.served_model_name or s.name for s in d.services}
+    names = {s.served_name for s in d.services}
     models = []
     for s in d.services:
-        params = {"model": f"hosted_vllm/{s.served_model_name or s.name}",
+        params = {"model": f"hosted_vllm/{s.served_name}",
                   "api_base": f"http://{s.name}:{CONTAINER_PORT}/v1"}
         if s.api_key:
             params["api_key"] = "os.environ/VLLM_API_KEY"  # LiteLLM reads the variable; the value is not here
-        models.append({"model_name": s.served_model_name or s.name, "litellm_params": params})
+        models.append({"model_name": s.served_name, "litellm_params": params})
     doc = {
         "model_list": models,
         "router_settings": {
@@ -69,7 +69,7 @@ def router_json(d: Deployment) -> str:
     "*"; names only, no key), and the reasoning field of the pinned vLLM (the newest name where it sends two)."""
     assert d.router is not None
     return json.dumps({
-        "models": list(dict.fromkeys(s.served_model_name or s.name for s in d.services)),
+        "models": list(dict.fromkeys(s.served_name for s in d.services)),
         "keys": {name: scope if scope == "*" else list(scope) for name, scope in d.router.keys},
         "reasoning_field": d.vllm_version.reasoning_fields[0],
     }, indent=1) + "\n"
