@@ -13,6 +13,9 @@ when a later one fails:
   vision         the glm-4.1v-9b-thinking preset: smoke checks (images, video, limits), 32 images in one
                  request, one video, and an image + text throughput run
   ep             air.ep: the preset + --enable-expert-parallel, same benchmark as air.preset
+  fp8            on nvidia-h200-x2: the preset at TP 2 (tests/stacks/gpu/glm-air-full-tp2.yaml) in bfloat16, then
+                 with online FP8 (--quantization fp8): speed only, dummy weights say nothing about quality;
+                 concurrency 1, 16, 64
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from gpu_verify import OUT, Server, log, record, smoke  # noqa: E402
 
 FIX = Path("/var/stage/fixtures")
 AIR_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full.yaml")
+AIR_TP2_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full-tp2.yaml")
 VISION_SPEC = str(ROOT / "tests/stacks/gpu/glm41v-full.yaml")
 CONCURRENCY = {1: 4, 16: 32, 64: 128, 256: 512}  # max concurrency → number of prompts
 FUSION_OFF = ["--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}']
@@ -120,6 +124,18 @@ def ep() -> None:
     run_server("air.ep", AIR_SPEC, "glm-4.5-air", "/var/stage/cache-air", argv=[*preset, "--enable-expert-parallel"])
 
 
+def fp8() -> None:
+    from deploy import cli, render
+
+    global CONCURRENCY
+    CONCURRENCY = {1: 4, 16: 32, 64: 128}
+    d, _ = cli.load_deployment(AIR_TP2_SPEC)
+    _, preset = render.host_command(d.service("glm-4.5-air"), d.vllm_version)
+    cache = "/var/stage/cache-air-tp2"
+    run_server("air.tp2.bf16", AIR_TP2_SPEC, "glm-4.5-air", cache, argv=preset, do_smoke=True)
+    run_server("air.tp2.fp8", AIR_TP2_SPEC, "glm-4.5-air", cache, argv=[*preset, "--quantization", "fp8"], do_smoke=True)
+
+
 def png(i: int) -> str:
     from PIL import Image
 
@@ -175,7 +191,7 @@ if __name__ == "__main__":
     fixtures()
     for step in sys.argv[1:] or ["air", "vision", "ep"]:
         try:
-            {"air": air, "vision": vision, "ep": ep}[step]()
+            {"air": air, "vision": vision, "ep": ep, "fp8": fp8}[step]()
         except Exception as e:  # keep what was measured; say what broke
             log(f"{step} failed: {type(e).__name__}: {e}")
             record(f"{step}.error", f"{type(e).__name__}: {e}")
