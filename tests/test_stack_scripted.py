@@ -144,6 +144,20 @@ def test_keys_are_checked_and_scoped(scripted):
         client(work, ports["router"], key).chat.completions.create(model="no-such-model", **ask)
 
 
+@pytest.mark.parametrize("value,message", [
+    ("", "ROUTER_KEY_TOOLS is not set. Fix: add `ROUTER_KEY_TOOLS=sk-...`"),
+    ("tools-key-without-the-prefix", "ROUTER_KEY_TOOLS must start with sk- and be at least 20 characters. Fix:"),
+    ("SAME", "hold the same key, so their scopes cannot be told apart. Fix: give each its own."),
+])
+def test_router_refuses_to_start_with_a_bad_key_and_says_which(scripted, value, message):
+    """The preflight, run in the router's own container: exit 2 before LiteLLM starts, naming the variable."""
+    work, _, key = scripted
+    r = compose(work, "run", "--rm", "--no-deps", "-T", "-e", f"ROUTER_KEY_TOOLS={key if value == 'SAME' else value}",
+                "router", check=False, timeout=120)
+    assert r.returncode == 2 and message in r.stderr, (r.returncode, r.stderr[-2000:])
+    assert key not in r.stdout + r.stderr
+
+
 def test_tls_is_verified_against_the_generated_ca(scripted):
     """A real HTTPS client: trusts the router only through ./tls/ca.crt; plain HTTP gets no answer."""
     work, ports, _ = scripted
