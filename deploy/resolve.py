@@ -172,7 +172,7 @@ class Router:
     port: int = 4000
     keys: tuple[tuple[str, str | tuple[str, ...]], ...] = (("VLLM_API_KEY", "*"),)  # env name → served names or "*"
     tls: Tls | None = None
-    policy: str = "simple-shuffle"
+    policy: str = "leastconn"
 
 
 @dataclass(frozen=True)

@@ -1,85 +1,226 @@
-"""The router: LiteLLM's proxy in front of every server, configured from the deployment.
+"""The router: HAProxy (Debian's 2.6) in front of every server, configured from the deployment.
 
-Why LiteLLM and not vLLM's own router: docs/router-evaluation.md (measured). It routes on the request's
-`model` to the server(s) serving that name (several servers with one name are replicas, spread by the
-spec's policy), lists every model at /v1/models, and exports Prometheus metrics at /metrics.
+Why HAProxy: docs/router-evaluation.md (measured side by side with LiteLLM and vLLM's own router). It reads
+the request's JSON `model` (the whole body is buffered, so `model` may come after multi-MB images), checks
+the client's key against SHA-256 hashes, and sends the request on unchanged to a server serving that name;
+several servers with one name are replicas, balanced by the spec's policy. Answers, streamed or not, come
+back untouched (vLLM's own fields, `reasoning` included). Every refusal is OpenAI-style JSON.
 
-Keys: the config names environment variables only (the values stay in env_file). images/router/start.py
-checks them before LiteLLM starts; images/router/scoped_keys.py (LiteLLM's custom-auth hook) accepts exactly
-those keys and refuses a model outside a key's scope with 403. The servers sit on the compose network only,
-still guarded by VLLM_API_KEY, which the router sends them. images/router/vllm_fields.py puts back the
-reasoning field name of the pinned vLLM, which LiteLLM renames.
+What is rendered here names no key: haproxy.cfg (reads VLLM_API_KEY from the environment when it starts,
+which it sends the servers) and three maps (served name → backend, KEY_NAME/model pairs allowed, and each key's
+/v1/models answer). images/router/start.py checks the keys at start, writes the map of their SHA-256 hashes
+into the container's own /run/router and execs HAProxy as an unprivileged user.
 """
 
 from __future__ import annotations
 
 import json
-
-import yaml
+import re
 
 from .resolve import CONTAINER_PORT, Deployment
 
 NAME = "router"  # the compose service, also the host name in the self-signed certificate
 PORT = 4000  # inside the container
-CONFIG = "/etc/router/config.yaml"
-ROUTER_FILE = "/etc/router/router.json"  # served names, key scopes, reasoning field: read by the hooks
+CONFIG_DIR = "/etc/router"  # haproxy.cfg and the maps, compose configs
+CONFIGS = ("haproxy.cfg", "backends.map", "scopes.map", "models.map", "lists.map")
+RUN_DIR = "/run/router"  # written by start.py at start: keys.map (hashes), router.pem (certificate + key)
 TLS_DIR = "/tls"  # ./tls on the host: the self-signed CA and pair, or the user's files mounted read-only
-# Seconds before a silent server is abandoned (LiteLLM's default is 6000 s; a first token rarely takes minutes).
-TIMEOUT = 600
+HEALTH = "/health"  # answered by the router itself
+
+# The spec's policy (spec.ROUTING_POLICIES) → HAProxy's `balance` algorithm across the servers of one served name.
+POLICIES = {
+    "leastconn": "leastconn",  # the fewest requests in flight: LLM requests vary a lot in length
+    "roundrobin": "roundrobin",
+    "random": "random(1)",  # a uniform choice (HAProxy's default random(2) is power-of-two, i.e. leastconn-like)
+}
+
+# The whole request body must sit in one buffer to route on `model` (option http-buffer-request): 64 MiB
+# buffers, allocated per request as needed (an idle router holds ~15 MiB).
+BUFSIZE = 64 << 20
+MAXREWRITE = 1 << 16
+BODY_LIMIT = 60 << 20  # fits beside the headers; larger gets 413 naming it
+TIMEOUT = "30m"  # a server silent this long (no token, streamed or not) is given up on: 504
+_BACKEND_CHARS = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
-def litellm_config(d: Deployment) -> str:
+def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> str:
+    """An OpenAI-style error body, as one line of JSON."""
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code or status}},
+                      separators=(",", ":"))
+
+
+def _quoted(text: str) -> str:
+    """TEXT as a double-quoted HAProxy argument (no environment variable expanded in it)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def _lf(text: str) -> str:
+    """A log-format (lf-string) argument: % doubled, then quoted. The %[...] samples are added after this."""
+    return _quoted(text.replace("%", "%%"))
+
+
+def backends(d: Deployment) -> dict[str, str]:
+    """Served name → HAProxy backend name (its Prometheus `proxy` label): the name itself where HAProxy allows it."""
+    out: dict[str, str] = {}
+    for served in dict.fromkeys(s.served_name for s in d.services):
+        name = _BACKEND_CHARS.sub("_", served)
+        while name in out.values():
+            name += "_"
+        out[served] = name
+    return out
+
+
+def _scopes(d: Deployment) -> list[tuple[str, list[str]]]:
     assert d.router is not None
-    names = {s.served_name for s in d.services}
-    models = []
-    for s in d.services:
-        params = {"model": f"hosted_vllm/{s.served_name}",
-                  "api_base": f"http://{s.name}:{CONTAINER_PORT}/v1"}
-        if s.api_key:
-            params["api_key"] = "os.environ/VLLM_API_KEY"  # LiteLLM reads the variable; the value is not here
-        models.append({"model_name": s.served_name, "litellm_params": params})
-    doc = {
-        "model_list": models,
-        "router_settings": {
-            "routing_strategy": d.router.policy,
-            # Replicas: a failed request is tried once more on another one (LiteLLM's own cooldown, left at its
-            # defaults, then keeps a failing replica out). One server per name: its error goes straight back; a
-            # fixed allowed_fails would also cool down a lone server, answering 429 for a while after it recovers.
-            "num_retries": 1 if len(names) < len(d.services) else 0,
-            "timeout": TIMEOUT,
-        },
-        "litellm_settings": {
-            "callbacks": ["prometheus", "vllm_fields.proxy_handler_instance"],
-            # Open like vLLM's own /metrics: Prometheus scrapes it without a key. Labels carry key names and SHA-256
-            # hashes of keys, never a key (start.py requires the sk- prefix that LiteLLM hashes).
-            "require_auth_for_metrics_endpoint": False,
-            "drop_params": False,  # pass every vLLM extra (chat_template_kwargs, top_k, ...) through unchanged
-            "request_timeout": TIMEOUT,
-        },
-        "general_settings": {
-            "custom_auth": "scoped_keys.user_api_key_auth",
-            "disable_spend_logs": True,  # no database: nothing to write spend to
-        },
+    served = list(backends(d))
+    return [(name, served if scope == "*" else list(scope)) for name, scope in d.router.keys]
+
+
+def maps(d: Deployment) -> dict[str, str]:
+    """The map files, by file name. Keys: variable names only; the hashes of their values are made at start."""
+    scopes = _scopes(d)
+    lengths = {s.served_name: s.max_model_len for s in d.services}
+
+    def entry(name: str) -> dict:
+        e = {"id": name, "object": "model", "created": 0, "owned_by": "vllm"}
+        if isinstance(lengths[name], int):
+            e["max_model_len"] = lengths[name]  # what the spec sets; else the server's own default, unknown here
+        return e
+
+    return {
+        "backends.map": "".join(f"{served} {b}\n" for served, b in backends(d).items()),
+        "scopes.map": "".join(f"{key}/{model} 1\n" for key, models in scopes for model in models),
+        "models.map": "".join(f"{key} {json.dumps({'object': 'list', 'data': [entry(m) for m in models]}, separators=(',', ':'))}\n"
+                              for key, models in scopes),
+        # Inside a JSON string of the error answers: served names need no escaping (spec.SERVED_NAME_RE).
+        "lists.map": "".join(f"{key} {', '.join(models)}\n" for key, models in scopes),
     }
-    return yaml.safe_dump(doc, sort_keys=False)
 
 
-def router_json(d: Deployment) -> str:
-    """What the hooks in images/router/ need: the served names, each key variable → the names it may use (or
-    "*"; names only, no key), and the reasoning field of the pinned vLLM (the newest name where it sends two)."""
+def haproxy_cfg(d: Deployment) -> str:
     assert d.router is not None
-    return json.dumps({
-        "models": list(dict.fromkeys(s.served_name for s in d.services)),
-        "keys": {name: scope if scope == "*" else list(scope) for name, scope in d.router.keys},
-        "reasoning_field": d.vllm_version.reasoning_fields[0],
-    }, indent=1) + "\n"
+    r = d.router
+    c = CONFIG_DIR
+    var = "%[var(txn.model),bytes(0,100),json(utf8s)]"  # the client's model, cut and escaped for JSON
+    names = f"%[var(txn.keyname),map({c}/lists.map)]"
+    bind = f"bind :{PORT}" + (f" ssl crt {RUN_DIR}/router.pem ssl-min-ver TLSv1.2" if r.tls else "")
+    lines = [
+        "# Rendered by vllm-deploy from the spec's `router:` section (deploy/router.py). HAProxy 2.6, Debian bookworm.",
+        "global",
+        "  log stdout format raw local0 info",
+        "  maxconn 8192",
+        f"  tune.bufsize {BUFSIZE}",
+        f"  tune.maxrewrite {MAXREWRITE}",
+        "",
+        "# Docker's DNS: servers that start later, restart with a new address or stop are followed at run time.",
+        "resolvers docker",
+        "  nameserver dns 127.0.0.11:53",
+        "  hold valid 10s",
+        "  hold nx 1s",
+        "  hold other 1s",
+        "",
+        "defaults",
+        "  mode http",
+        "  log global",
+        # One JSON line per request: the key's variable name (never the key), the model, status, milliseconds to
+        # the first byte of the answer and in all, bytes each way. Per-key counts come from here.
+        "  log-format " + _quoted('{"key":"%[var(txn.keyname)]","model":"%[var(txn.model),bytes(0,100),json(utf8s)]",'
+                                  '"path":"%{+E}HP","status":%ST,"first_byte_ms":%Tr,"total_ms":%Ta,'
+                                  '"bytes_in":%U,"bytes_out":%B,"server":"%s"}'),
+        "  option http-buffer-request   # the whole body before routing: `model` may follow 40 MB of images",
+        "  option http-no-delay         # stream every SSE chunk at once (else ~200 ms Nagle delays)",
+        "  retries 0                    # a stopped server answers 503 at once, not after 3 s of retries",
+        "  timeout connect 2s",
+        f"  timeout client {TIMEOUT}",
+        f"  timeout server {TIMEOUT}",
+        "  timeout http-request 5m",
+        "  timeout http-keep-alive 2m",
+        "  timeout check 5s",
+        # Health: vLLM's /health every 2 s (0.5 s after a failure); a refused connection of a real request marks
+        # the server down at once. Replicas that are down get nothing; a model with none up answers 503.
+        "  default-server check inter 2s fastinter 500ms downinter 1s rise 1 fall 2 observe layer4 error-limit 1 "
+        "on-error mark-down resolvers docker resolve-prefer ipv4 init-addr libc,none",
+        "  http-error status 502 content-type application/json string " + _quoted(_error(
+            502, "the model's server closed the connection without an answer (it crashed or restarted). "
+                 "Check: docker compose ps; docker compose logs SERVICE", "server_error")),
+        "  http-error status 504 content-type application/json string " + _quoted(_error(
+            504, f"the model's server sent nothing for {TIMEOUT}", "server_error")),
+        "  http-error status 408 content-type application/json string " + _quoted(_error(
+            408, "the request was not received in full within 5 minutes", "invalid_request_error")),
+        "",
+        "frontend api",
+        f"  {bind}",
+        f"  http-request set-log-level silent if {{ path {HEALTH} /metrics }}  # the probes' and Prometheus's polls",
+        f"  http-request return status 200 content-type application/json string {_quoted(json.dumps({'status': 'ok'}))} if {{ path {HEALTH} }}",
+        "  # Open like vLLM's own /metrics: per model (backend) requests by status class, times, in flight.",
+        "  http-request use-service prometheus-exporter if { path /metrics }",
+        f"  http-request set-var(txn.keyname) req.hdr(authorization),regsub(\"^Bearer +\",\"\"),sha2(256),hex,lower,map({RUN_DIR}/keys.map)",
+        "  http-request return status 401 content-type application/json string " + _quoted(_error(
+            401, "invalid or missing API key: send one of the keys in secrets.env as `Authorization: Bearer KEY`",
+            "invalid_request_error", "invalid_api_key", "Authorization")) + " if !{ var(txn.keyname) -m found }",
+        f"  http-request return status 200 content-type application/json lf-string \"%[var(txn.keyname),map({c}/models.map)]\""
+        " if METH_GET { path /v1/models }",
+        "  http-request return status 404 content-type application/json lf-string " + _lf(_error(
+            404, "the router forwards POST requests with a JSON body naming a `model` (and answers GET /v1/models, "
+                 "/health, /metrics); not PATH_HERE", "invalid_request_error", "not_found")).replace("PATH_HERE", "%[path,bytes(0,100),json(utf8s)]")
+        + " if !METH_POST",
+        "  http-request return status 413 content-type application/json string " + _quoted(_error(
+            413, f"the request body is larger than the router's limit of {BODY_LIMIT >> 20} MiB. Fix: send large "
+                 "images or videos as URLs, or as file:// paths in the media folder", "invalid_request_error",
+            "request_too_large")) + f" if {{ req.body_size gt {BODY_LIMIT} }}",
+        "  http-request set-var(txn.model) req.body,json_query('$.model') if { req.hdr(content-type) -m beg application/json }",
+        # multipart/form-data (audio transcription) is not parsed: such a request names its model in a header.
+        "  http-request set-var(txn.model) req.hdr(x-model) if !{ var(txn.model) -m found }",
+        "  http-request return status 400 content-type application/json string " + _quoted(_error(
+            400, "the router found no `model` in this request: send a JSON body (Content-Type: application/json) "
+                 "with a \"model\" field naming a served model (GET /v1/models lists them); a multipart request "
+                 "(audio) names it in an X-Model header", "invalid_request_error", "missing_model", "model"))
+        + " if !{ var(txn.model) -m found }",
+        f"  http-request set-var(txn.backend) var(txn.model),map({c}/backends.map)",
+        "  http-request return status 404 content-type application/json lf-string " + _lf(
+            '{"error":{"message":"the model \\"MODEL\\" does not exist; this endpoint serves: NAMES","type":'
+            '"invalid_request_error","param":"model","code":"model_not_found"}}').replace("MODEL", var).replace("NAMES", names)
+        + " if !{ var(txn.backend) -m found }",
+        "  http-request set-var(txn.pair) var(txn.keyname),concat(/,txn.model)",
+        "  http-request return status 403 content-type application/json lf-string " + _lf(
+            "{\"error\":{\"message\":\"key KEYNAME may not use model 'MODEL'; it may use: NAMES\",\"type\":"
+            '"permission_error","param":"model","code":"model_not_allowed"}}').replace("KEYNAME", "%[var(txn.keyname)]")
+        .replace("MODEL", var).replace("NAMES", names)
+        + f" if !{{ var(txn.pair),map({c}/scopes.map) -m found }}",
+        "  use_backend %[var(txn.backend)]",
+    ]
+    by_name: dict[str, list] = {}
+    for s in d.services:
+        by_name.setdefault(s.served_name, []).append(s)
+    for served, backend in backends(d).items():
+        servers = by_name[served]
+        down = ", ".join(s.name for s in servers)
+        lines += [
+            "",
+            f"backend {backend}",
+            f"  balance {POLICIES[r.policy]}",
+            "  option httpchk GET /health",
+            # The client's key is the router's business; the servers get theirs (from the environment, not this file).
+            ('  http-request set-header Authorization "Bearer ${VLLM_API_KEY}"' if servers[0].api_key
+             else "  http-request del-header Authorization"),
+            "  http-error status 503 content-type application/json string " + _quoted(_error(
+                503, f"model {served}: no server is up ({down}: starting, stopped, or failing /health). "
+                     f"Check: docker compose ps {down}", "service_unavailable", "model_unavailable")),
+            *(f"  server {s.name} {s.name}:{CONTAINER_PORT}" for s in servers),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def configs(d: Deployment) -> dict[str, str]:
+    """Every file of the router's compose configs, by file name (mounted in CONFIG_DIR)."""
+    return {"haproxy.cfg": haproxy_cfg(d), **maps(d)}
 
 
 def argv(d: Deployment) -> list[str]:
-    """The router container's command: start.py's options, then LiteLLM's."""
+    """The router container's command: start.py's options (key variable names, TLS)."""
     assert d.router is not None
     tls = d.router.tls
-    out = ["--router-file", ROUTER_FILE]
+    out = [f"--key={name}" for name, _ in d.router.keys]
     if tls is not None:
         out += ["--tls-dir", TLS_DIR] + (["--own-cert"] if tls.cert else [f"--host={h}" for h in tls.hosts])
-    return out + ["--", "--config", CONFIG, "--host", "0.0.0.0", "--port", str(PORT)]
+    return out

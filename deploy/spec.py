@@ -289,7 +289,23 @@ def tls(v, path, c):
                     "(self-signed for those names)")
 
 
-ROUTING_POLICIES = ("simple-shuffle", "least-busy", "latency-based-routing")
+# How replicas of one served name share the load: HAProxy's balancing algorithms (deploy/router.py maps them).
+ROUTING_POLICIES = ("leastconn", "roundrobin", "random")
+# The names of the router before HAProxy (LiteLLM's) → the one to write now; None: HAProxy has no equivalent.
+OLD_POLICIES = {"simple-shuffle": "random", "least-busy": "leastconn", "latency-based-routing": None}
+
+
+def policy(v, path, c):
+    if v in ROUTING_POLICIES:
+        return v
+    if isinstance(v, str) and v in OLD_POLICIES:
+        new = OLD_POLICIES[v]
+        c.error(path, f"{v!r} was the LiteLLM router's; the router is HAProxy now. " + (
+            f"Fix: write {new} (the same behaviour)." if new else
+            "HAProxy has no latency-based balancing. Fix: write leastconn, which sends each request to the replica "
+            "with the fewest in flight, so a slow replica gets fewer."))
+        return None
+    return choice(*ROUTING_POLICIES)(v, path, c)
 
 
 @dataclass(frozen=True)
@@ -298,8 +314,8 @@ class RouterSpec:
     keys: tuple | None = _f(key_scopes, "API keys: ENV_NAME (a variable in env_file) → the served names it may use, "
                                         "or \"*\" (default {VLLM_API_KEY: \"*\"})")
     tls: TlsSpec | None = _f(tls, "HTTPS: self-signed (a local CA in ./tls) or {cert: FILE, key: FILE}")
-    policy: str | None = _f(choice(*ROUTING_POLICIES), "how requests are spread over replicas of one served name "
-                                                       "(default simple-shuffle)")
+    policy: str | None = _f(policy, "how requests are spread over replicas of one served name: leastconn (default), "
+                                    "roundrobin or random")
 
 
 router = true_or_record(RouterSpec, "{port: 4000, keys: {VLLM_API_KEY: '*'}, tls: self-signed}")
@@ -317,7 +333,7 @@ class StackSpec:
     bind_address: str | None = _f(string, "host address ports are published on (default 127.0.0.1)")
     env_file: str | None = _f(string, "file holding VLLM_API_KEY, created with mode 0600")
     monitoring: MonitoringSpec | None = _f(monitoring, "Prometheus scraping every server, with alert rules (profile monitoring)")
-    router: RouterSpec | None = _f(router, "one endpoint for every model (LiteLLM): routing by `model`, scoped keys, TLS")
+    router: RouterSpec | None = _f(router, "one endpoint for every model (HAProxy): routing by `model`, scoped keys, TLS")
     images: Images = field(default_factory=Images)
     volumes: Volumes = field(default_factory=Volumes)
     services: tuple[tuple[str, ServiceSpec], ...] = ()

@@ -5,8 +5,8 @@
 
 Capabilities are read from the server (/v1/models, /version); checks a deployment
 does not claim are skipped with the reason. Without --base-url every test skips.
-Behind the stack's router (LiteLLM) the same checks run, but for the listed context length, which its
-/v1/models may not carry (pass --spec for the limit checks); the router is recognised by its /health/liveliness.
+Behind the stack's router (HAProxy) the same checks run; its /v1/models lists a context length only where the
+spec sets one (pass --spec for the limit checks otherwise).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ class Server:
     mm_limits: dict
     media_path: str | None
     ca_cert: str | None = None
-    router: bool = False  # the stack's router (LiteLLM) in front of the server
     context_listed: bool = True  # /v1/models lists the context length
 
     def _ssl(self):
@@ -125,8 +124,6 @@ def server(request) -> Server:
                json.loads(opt("--limit-mm-per-prompt")) if opt("--limit-mm-per-prompt")
                else dict(claims.get("limit_mm_per_prompt", ())),
                opt("--media-path") or claims.get("allowed_local_media_path"), opt("--ca-cert"))
-    status, body = s.get("/health/liveliness", auth=False)  # LiteLLM's; vLLM has no such path
-    s.router = status == 200
     status, body = s.get("/v1/models")
     if status != 200:
         pytest.exit(f"{base}/v1/models answered {status}: {body[:200]!r} (wrong --api-key?)", returncode=1)
@@ -135,11 +132,11 @@ def server(request) -> Server:
     if chosen is None:
         pytest.exit(f"model {s.model!r} not served; the server has {[m['id'] for m in models]}", returncode=1)
     s.model, s.max_model_len = chosen["id"], chosen.get("max_model_len")
-    if s.router and not s.max_model_len:
-        # LiteLLM lists the context as max_input_tokens where it knows it; else the spec's claim stands in, so
-        # that the over-long prompt is still sent (and refused by the server behind).
-        s.max_model_len = chosen.get("max_input_tokens") or s.claimed_max_model_len
-        s.context_listed = bool(chosen.get("max_input_tokens"))
+    if not s.max_model_len:
+        # vLLM always lists it; the stack's router only where the spec sets it. The spec's claim then stands in,
+        # so that the over-long prompt is still sent (and refused by the server behind).
+        s.max_model_len = s.claimed_max_model_len
+        s.context_listed = False
     status, body = s.get("/version")
     if status == 200:
         s.version = json.loads(body).get("version", "unknown")

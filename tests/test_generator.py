@@ -17,7 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy import cli, pins, render, spec
+from deploy import cli, pins, render, router, spec
 from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
 from deploy.versions import VllmVersion
@@ -256,14 +256,38 @@ def test_router_is_the_only_published_port_and_its_config_names_no_key():
     doc = render.compose(d)
     assert "ports" not in doc["services"]["air"] and "ports" not in doc["services"]["v"]
     assert doc["services"]["router"]["ports"] == ["127.0.0.1:4000:4000"]
-    config = yaml.safe_load(doc["configs"]["router"]["content"])
-    assert [(m["model_name"], m["litellm_params"]["api_base"]) for m in config["model_list"]] == [
-        ("glm-4.5-air", "http://air:8000/v1"), ("glm-4.1v-9b-thinking", "http://v:8000/v1")]
-    assert {m["litellm_params"]["api_key"] for m in config["model_list"]} == {"os.environ/VLLM_API_KEY"}
-    assert json.loads(doc["configs"]["router-file"]["content"]) == {
-        "models": ["glm-4.5-air", "glm-4.1v-9b-thinking"], "reasoning_field": "reasoning",
-        "keys": {"VLLM_API_KEY": "*", "ROUTER_KEY_V": ["glm-4.1v-9b-thinking"]}}
+    configs = {c: doc["configs"][c]["content"] for c in doc["configs"] if c.startswith("router-")}
+    assert [c["target"] for c in doc["services"]["router"]["configs"]] == [f"/etc/router/{f}" for f in router.CONFIGS]
+    cfg = configs["router-haproxy"]
+    # Each served name to its own service; the servers' key from the environment, never its value.
+    assert configs["router-backends"] == "glm-4.5-air glm-4.5-air\nglm-4.1v-9b-thinking glm-4.1v-9b-thinking\n"
+    assert "backend glm-4.5-air\n" in cfg and "  server air air:8000\n" in cfg and "  server v v:8000\n" in cfg
+    assert cfg.count('http-request set-header Authorization "Bearer $${VLLM_API_KEY}"') == 2
+    assert configs["router-scopes"].splitlines() == [
+        "VLLM_API_KEY/glm-4.5-air 1", "VLLM_API_KEY/glm-4.1v-9b-thinking 1", "ROUTER_KEY_V/glm-4.1v-9b-thinking 1"]
+    listed = {line.split(" ", 1)[0]: json.loads(line.split(" ", 1)[1]) for line in configs["router-models"].splitlines()}
+    assert [m["id"] for m in listed["ROUTER_KEY_V"]["data"]] == ["glm-4.1v-9b-thinking"]
+    assert doc["services"]["router"]["command"] == ["--key=VLLM_API_KEY", "--key=ROUTER_KEY_V", "--tls-dir", "/tls"]
+    # The settings without which routing on `model` or streaming breaks (docs/router-evaluation.md).
+    for line in ("option http-buffer-request", "option http-no-delay", "retries 0", f"tune.bufsize {router.BUFSIZE}",
+                 "balance leastconn", "bind :4000 ssl crt /run/router/router.pem"):
+        assert line in cfg
     assert d.key_names() == ("VLLM_API_KEY", "ROUTER_KEY_V")
+
+
+@pytest.mark.parametrize("policy,balance", [("roundrobin", "roundrobin"), ("random", "random(1)")])
+def test_router_policy_is_haproxys_balance(policy, balance):
+    cfg = render.compose(deployment(ROUTED.replace("tls: self-signed", f"tls: self-signed\n  policy: {policy}")))
+    assert f"  balance {balance}\n" in cfg["configs"]["router-haproxy"]["content"]
+
+
+@pytest.mark.parametrize("old,fix", [("simple-shuffle", "Fix: write random"), ("least-busy", "Fix: write leastconn"),
+                                     ("latency-based-routing", "HAProxy has no latency-based balancing. Fix: write leastconn")])
+def test_litellms_policy_names_are_refused_with_the_haproxy_one(old, fix):
+    with pytest.raises(SpecError) as e:
+        deployment(ROUTED.replace("tls: self-signed", f"tls: self-signed\n  policy: {old}"))
+    [p] = e.value.problems
+    assert p.path == "router.policy" and f"{old!r} was the LiteLLM router's" in p.message and fix in p.message, p
 
 
 def test_a_changed_config_changes_the_service_so_compose_recreates_it():

@@ -1,10 +1,13 @@
-"""The router container's entrypoint: preflight, TLS, then LiteLLM as an unprivileged user.
+"""The router container's entrypoint: preflight, key hashes, TLS, then HAProxy as an unprivileged user.
 
 Runs as root only to read the TLS files whatever their owner on the host, and to make the self-signed CA
-and certificate in ./tls on first start; then drops to the `router` user and execs LiteLLM. Fails fast,
-naming the fix, when a key variable is missing, empty, shared or not LiteLLM's `sk-` form.
+and certificate in ./tls on first start. Writes, into the container's own /run/router (never a host file),
+the map of the keys' SHA-256 hashes to their variable names (HAProxy hashes each request's key and looks it
+up: no key is kept in clear in any file) and the PEM HAProxy serves (certificate chain + key). Then drops to
+the `router` user and execs HAProxy. Fails fast, naming the fix, when a key variable is missing, empty,
+shared or too short.
 
-  start.py --router-file FILE [--tls-dir DIR [--own-cert | --host NAME ...]] -- LITELLM_ARGS...
+  start.py --key NAME ... [--tls-dir DIR [--own-cert | --host NAME ...]]
   start.py --health URL       (the compose healthcheck)
 """
 
@@ -12,19 +15,21 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import ipaddress
-import json
 import os
 import pwd
-import secrets
-import shutil
 import ssl
 import sys
 import urllib.request
 from pathlib import Path
 
 USER = "router"
-PRIVATE = Path("/run/router")  # the key LiteLLM reads, owned by USER; the container's own filesystem
+PRIVATE = Path("/run/router")  # keys.map and router.pem, read by HAProxy as USER; the container's own filesystem
+CONFIG = "/etc/router/haproxy.cfg"  # rendered by deploy/router.py (compose config)
+# -dMglobal,no-poison: Debian builds HAProxy with memory-pool debugging on, which without this costs four
+# mmap/munmap pairs per request (~120 us CPU). Re-check with `haproxy -dMhelp` on an upgrade.
+HAPROXY = ["haproxy", "-db", "-dMglobal,no-poison", "-f", CONFIG]
 BASE_NAMES = ("localhost", "127.0.0.1", "::1", "router")  # the compose service name: Prometheus scrapes it
 LEAF_DAYS, CA_DAYS, RENEW_DAYS = 397, 3650, 30
 MIN_KEY_LEN = 20
@@ -35,23 +40,22 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def check_keys(path: str) -> int:
-    scopes = json.loads(Path(path).read_text())["keys"]
+def check_keys(names: list[str]) -> dict[str, str]:
+    """Each key variable → its value, after checking them: set, long enough, the sk- form, each its own."""
     seen: dict[str, str] = {}
-    for name in scopes:
+    for name in names:
         value = os.environ.get(name, "")
         if not value:
             fail(f"{name} is not set. Fix: add `{name}=sk-...` to the stack's env file (secrets.env), "
                  "e.g. rendering again adds a generated one, then `docker compose up -d router`.")
-        # LiteLLM hashes keys of this form before they reach a log or a metric label; others would show verbatim.
+        # The sk- form (as OpenAI's) tells a key from other secrets in logs and scanners; the length makes it unguessable.
         if not value.startswith("sk-") or len(value) < MIN_KEY_LEN:
-            fail(f"{name} must start with sk- and be at least {MIN_KEY_LEN} characters. Fix: set it to "
-                 "sk- followed by a random string, such as the output of "
-                 "`python3 -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(32))'`.")
+            fail(f"{name} must start with sk- and be at least {MIN_KEY_LEN} characters. Fix: set it to sk- "
+                 "followed by a random string, such as the output of `python3 -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(32))'`.")
         if value in seen:
             fail(f"{name} and {seen[value]} hold the same key, so their scopes cannot be told apart. Fix: give each its own.")
         seen[value] = name
-    return len(scopes)
+    return {name: value for value, name in seen.items()}
 
 
 def _names(hosts: list[str]):
@@ -152,39 +156,44 @@ def health(url: str) -> int:
         return 1
 
 
+def write_private(name: str, data: str, user: pwd.struct_passwd) -> None:
+    path = PRIVATE / name
+    tmp = PRIVATE / f".{name}.tmp"
+    tmp.write_text(data)
+    os.chown(tmp, user.pw_uid, user.pw_gid)
+    os.chmod(tmp, 0o400)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str]) -> int:
-    ours, litellm_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(prog="start.py")
     p.add_argument("--health")
-    p.add_argument("--router-file")
+    p.add_argument("--key", action="append", default=[], help="a key variable in the environment (env_file)")
     p.add_argument("--tls-dir", type=Path)
     p.add_argument("--own-cert", action="store_true")
     p.add_argument("--host", action="append", default=[])
-    a = p.parse_args(ours)
+    a = p.parse_args(argv)
     if a.health:
         return health(a.health)
-    n = check_keys(a.router_file)
-    os.environ["ROUTER_FILE"] = a.router_file
-    # LiteLLM refuses to start without a master key; the custom-auth hook never accepts it, so a random one
-    # that no one knows leaves LiteLLM's admin routes closed.
-    os.environ["LITELLM_MASTER_KEY"] = "sk-" + secrets.token_urlsafe(32)
+    keys = check_keys(a.key)
     user = pwd.getpwnam(USER)
+    PRIVATE.mkdir(mode=0o700, exist_ok=True)
+    os.chown(PRIVATE, user.pw_uid, user.pw_gid)
+    write_private("keys.map", "".join(f"{hashlib.sha256(v.encode()).hexdigest()} {n}\n" for n, v in keys.items()), user)
     if a.tls_dir:
         crt, key = own_cert(a.tls_dir) if a.own_cert else self_signed(a.tls_dir, a.host)
-        PRIVATE.mkdir(mode=0o700, exist_ok=True)
-        shutil.copyfile(crt, PRIVATE / "cert.pem")
-        shutil.copyfile(key, PRIVATE / "key.pem")
-        for f in (PRIVATE, PRIVATE / "cert.pem", PRIVATE / "key.pem"):
-            os.chown(f, user.pw_uid, user.pw_gid)
-        os.chmod(PRIVATE / "key.pem", 0o400)
-        litellm_args += ["--ssl_certfile_path", str(PRIVATE / "cert.pem"), "--ssl_keyfile_path", str(PRIVATE / "key.pem")]
-    print(f"router: {n} key(s) checked, TLS {'on' if a.tls_dir else 'off'}; starting LiteLLM as {USER}", flush=True)
+        write_private("router.pem", crt.read_text().rstrip("\n") + "\n" + key.read_text(), user)
+    # The router's own keys leave its environment: HAProxy needs only VLLM_API_KEY (sent to the servers).
+    for name in keys:
+        if name != "VLLM_API_KEY":
+            del os.environ[name]
+    print(f"router: {len(keys)} key(s) checked, TLS {'on' if a.tls_dir else 'off'}; starting HAProxy as {USER}", flush=True)
     if os.getuid() == 0:
         os.setgroups([])
         os.setgid(user.pw_gid)
         os.setuid(user.pw_uid)
     os.environ["HOME"] = user.pw_dir
-    os.execvp("litellm", ["litellm", *litellm_args])
+    os.execvp(HAPROXY[0], HAPROXY)
     return 1
 
 
