@@ -38,7 +38,7 @@ OLD_HEADER = "# API key for the vLLM servers; clients send it as a Bearer token.
 
 
 def new_key() -> str:
-    # sk-: the form LiteLLM hashes before a key reaches its logs or metrics (images/router/start.py insists on it).
+    # sk-: as OpenAI's keys, so scanners and people tell it from other secrets (images/router/start.py insists on it).
     return "sk-" + secrets.token_urlsafe(32)
 
 

@@ -3,9 +3,10 @@
 Scripted GLM-4.5-shaped models (tests/fixtures/make_scripted_glm.py: greedy decoding emits a
 fixed script) stand in for GLM-4.5-Air, which cannot run here. They are served from the
 rendered tests/stacks/scripted-cpu.yaml with `--reasoning-parser glm45 --tool-call-parser glm45
---enable-auto-tool-choice`, beside the real SmolLM2, and reached only through the stack's router (LiteLLM,
+--enable-auto-tool-choice`, beside the real SmolLM2, and reached only through the stack's router (HAProxy,
 built by compose) over HTTPS verified against its self-signed CA: the API must split reasoning and parse
-tool calls exactly as for the real model, each name must reach its own server, keys must hold their scope.
+tool calls exactly as for the real model, each name must reach its own server, keys must hold their scope,
+bodies of 40 MB must route, streams must arrive as sent, a stopped server must be answered for at once.
 A third scripted server lacks --reasoning-parser: the smoke suite must fail on it and name the missing flag.
 Prometheus (Debian's) scrapes the servers and the router.
 """
@@ -150,7 +151,7 @@ def test_keys_are_checked_and_scoped(scripted):
     ("SAME", "hold the same key, so their scopes cannot be told apart. Fix: give each its own."),
 ])
 def test_router_refuses_to_start_with_a_bad_key_and_says_which(scripted, value, message):
-    """The preflight, run in the router's own container: exit 2 before LiteLLM starts, naming the variable."""
+    """The preflight, run in the router's own container: exit 2 before HAProxy starts, naming the variable."""
     work, _, key = scripted
     r = compose(work, "run", "--rm", "--no-deps", "-T", "-e", f"ROUTER_KEY_TOOLS={key if value == 'SAME' else value}",
                 "router", check=False, timeout=120)
@@ -161,26 +162,101 @@ def test_router_refuses_to_start_with_a_bad_key_and_says_which(scripted, value, 
 def test_tls_is_verified_against_the_generated_ca(scripted):
     """A real HTTPS client: trusts the router only through ./tls/ca.crt; plain HTTP gets no answer."""
     work, ports, _ = scripted
-    url = f"https://localhost:{ports['router']}/health/readiness"
+    url = f"https://localhost:{ports['router']}/health"
     with urllib.request.urlopen(url, context=tls(work), timeout=10) as r:
         assert r.status == 200
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)  # the system's CAs only
     with pytest.raises((urllib.error.URLError, ConnectionError)):
-        urllib.request.urlopen(f"http://127.0.0.1:{ports['router']}/health/readiness", timeout=10)
+        urllib.request.urlopen(f"http://127.0.0.1:{ports['router']}/health", timeout=10)
     assert (work / "tls/ca.key").stat().st_mode & 0o077 == 0 and (work / "tls/router.key").stat().st_mode & 0o077 == 0
 
 
+def router_metrics(work, port: int) -> str:
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=tls(work), timeout=10) as r:
+        return r.read().decode()
+
+
 def test_no_key_appears_in_rendered_files_router_logs_or_metrics(scripted):
+    """Requests are counted per model in the router's exporter and per key variable in its log (one JSON line
+    each); neither, nor compose.yaml, nor any container's log, holds a key."""
     work, ports, _ = scripted
+    scoped = client(work, ports["router"], api_key(work, "ROUTER_KEY_TOOLS"))
+    for _ in range(3):
+        scoped.chat.completions.create(model="glm45-scripted-tools", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     keys = [line.split("=", 1)[1] for line in (work / "secrets.env").read_text().splitlines() if "=" in line]
     assert len(keys) == 2
-    seen = (work / "compose.yaml").read_text() + compose(work, "--profile", "*", "logs", "--no-color").stdout
-    with urllib.request.urlopen(f"https://127.0.0.1:{ports['router']}/metrics/", context=tls(work), timeout=10) as r:
-        metrics = r.read().decode()
-    assert "litellm_proxy_total_requests_metric_total" in metrics and 'api_key_alias="ROUTER_KEY_TOOLS"' in metrics
+    logs = compose(work, "--profile", "*", "logs", "--no-color").stdout
+    metrics = router_metrics(work, ports["router"])
+    assert 'haproxy_backend_http_responses_total{proxy="glm45-scripted-tools",code="2xx"}' in metrics
+    lines = [json.loads(line.split("| ", 1)[1]) for line in compose(work, "logs", "--no-color", "router").stdout.splitlines()
+             if '| {"key"' in line]
+    tools_ok = [x for x in lines if x["key"] == "ROUTER_KEY_TOOLS" and x["model"] == "glm45-scripted-tools" and x["status"] == 200]
+    assert len(tools_ok) >= 3 and {x["server"] for x in tools_ok} == {"glm45-tools"}, lines[-10:]
+    seen = (work / "compose.yaml").read_text() + logs + metrics
     for k in keys:
-        assert k not in seen and k not in metrics
+        assert k not in seen
+
+
+def test_a_40_mb_body_with_model_last_reaches_the_server(scripted):
+    """The openai client sends `messages` before `model`: a 40 MB image must be buffered whole to route. The text
+    model's own refusal (vLLM's 400) proves the request reached it; above the limit the router answers 413."""
+    work, ports, key = scripted
+    png = "data:image/png;base64," + "A" * 40_000_000
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                             {"type": "image_url", "image_url": {"url": png}}]}]
+    c = client(work, ports["router"], key)
+    t0 = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=2)
+    assert "router" not in str(e.value) and e.value.status_code == 400, e.value  # vLLM's, not the router's
+    print(f"\n40 MB body through the router: vLLM's 400 after {time.monotonic() - t0:.1f}s")
+    big = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "x" * (61 << 20)}]}
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(**big)
+    assert e.value.status_code == 413 and "router's limit of 60 MiB" in e.value.message, e.value
+
+
+def test_bodies_the_router_cannot_route_get_a_400_that_says_why(scripted):
+    work, ports, key = scripted
+    for data, ctype in ((b"{not json", "application/json"), (b'{"messages": []}', "application/json"),
+                        (b"model=smollm2-135m-instruct", "application/x-www-form-urlencoded")):
+        req = urllib.request.Request(f"https://127.0.0.1:{ports['router']}/v1/chat/completions", method="POST", data=data,
+                                     headers={"Content-Type": ctype, "Authorization": f"Bearer {key}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, context=tls(work), timeout=30)
+        body = json.loads(e.value.read())
+        assert e.value.code == 400 and body["error"]["param"] == "model" and "no `model`" in body["error"]["message"], body
+
+
+def test_streamed_chunks_arrive_as_the_server_sends_them(scripted):
+    """SSE through the router, not buffered: the tokens of a 48-token stream arrive spread over its duration
+    (a buffering proxy would deliver them in one burst at the end)."""
+    work, ports, key = scripted
+    c = client(work, ports["router"], key)
+    t0 = time.monotonic()
+    arrivals = []
+    for chunk in c.chat.completions.create(model="smollm2-135m-instruct", stream=True, max_tokens=48, temperature=0,
+                                           messages=[{"role": "user", "content": "Tell me about Paris."}],
+                                           extra_body={"ignore_eos": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - t0)
+    total = arrivals[-1]
+    assert len(arrivals) >= 40, arrivals
+    gaps = [arrivals[i + 1] - arrivals[i] for i in range(len(arrivals) - 1)]
+    print(f"\nstream through the router: {len(arrivals)} chunks, first at {arrivals[0]:.3f}s, last at {total:.3f}s, "
+          f"median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
+    # Spread out: the first token long before the last, and most chunks in a read of their own.
+    assert arrivals[0] < 0.5 * total and sum(g > 0.002 for g in gaps) >= 0.8 * len(gaps), arrivals
+
+
+def test_router_restarts_with_its_ca_and_keeps_serving(scripted):
+    work, ports, key = scripted
+    ca = (work / "tls/ca.crt").read_bytes()
+    compose(work, "restart", "router")
+    compose(work, "up", "-d", "--wait", "router")
+    assert (work / "tls/ca.crt").read_bytes() == ca
+    assert client(work, ports["router"], key).models.list().data  # verified against the same CA file
 
 
 # ------------------------------------------------------------------ monitoring
@@ -212,11 +288,34 @@ def test_prometheus_scrapes_every_server_and_loads_the_alert_rules(scripted):
 
 
 def test_every_metric_the_rules_use_is_exported_by_the_pinned_vllm(scripted):
-    """Names drift between vLLM releases; each one in the alert rules must be on a live server's /metrics."""
-    work, _, _ = scripted
+    """Names drift between vLLM (and HAProxy) releases; each one in the alert rules must be on a live server's
+    /metrics, or the router's."""
+    work, ports, _ = scripted
+    router_exported = {line.split("{")[0].split(" ")[0] for line in router_metrics(work, ports["router"]).splitlines()
+                       if line and not line.startswith("#")}
+    assert monitoring.metric_names("router") and monitoring.metric_names("router") <= router_exported
     text = compose(work, "exec", "-T", "glm45-reasoning", "python3", "-c",
                    "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/metrics').read().decode())").stdout
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     assert monitoring.metric_names() <= exported, monitoring.metric_names() - exported
     r = compose(work, "exec", "-T", "prometheus", "promtool", "check", "rules", "/etc/prometheus/alerts.yml")
     assert f"SUCCESS: {len(monitoring.ALERTS)} rules found" in r.stdout, r.stdout
+
+
+# ------------------------------------------------------------------ last: stops a server
+
+
+def test_a_stopped_server_gets_a_503_naming_it_at_once(scripted):
+    """`docker compose stop` one server: the router answers for its model with 503 JSON naming the service, within a
+    second, while the other models still answer."""
+    work, ports, key = scripted
+    c = client(work, ports["router"], key)
+    compose(work, "stop", "glm45-no-parser")
+    t0 = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as e:
+        c.chat.completions.create(model="glm45-no-parser", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    took = time.monotonic() - t0
+    assert e.value.status_code == 503 and "no server is up (glm45-no-parser" in e.value.message, e.value
+    assert took < 1.0, took
+    assert c.chat.completions.create(model="glm45-scripted-tools", messages=[{"role": "user", "content": "Hi"}],
+                                     max_tokens=2).model == "glm45-scripted-tools"

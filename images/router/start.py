@@ -70,6 +70,12 @@ def _names(hosts: list[str]):
     return out
 
 
+def _expiry(cert) -> datetime.datetime:
+    # Debian bookworm's cryptography (38) has only the naive-UTC not_valid_after; 42+ adds not_valid_after_utc.
+    after = getattr(cert, "not_valid_after_utc", None)
+    return after or cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+
+
 def self_signed(tls: Path, hosts: list[str]) -> tuple[Path, Path]:
     """A local CA (kept, so clients trust it once) and a server certificate for HOSTS, renewed when the names
     change or it nears expiry. Written whole (temp file + rename); keys mode 0600."""
@@ -112,7 +118,7 @@ def self_signed(tls: Path, hosts: list[str]) -> tuple[Path, Path]:
         old = x509.load_pem_x509_certificate(crt.read_bytes())
         sans = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         if (set(sans) == set(wanted) and old.issuer == ca.subject
-                and old.not_valid_after_utc - now > datetime.timedelta(days=RENEW_DAYS)):
+                and _expiry(old) - now > datetime.timedelta(days=RENEW_DAYS)):
             return crt, key
     ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
     k = ec.generate_private_key(ec.SECP256R1())
