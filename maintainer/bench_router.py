@@ -11,11 +11,11 @@ router the generator publishes none), so the direct path goes through Docker's p
 router's does. With --litellm, LiteLLM's proxy as this stack built it until 2026-12 (the image of the last
 commit that had it, --litellm-commit, with a plain model list and TLS) runs beside it, for the record.
 
-Every phase runs each path in turn, in rounds (interleaved), with one keep-alive client per path (httpx,
-HTTP/1.1, TLS verified against the generated CA): sequential latency (p50/p99) of whole answers and of
-8-chunk streams, throughput at concurrency 16 and 64 (stub waiting 50 ms / 200 ms, like a GPU), streaming
-throughput at concurrency 64 (8 chunks 20 ms apart), and against vLLM 1-token latency and 16-token throughput at
-concurrency 16. The router's CPU time per request comes from its container's cgroup; its memory from `docker
+Every phase runs each path in turn, in rounds (interleaved). Sequential latency (p50/p99) of whole answers and
+of 8-chunk streams: one keep-alive HTTP/1.1 connection from a lean asyncio client (TLS verified against the
+generated CA). Concurrent phases: wrk (Debian's `wrk`, C; apt-get install wrk), keep-alive, for a fixed time:
+throughput and p50/p99 at concurrency 16 and 64 (stub waiting 50 ms / 200 ms, like a GPU), streaming at
+concurrency 64 (8 chunks 20 ms apart); against vLLM 1-token latency and 16-token throughput at concurrency 16. The router's CPU time per request comes from its container's cgroup; its memory from `docker
 stats` after the load. Prints a table of ratios taken in this run and writes JSON. A measurement, not a test.
 """
 
@@ -91,27 +91,26 @@ async def latencies(conn: Conn, body: bytes, n: int) -> list[float]:
     return out
 
 
-async def rate(make, body: bytes, n: int, concurrency: int) -> tuple[float, list[float]]:
-    """Requests/s at CONCURRENCY (one connection each), and every request's duration (ms)."""
-    left = iter(range(n))
-    took: list[float] = []
-    conns = [make() for _ in range(concurrency)]
+def _ms(text: str) -> float:
+    for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60000.0)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    raise ValueError(text)
 
-    async def worker(conn: Conn):
-        await conn.post(body)  # connect (and TLS) before the clock starts
-        for _ in left:
-            t = time.perf_counter()
-            await conn.post(body)
-            took.append((time.perf_counter() - t) * 1000)
 
-    ready = [asyncio.ensure_future(c.post(body)) for c in conns]
-    await asyncio.gather(*ready)
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in conns))
-    elapsed = time.perf_counter() - t0
-    for c in conns:
-        c.w.close()
-    return n / elapsed, took
+def wrk(port: int, tls: bool, key: str, body: bytes, concurrency: int, seconds: int, work: Path) -> dict:
+    """CONCURRENCY keep-alive connections for SECONDS with wrk (C, epoll): the load generator's own CPU stays small
+    next to the router's, which a Python client's would not on two shared cores. Requests/s, p50, p99."""
+    script = work / "post.lua"  # holds the key: in the bench's temporary folder, removed with it
+    script.write_text(f'wrk.method = "POST"\nwrk.body = [==[{body.decode()}]==]\n'
+                      f'wrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n')
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1/chat/completions"
+    out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         check=True, capture_output=True, text=True).stdout
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    lat = {line.split()[0]: _ms(line.split()[1]) for line in out.splitlines() if line.strip()[:3] in ("50%", "99%")}
+    done = int(next(line for line in out.splitlines() if " requests in " in line).split()[0])
+    return {"rps": float(out.split("Requests/sec:")[1].split()[0]), "p50": lat["50%"], "p99": lat["99%"], "n": done}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -194,11 +193,12 @@ PHASES = {  # name: (backend, extra body fields, concurrency; None: one request 
 }
 
 
-async def measure(paths: dict[str, dict[str, object]], containers: dict[str, int], rounds: int, n: int, vllm: str) -> dict:
+async def measure(paths: dict[str, dict[str, object]], containers: dict[str, int], rounds: int, n: int, vllm: str,
+                  ports: dict[str, tuple[int, bool]], key: str, seconds: int, work: Path) -> dict:
     """PATHS: name → backend → a function making a Conn; CONTAINERS: router path → its main PID. Each phase runs
     every path in turn, ROUNDS times. The vLLM container (VLLM) is paused during the stub phases: an idle CPU
     engine still takes CPU from the two cores that client, stub and router share."""
-    raw: dict = {p: {path: {"ms": [], "rps": []} for path in paths} for p in PHASES}
+    raw: dict = {p: {path: {"ms": [], "rps": [], "p50": [], "p99": []} for path in paths} for p in PHASES}
     cpu: dict = {p: {path: [0.0, 0] for path in containers} for p in PHASES}
     bodies = {name: json.dumps({"model": STUB_MODEL if b == "stub" else VLLM_MODEL, "temperature": 0,
                                 "messages": [{"role": "user", "content": "Hi"}], **extra}).encode()
@@ -206,20 +206,21 @@ async def measure(paths: dict[str, dict[str, object]], containers: dict[str, int
 
     async def run_phase(name: str) -> None:
         backend, _, conc = PHASES[name]
-        # Sequential: N requests; concurrent: 20 (c16) or 10 (c64) requests per connection, so the last wave's
-        # stragglers weigh little. vLLM on CPU is ~100x slower: 16 and 48.
-        k = (n if conc is None else conc * (20 if conc <= 16 else 10)) if backend == "stub" else (16 if conc is None else 48)
         for path, makers in paths.items():
             before, t0 = (cpu_seconds(containers[path]) if path in containers else 0.0), time.perf_counter()
             if conc is None:
+                k = n if backend == "stub" else 16  # vLLM on CPU is ~100x slower than the stub
                 conn = makers[backend]()
                 await conn.post(bodies[name])  # connected before the clock starts
                 raw[name][path]["ms"] += await latencies(conn, bodies[name], k)
                 conn.w.close()
             else:
-                rps, took = await rate(makers[backend], bodies[name], k, conc)
-                raw[name][path]["rps"].append(rps)
-                raw[name][path]["ms"] += took
+                port, tls = ports[path if path != "direct" else backend]
+                r = wrk(port, tls, key, bodies[name], conc, seconds if backend == "stub" else 3 * seconds, work)
+                raw[name][path]["rps"].append(r["rps"])
+                raw[name][path]["p50"].append(r["p50"])
+                raw[name][path]["p99"].append(r["p99"])
+                k = r["n"]
             if path in containers:
                 cpu[name][path][0] += cpu_seconds(containers[path]) - before - idle[path] * (time.perf_counter() - t0)
                 cpu[name][path][1] += k
@@ -246,7 +247,10 @@ async def measure(paths: dict[str, dict[str, object]], containers: dict[str, int
     for name, (_, _, conc) in PHASES.items():
         res[name] = {"concurrency": conc or 1}
         for path, v in raw[name].items():
-            out = {"p50_ms": round(pct(v["ms"], 50), 3), "p99_ms": round(pct(v["ms"], 99), 3)}
+            if v["rps"]:  # wrk's percentiles, the median over rounds
+                out = {"p50_ms": round(statistics.median(v["p50"]), 3), "p99_ms": round(statistics.median(v["p99"]), 3)}
+            else:
+                out = {"p50_ms": round(pct(v["ms"], 50), 3), "p99_ms": round(pct(v["ms"], 99), 3)}
             if v["rps"]:
                 out |= {"rps": round(statistics.mean(v["rps"]), 2), "rps_rounds": [round(x, 2) for x in v["rps"]]}
             if path != "direct":
@@ -265,6 +269,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=200, help="per path and round for the stub's latency phases")
+    p.add_argument("--seconds", type=int, default=5, help="per path and round for the concurrent phases (vLLM: 3x)")
     p.add_argument("--litellm", action="store_true", help="also LiteLLM's proxy as the stack built it before (for the record)")
     p.add_argument("--litellm-commit", default=LITELLM_COMMIT)
     p.add_argument("--out", type=Path)
@@ -315,7 +320,10 @@ def main() -> int:
             paths["litellm"] = {b: (lambda: Conn(ports["litellm"], key, verify)) for b in ("stub", "vllm")}
 
         async def run() -> dict:
-            return await measure(paths, containers, a.rounds, a.requests, compose(work, "ps", "-q", "smollm2").strip())
+            targets = {"stub": (ports["stub"], False), "vllm": (ports["smollm2"], False), "router": (ports["router"], True),
+                       "litellm": (ports["litellm"], True)}
+            return await measure(paths, containers, a.rounds, a.requests, compose(work, "ps", "-q", "smollm2").strip(),
+                                 targets, key, a.seconds, work)
 
         res = asyncio.run(run())
         mem = {path: memory(compose(work, "ps", "-q", path).strip()) for path in containers}
