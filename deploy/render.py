@@ -303,15 +303,35 @@ def _router_service(d: Deployment, context: str) -> dict[str, Any]:
 
 
 def _build_once(services: dict[str, Any]) -> dict[str, Any]:
-    """One `build:` per image: compose would build a shared tag once per service, in parallel. The other
-    services that run it wait for that build (`pull_policy: never`: there is nothing to pull)."""
-    built: set[str] = set()
-    out = {}
+    """One `build:` per image, and every service that runs it can be started alone.
+
+    compose builds a shared tag once per service carrying `build:`, in parallel; so an image that several
+    services run is built by a service of its own, IMAGE-image (it runs `true` and exits), which each of them
+    waits for (`pull_policy: never`: there is nothing to pull). Whatever a user starts on its own — a profile's
+    fetch, a batch job — then builds what it needs first. The builder carries its users' profiles (none if one
+    of them has none), so a plain `up` never builds an image only a profile uses."""
+    users: dict[str, list[str]] = {}
     for name, svc in services.items():
-        if "build" in svc and svc["image"] in built:
-            svc = {"image": svc["image"], "pull_policy": "never", **{k: v for k, v in svc.items() if k not in ("image", "build")}}
-        elif "build" in svc:
-            built.add(svc["image"])
+        if "build" in svc:
+            users.setdefault(svc["image"], []).append(name)
+    out: dict[str, Any] = {}
+    builders: dict[str, str] = {}
+    for image, names in users.items():
+        if len(names) < 2:
+            continue
+        builders[image] = f"{image.rpartition('/')[2].partition(':')[0]}-image"
+        builder = {"image": image, "build": services[names[0]]["build"], "entrypoint": ["true"], "network_mode": "none",
+                   "restart": "no"}
+        profiles = [services[n].get("profiles") for n in names]
+        if all(profiles):
+            builder["profiles"] = list(dict.fromkeys(p for ps in profiles for p in ps))
+        out[builders[image]] = builder
+    for name, svc in services.items():
+        if svc.get("image") in builders and "build" in svc:
+            rest = {k: v for k, v in svc.items() if k not in ("image", "build", "depends_on")}
+            svc = {"image": svc["image"], "pull_policy": "never", **rest,
+                   "depends_on": {builders[svc["image"]]: {"condition": "service_completed_successfully"},
+                                  **svc.get("depends_on", {})}}
         out[name] = svc
     return out
 

