@@ -314,6 +314,10 @@ def test_router_policy_is_haproxys_balance(policy, balance):
     assert f"  balance {balance}\n" in cfg["configs"]["router-haproxy"]["content"]
 
 
+def test_every_policy_the_spec_takes_has_a_balance():
+    assert tuple(router.POLICIES) == spec.ROUTING_POLICIES
+
+
 @pytest.mark.parametrize("old,fix", [("simple-shuffle", "Fix: write random"), ("least-busy", "Fix: write leastconn"),
                                      ("latency-based-routing", "HAProxy has no latency-based balancing. Fix: write leastconn")])
 def test_litellms_policy_names_are_refused_with_the_haproxy_one(old, fix):
