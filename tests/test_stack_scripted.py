@@ -227,6 +227,19 @@ def test_bodies_the_router_cannot_route_get_a_400_that_says_why(scripted):
             urllib.request.urlopen(req, context=tls(work), timeout=30)
         body = json.loads(e.value.read())
         assert e.value.code == 400 and body["error"]["param"] == "model" and "no `model`" in body["error"]["message"], body
+    # Multipart (audio transcription) is not parsed: the README's way round it, an X-Model header, reaches the server.
+    boundary = "vllmcomposetest"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\nRIFF\r\n--{boundary}--\r\n").encode()
+    req = urllib.request.Request(f"https://127.0.0.1:{ports['router']}/v1/audio/transcriptions", method="POST", data=form,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                          "Authorization": f"Bearer {key}", "X-Model": "smollm2-135m-instruct"})
+    with pytest.raises(urllib.error.HTTPError) as e:  # SmolLM2 transcribes nothing: vLLM's own refusal
+        urllib.request.urlopen(req, context=tls(work), timeout=60)
+    assert b"missing_model" not in e.value.read()
+    lines = [json.loads(line.split("| ", 1)[1]) for line in compose(work, "logs", "--no-color", "router").stdout.splitlines()
+             if '| {"key"' in line]
+    assert any(x["path"] == "/v1/audio/transcriptions" and x["server"] == "smollm2" for x in lines), lines[-5:]
 
 
 def test_streamed_chunks_arrive_as_the_server_sends_them(scripted):
