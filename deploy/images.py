@@ -19,9 +19,9 @@ from .versions import VllmVersion
 NAMESPACE = "vllm-compose/"
 
 
-def _env(var: str, default: str, empty_means_default: bool = True) -> str:
-    """A compose interpolation: ${VAR:-default}, or ${VAR-default} where an empty value is meaningful."""
-    return f"${{{var}{':-' if empty_means_default else '-'}{default}}}"
+def _env(var: str, default: str) -> str:
+    """A compose interpolation: ${VAR:-default}."""
+    return f"${{{var}:-{default}}}"
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,9 @@ def catalog(version: VllmVersion) -> dict[str, ProjectImage]:
     python_base = ("BASE_IMAGE", _env("VLLM_COMPOSE_BASE_IMAGE", pins.PYTHON_IMAGE))
     images = (
         ProjectImage("vllm-cpu", f"{NAMESPACE}vllm-cpu:{version}", (
-            python_base, ("VLLM_VERSION", str(version)), ("TORCH_VERSION", pins.TORCH_CPU),
-            ("GGUF_VERSION", pins.GGUF), ("ACCELERATE_VERSION", pins.ACCELERATE), index,
-            # Empty is meaningful: torch comes from images/wheelhouse/ and no extra index is asked.
-            ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", pins.TORCH_CPU_INDEX, empty_means_default=False)),
+            python_base, ("VLLM_VERSION", str(version)), ("TORCH_VERSION", pins.TORCH),
+            ("TORCHVISION_VERSION", pins.TORCHVISION), ("GGUF_VERSION", pins.GGUF),
+            ("ACCELERATE_VERSION", pins.ACCELERATE), index, ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", "")),
         )),
         ProjectImage("model-fetch", f"{NAMESPACE}model-fetch:{pins.PROJECT}", (
             python_base, index, ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", "")),

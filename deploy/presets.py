@@ -24,11 +24,20 @@ class Preset:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-# The sampling of both tutorials' offline scripts (`SamplingParams(temperature=0.6, top_p=0.95, top_k=20,
-# min_p=0, ...)`), made the default of every request that leaves them unset: the server's and the batch job's.
-# Their stop_token_ids are the eos_token_id list of the models' generation_config.json, which vLLM already
-# applies; max_tokens stays per request (unset: up to the context length).
-TUTORIAL_SAMPLING = (("temperature", 0.6), ("top_p", 0.95), ("top_k", 20), ("min_p", 0.0))
+# Each preset's `sampling` becomes the default of every request that leaves a value unset (the server's and the
+# batch job's, via --override-generation-config); keys it leaves out keep the model's own generation_config.json
+# (vLLM applies it). stop_token_ids: the tutorials' lists are the eos_token_id of generation_config.json, which
+# vLLM already applies. max_tokens stays per request (unset: up to the context length).
+#
+# GLM-4.5 / Air: the GLM-4.5 tutorial's offline script, `SamplingParams(temperature=0.6, top_p=0.95, top_k=20,
+# min_p=0, ...)`.
+GLM45_SAMPLING = (("temperature", 0.6), ("top_p", 0.95), ("top_k", 20), ("min_p", 0.0))
+# GLM-4.1V-9B-Thinking: its vLLM tutorial (datawhalechina/self-llm, models/GLM-4.1V-Thinking/01-GLM-4 1V-Thinking
+# vLLM部署调用.md): the OpenAI client sends `temperature=1.0, top_p=None` and `repetition_penalty: 1.0`; its
+# transformers script `temperature=1.0, repetition_penalty=1.0, top_k=2`, which is transformers' own generate()
+# and not sent by any of its API examples. top_p and top_k are therefore left to the model's generation_config.json
+# (not readable here: the hubs are unreachable from these machines).
+GLM41V_SAMPLING = (("temperature", 1.0), ("repetition_penalty", 1.0))
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -50,7 +59,7 @@ PRESETS: dict[str, Preset] = {
                 tool_call_parser="glm45",
                 reasoning_parser="glm45",
                 enable_auto_tool_choice=True,
-                sampling=TUTORIAL_SAMPLING,
+                sampling=GLM45_SAMPLING,
                 health_start_period=1800,  # ~200 GB of weights to load onto 4 GPUs
             ),
         ),
@@ -68,15 +77,16 @@ PRESETS: dict[str, Preset] = {
                 tool_call_parser="glm45",
                 reasoning_parser="glm45",
                 enable_auto_tool_choice=True,
-                sampling=TUTORIAL_SAMPLING,
+                sampling=GLM45_SAMPLING,
                 health_start_period=1200,
             ),
         ),
         # zai-org/GLM-V README (2025-07/08): `vllm serve THUDM/GLM-4.1V-9B-Thinking --limit-mm-per-prompt
         # '{"image":32}' --allowed-local-media-path /`; "maximum of 1 video or 300 images per input";
-        # vLLM's glm4_1v.py allows at most 1 video. We mount a dedicated media directory instead of `/`.
-        # Context 25000 leaves KV room for 32 images on one 80 GB GPU. Users run it with the glm45
-        # reasoning parser (no GLM-4.1V-specific parser exists in any wheel).
+        # vLLM's glm4_1v.py allows at most 1 video. Its vLLM tutorial (self-llm, above) serves it with
+        # `--max_model_len 25000 --limit-mm-per-prompt '{"image": 32, "video": 1}'`: 25000 leaves KV room for
+        # 32 images on one 80 GB GPU. We mount a dedicated media directory instead of `/`. Users run it with
+        # the glm45 reasoning parser (no GLM-4.1V-specific parser exists in any wheel).
         Preset(
             "glm-4.1v-9b-thinking",
             "GLM-4.1V-9B-Thinking, images (≤32) and video (1) per prompt, 1 GPU",
@@ -91,7 +101,7 @@ PRESETS: dict[str, Preset] = {
                 allowed_local_media_path="/media",
                 media_dir="./media",
                 reasoning_parser="glm45",
-                sampling=TUTORIAL_SAMPLING,
+                sampling=GLM41V_SAMPLING,
                 health_start_period=900,
             ),
         ),

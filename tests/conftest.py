@@ -58,3 +58,16 @@ def scripted_models(cpu_image, tmp_path_factory) -> Path:
                         "--entrypoint", "python3", cpu_image, "/make.py", kind, f"/out/{name}"], check=True)
     return out
 
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_model(cpu_image, tmp_path_factory) -> Path:
+    """A tiny random-weight GLM-4.1V (tests/fixtures/make_tiny_glm.py vision), made in the CPU image; its folder
+    holds it as `tiny-glm-4.1v`."""
+    out = tmp_path_factory.mktemp("vision-models")
+    os.chmod(out, 0o777)
+    subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}",
+                    "-e", "HOME=/tmp", "-v", f"{out}:/out", "-v", f"{ROOT / 'tests/fixtures'}:/fixtures:ro",
+                    "--entrypoint", "python3", cpu_image, "/fixtures/make_tiny_glm.py", "vision", "/out/tiny-glm-4.1v"],
+                   check=True)
+    return out

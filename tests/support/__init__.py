@@ -65,7 +65,7 @@ def readme_block(name: str) -> list[str]:
 
 def fresh_copy(dest: Path) -> Path:
     """What a fresh clone holds (tracked + untracked-not-ignored files), plus the site's build inputs
-    (images/certs, images/wheelhouse: a proxy's CA and a local torch wheel, as a site would add)."""
+    (images/certs, images/wheelhouse: a proxy's CA and local wheels, as a site would add)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split("\0")
     for site in ("images/certs", "images/wheelhouse"):
@@ -147,6 +147,15 @@ def run_smoke(port: int, model: str, work: Path, junit: Path, *extra: str) -> tu
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     counts = {k: int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped")}
     return r, counts
+
+
+def junit_outcomes(junit: Path) -> dict[str, str]:
+    """Each test's outcome in a junit file, by test name: passed, failed, error or skipped."""
+    out = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        kinds = [c.tag for c in case if c.tag in ("failure", "error", "skipped")]
+        out[case.get("name")] = {"failure": "failed"}.get(kinds[0], kinds[0]) if kinds else "passed"
+    return out
 
 
 def api_key(work: Path, name: str = "VLLM_API_KEY") -> str:
