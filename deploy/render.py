@@ -16,17 +16,20 @@ from typing import Any
 import yaml
 
 from . import images as project_images
-from . import monitoring, router
+from . import monitoring, router, runtime
 from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
 from .versions import VllmVersion
 
 # The API server module: every image runs it (the CPU build's `vllm serve` fails on its
 # distribution name, see docs/vllm-versions.md), and it takes --model in every version.
 ENTRYPOINT = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-FETCH_ENTRYPOINT = ["python3", "-m", "deploy.fetch"]
+FETCH_ENTRYPOINT = ["python3", "-m", "deploy.runtime.fetch"]
 HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
-LIVENESS = "/opt/vllm-compose/liveness.py"  # deploy/liveness.py, mounted read-only into every server
-BATCH = "/opt/vllm-compose/batch.py"  # deploy/batch.py, mounted read-only into batch jobs
+# The runtime scripts (deploy/runtime/), each a compose config mounted at its path: every server's
+# healthcheck, the batch jobs' driver, the router's entrypoint.
+LIVENESS = runtime.script_path("liveness.py")
+BATCH = runtime.script_path("batch.py")
+ROUTER_START = runtime.script_path("router_start.py")
 BATCH_DIRS = ("/batch/input", "/batch/output")
 # Every server runs as this uid (the project's images' user) and gid 0 (vLLM's own non-root image target uses
 # gid 0). The upstream GPU image runs as root unless told; vLLM needs no root (verified on an H100:
@@ -97,7 +100,7 @@ def _image(ref: str, version: VllmVersion, context: str) -> dict[str, Any]:
 
 
 def fetch_command(s: Service, lit=lambda x: x) -> list[str]:
-    """The fetch's arguments (deploy/fetch.py), the same for every target; a local directory is read at /source."""
+    """The fetch's arguments (deploy/runtime/fetch.py), the same for every target; a local directory is read at /source."""
     sources = ["/source"] if s.source.kind == "local" else [lit(x) for x in (s.model, *s.fallback_sources)]
     command = [arg for source in sources for arg in ("--source", source)] + ["--dest", s.model_path]
     if s.revision:
@@ -152,7 +155,6 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
     ]
     if s.media_dir:
         volumes.append({"type": "bind", "source": _lit(s.media_dir), "target": s.allowed_local_media_path, "read_only": True})
-    volumes.append({"type": "bind", "source": f"{context}/deploy/liveness.py", "target": LIVENESS, "read_only": True})
     svc: dict[str, Any] = {
         **_image(s.image, d.vllm_version, context),
         "entrypoint": ENTRYPOINT,
@@ -160,11 +162,12 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
         "environment": env,
         "ports": [f"{d.bind_address}:{s.port}:{CONTAINER_PORT}"],  # none behind the router: removed below
         "volumes": volumes,
+        "configs": [_script("liveness.py")],
         "depends_on": {fetch_name: {"condition": "service_completed_successfully"}},
         "restart": "unless-stopped",
         "healthcheck": {
             # Readiness (/health answers 200; vLLM refuses connections while weights load, so start_period
-            # covers the load) and liveness: deploy/liveness.py kills a hung engine so the container restarts.
+            # covers the load) and liveness: deploy/runtime/liveness.py kills a hung engine so the container restarts.
             "test": ["CMD", "python3", LIVENESS],
             "interval": "10s",
             "timeout": "25s",
@@ -196,19 +199,19 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
     return svc
 
 
-def _batch_service(d: Deployment, s: Service, server: dict[str, Any], context: str) -> dict[str, Any]:
+def _batch_service(d: Deployment, s: Service, server: dict[str, Any]) -> dict[str, Any]:
     """The server's container as a one-shot job: same image, GPUs, environment and argv (bound to 127.0.0.1
-    inside the container, no published port, no key), driven by deploy/batch.py over the two folders."""
+    inside the container, no published port, no key), driven by deploy/runtime/batch.py over the two folders."""
     assert s.batch is not None
     keep = {k: v for k, v in server.items()
             if k not in ("entrypoint", "command", "ports", "healthcheck", "restart", "stop_grace_period", "env_file",
-                         "profiles", "volumes")}
-    volumes = [v for v in server["volumes"] if not (isinstance(v, dict) and v["target"] == LIVENESS)]
-    volumes += [{"type": "bind", "source": f"{context}/deploy/batch.py", "target": BATCH, "read_only": True},
-                {"type": "bind", "source": _lit(s.batch.input), "target": BATCH_DIRS[0], "read_only": True},
-                {"type": "bind", "source": _lit(s.batch.output), "target": BATCH_DIRS[1]}]
+                         "profiles", "volumes", "configs")}
+    volumes = [*server["volumes"],
+               {"type": "bind", "source": _lit(s.batch.input), "target": BATCH_DIRS[0], "read_only": True},
+               {"type": "bind", "source": _lit(s.batch.output), "target": BATCH_DIRS[1]}]
     return {
         **keep,
+        "configs": [_script("batch.py")],
         "entrypoint": ["python3", BATCH],
         "command": ["--input", BATCH_DIRS[0], "--output", BATCH_DIRS[1], "--concurrency", str(s.batch.concurrency),
                     "--", *ENTRYPOINT, *(_lit(a) for a in server_argv(s, d.vllm_version, host="127.0.0.1"))],
@@ -229,11 +232,14 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
             # A batch job's download must run under `--profile batch` too.
             services[fetch_name]["profiles"] = list(s.profiles) + (["batch"] if s.batch else [])
         if s.batch:
-            services[f"{s.name}-batch"] = _batch_service(d, s, services[s.name], context)
+            services[f"{s.name}-batch"] = _batch_service(d, s, services[s.name])
     if d.router:
         services[router.NAME] = _router_service(d, context)
     doc: dict[str, Any] = {"services": _build_once(services), "volumes": {name: {} for _, name in d.volumes}}
     configs: dict[str, Any] = {}
+    for name in runtime.SCRIPTS:  # those some service mounts
+        if any(c["source"] == _script(name)["source"] for svc in services.values() for c in svc.get("configs", ())):
+            configs[_script(name)["source"]] = {"content": _lit(runtime.script_text(name))}
     if d.router:
         for file, content in router.configs(d).items():
             configs[_router_config(file)] = {"content": _lit(content)}
@@ -267,6 +273,11 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
     return doc
 
 
+def _script(name: str) -> dict[str, str]:
+    """A runtime script (deploy/runtime/) as a service's config: mounted read-only at its path."""
+    return {"source": f"script-{name.partition('.')[0].replace('_', '-')}", "target": runtime.script_path(name)}
+
+
 def _router_config(file: str) -> str:
     return f"router-{file.split('.')[0]}"
 
@@ -284,14 +295,16 @@ def _router_service(d: Deployment, context: str) -> dict[str, Any]:
     scheme = "https" if tls else "http"
     svc: dict[str, Any] = {
         **_image(d.image("router"), d.vllm_version, context),
+        "entrypoint": ["python3", ROUTER_START],
         "command": router.argv(d),
-        "configs": [{"source": _router_config(f), "target": f"{router.CONFIG_DIR}/{f}"} for f in router.CONFIGS],
+        "configs": [_script("router_start.py"),
+                    *({"source": _router_config(f), "target": f"{router.CONFIG_DIR}/{f}"} for f in router.CONFIGS)],
         # The keys (VLLM_API_KEY, the router's) come from the same env file as the servers'.
         "env_file": [{"path": d.env_file, "required": True}],
         "ports": [f"{d.bind_address}:{d.router.port}:{router.PORT}"],
         "restart": "unless-stopped",
         "healthcheck": {
-            "test": ["CMD", "python3", "/opt/router/start.py", "--health", f"{scheme}://127.0.0.1:{router.PORT}{router.HEALTH}"],
+            "test": ["CMD", "python3", ROUTER_START, "--health", f"{scheme}://127.0.0.1:{router.PORT}{router.HEALTH}"],
             "interval": "5s", "timeout": "5s", "retries": 3, "start_period": "30s",
         },
         # Started with the servers (those whose profile is on); it follows the others through Docker's DNS.

@@ -16,7 +16,7 @@ from . import images as project_images
 from . import pins
 from .errors import Collector, did_you_mean
 from .presets import PRESETS
-from .source import FORMS, Source
+from .runtime.source import FORMS, Source
 from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
 from .versions import NEWEST, OLDEST, VllmVersion
 

@@ -8,7 +8,7 @@ back untouched (vLLM's own fields, `reasoning` included). Every refusal is OpenA
 
 What is rendered here names no key: haproxy.cfg (reads VLLM_API_KEY from the environment when it starts,
 which it sends the servers) and three maps (served name → backend, KEY_NAME/model pairs allowed, and each key's
-/v1/models answer). images/router/start.py checks the keys at start, writes the map of their SHA-256 hashes
+/v1/models answer). deploy/runtime/router_start.py checks the keys at start, writes the map of their SHA-256 hashes
 into the container's own /run/router and execs HAProxy as an unprivileged user.
 """
 
@@ -23,7 +23,7 @@ NAME = "router"  # the compose service, also the host name in the self-signed ce
 PORT = 4000  # inside the container
 CONFIG_DIR = "/etc/router"  # haproxy.cfg and the maps, compose configs
 CONFIGS = ("haproxy.cfg", "backends.map", "scopes.map", "models.map", "lists.map")
-RUN_DIR = "/run/router"  # written by start.py at start: keys.map (hashes), router.pem (certificate + key)
+RUN_DIR = "/run/router"  # written by router_start.py at start: keys.map (hashes), router.pem (certificate + key)
 TLS_DIR = "/tls"  # ./tls on the host: the self-signed CA and pair, or the user's files mounted read-only
 HEALTH = "/health"  # answered by the router itself
 
@@ -217,7 +217,7 @@ def configs(d: Deployment) -> dict[str, str]:
 
 
 def argv(d: Deployment) -> list[str]:
-    """The router container's command: start.py's options (key variable names, TLS)."""
+    """The router container's command: router_start.py's options (key variable names, TLS)."""
     assert d.router is not None
     tls = d.router.tls
     out = [f"--key={name}" for name, _ in d.router.keys]

@@ -12,6 +12,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from .runtime.router_start import KEY_PREFIX, MIN_KEY_LEN
+
 
 def header(spec_path: str) -> str:
     return (
@@ -38,8 +40,10 @@ OLD_HEADER = "# API key for the vLLM servers; clients send it as a Bearer token.
 
 
 def new_key() -> str:
-    # sk-: as OpenAI's keys, so scanners and people tell it from other secrets (images/router/start.py insists on it).
-    return "sk-" + secrets.token_urlsafe(32)
+    """A key as the router requires it (deploy/runtime/router_start.py: the sk- form, long enough)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    assert len(key) >= MIN_KEY_LEN
+    return key
 
 
 def ensure_env_file(path: Path, names: tuple[str, ...]) -> tuple[list[str], list[str]]:

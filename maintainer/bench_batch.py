@@ -6,7 +6,7 @@
 The SmolLM2 CPU service of a rendered stack (`batch: true`). Each of the three gets the same N chat
 requests (greedy, `ignore_eos`, so every answer is exactly --max-tokens long) and the engine argv the
 generator renders:
-  job     — `docker compose --profile batch run --rm smollm2-batch` (deploy/batch.py, all N in flight);
+  job     — `docker compose --profile batch run --rm smollm2-batch` (deploy/runtime/batch.py, all N in flight);
   server  — `docker compose up --wait smollm2`, then N concurrent requests from the openai client;
   run-batch — vLLM's own `run_batch` entry point in the same image, same engine flags.
 Only the generation phase is timed (model load excluded): the job's own progress line, the client's

@@ -195,7 +195,7 @@ def cmd_fixtures() -> int:
             subprocess.run([py, str(ROOT / "tests/fixtures/make_tiny_glm.py"), kind, str(FIX / name)], check=True)
     gguf = next(Path("/var/stage").glob("**/*.gguf"), None)
     if gguf and not (FIX / "smollm2-135m-instruct/config.json").exists():
-        from deploy.gguf import convert  # the product's own GGUF → safetensors step
+        from deploy.runtime.gguf import convert  # the product's own GGUF → safetensors step
 
         convert(gguf, FIX / "smollm2-135m-instruct")
     log(f"fixtures: {sorted(p.name for p in FIX.iterdir())}")

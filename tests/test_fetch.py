@@ -1,4 +1,4 @@
-"""deploy.fetch with local sources: copy, completion marker, repair, disk preflight, fallbacks.
+"""deploy.runtime.fetch with local sources: copy, completion marker, repair, disk preflight, fallbacks.
 
 Hub sources (ModelScope, Hugging Face) are not reachable from CI; these tests cover the
 source-independent machinery with local directories.
@@ -12,7 +12,7 @@ from collections import namedtuple
 
 import pytest
 
-from deploy import fetch
+from deploy.runtime import fetch
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""deploy.fetch against the real huggingface_hub and modelscope clients, talking HTTP to a local hub.
+"""deploy.runtime.fetch against the real huggingface_hub and modelscope clients, talking HTTP to a local hub.
 
 The real hubs are unreachable here, so tests/hubserver.py stands in: it speaks the Hugging Face
 Hub's and ModelScope's HTTP protocols well enough for the real libraries, reached the way users
@@ -44,7 +44,7 @@ def repos():
 
 def fetch(hub, dest, *args, kind="hf"):
     env = hub_env(kind, hub, Path(dest).parent)
-    cmd = [sys.executable, "-m", "deploy.fetch", "--dest", str(dest), *args]
+    cmd = [sys.executable, "-m", "deploy.runtime.fetch", "--dest", str(dest), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -89,7 +89,7 @@ def test_interrupted_run_keeps_completed_files(repos, tmp_path, kind):
     with Hub(repos, rate=2_000_000) as hub:
         dest = tmp_path / "m"
         env = hub_env(kind, hub, tmp_path)
-        p = subprocess.Popen([sys.executable, "-m", "deploy.fetch", "--source", f"{kind}:org/tiny", "--dest", str(dest)],
+        p = subprocess.Popen([sys.executable, "-m", "deploy.runtime.fetch", "--source", f"{kind}:org/tiny", "--dest", str(dest)],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         # Kill once the small file is complete and the big one is under way (never on a timer).
         wait_for(lambda: (dest / "config.json").exists() and hub.bytes_served > len(small) + 256 * 1024,
@@ -139,7 +139,7 @@ def test_disk_preflight_uses_the_hub_file_sizes(repos, tmp_path, monkeypatch, ca
     import shutil
     from collections import namedtuple
 
-    from deploy import fetch as f
+    from deploy.runtime import fetch as f
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))

@@ -17,7 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy import cli, pins, render, router, spec
+from deploy import cli, pins, render, router, runtime, spec
 from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
 from deploy.versions import VllmVersion
@@ -68,7 +68,7 @@ def test_cli_render_reproduces_compose_yaml_byte_for_byte(tmp_path, monkeypatch)
     # Written elsewhere, the paths into the checkout follow it; everything else is the same bytes.
     context = os.path.relpath(ROOT, tmp_path)
     assert out.read_text().count("context: ") == out.read_text().count(f"context: {context}\n") == 2
-    assert f"source: {context}/deploy/liveness.py" in out.read_text()
+    assert "/deploy/" not in out.read_text()  # the runtime scripts travel inside it (configs), not from the checkout
     assert without_checkout_paths(out.read_text()) == without_checkout_paths((ROOT / "compose.yaml").read_text())
 
 
@@ -208,7 +208,9 @@ def test_servers_drain_and_carry_the_liveness_check():
     assert svc["command"][svc["command"].index("--shutdown-timeout") + 1] == "120"
     assert svc["stop_grace_period"] == "135s"
     assert svc["healthcheck"]["test"] == ["CMD", "python3", render.LIVENESS]
-    assert {"type": "bind", "source": "./deploy/liveness.py", "target": render.LIVENESS, "read_only": True} in svc["volumes"]
+    doc = render.compose(d)
+    assert {"source": "script-liveness", "target": render.LIVENESS} in svc["configs"]
+    assert doc["configs"]["script-liveness"]["content"] == runtime.script_text("liveness.py").replace("$", "$$")
     old = render.compose(deployment("vllm_version: 0.26.0\nservices:\n  s:\n    preset: glm-4.5-air\n"))["services"]["s"]
     assert "--shutdown-timeout" not in old["command"] and "stop_grace_period" not in old  # not read before 0.32.0
 
@@ -285,7 +287,9 @@ def test_router_is_the_only_published_port_and_its_config_names_no_key():
     assert "ports" not in doc["services"]["air"] and "ports" not in doc["services"]["v"]
     assert doc["services"]["router"]["ports"] == ["127.0.0.1:4000:4000"]
     configs = {c: doc["configs"][c]["content"] for c in doc["configs"] if c.startswith("router-")}
-    assert [c["target"] for c in doc["services"]["router"]["configs"]] == [f"/etc/router/{f}" for f in router.CONFIGS]
+    assert [c["target"] for c in doc["services"]["router"]["configs"]] == [
+        render.ROUTER_START, *(f"/etc/router/{f}" for f in router.CONFIGS)]
+    assert doc["services"]["router"]["entrypoint"] == ["python3", render.ROUTER_START]
     cfg = configs["router-haproxy"]
     # Each served name to its own service; the servers' key from the environment, never its value.
     assert configs["router-backends"] == "glm-4.5-air glm-4.5-air\nglm-4.1v-9b-thinking glm-4.1v-9b-thinking\n"
@@ -589,7 +593,7 @@ def test_batch_input_helper_never_overwrites_and_reads_csv(tmp_path, capsys):
 
 
 def test_batch_job_talks_to_the_port_its_server_command_names():
-    from deploy import batch
+    from deploy.runtime import batch
 
     assert batch.Server(["python3", "-m", "vllm", "--port", "8123"]).port == 8123
     assert batch.Server(["python3", "-m", "vllm", "--port=9001"]).port == 9001
@@ -597,7 +601,7 @@ def test_batch_job_talks_to_the_port_its_server_command_names():
 
 
 def test_batch_input_lines_are_checked_one_by_one():
-    from deploy import batch
+    from deploy.runtime import batch
 
     text = "\n".join([
         '{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": []}}',

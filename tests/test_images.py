@@ -96,7 +96,7 @@ def test_compose_builds_the_model_fetch_image(docker, tmp_path):
     (tmp_path / ".env").write_text(f"COMPOSE_PROJECT_NAME={project}\n")
     compose(tmp_path, "build", "glm-4.5-air-fetch")
     r = compose(tmp_path, "run", "--rm", "--no-deps", "--entrypoint", "python3", "glm-4.5-air-fetch", "-c",
-                "import huggingface_hub, modelscope, deploy.fetch; print(huggingface_hub.__version__)")
+                "import huggingface_hub, modelscope, deploy.runtime.fetch; print(huggingface_hub.__version__)")
     pinned = re.search(r"^huggingface_hub==(\S+)", (ROOT / "constraints.txt").read_text(), re.M | re.I).group(1)
     assert r.stdout.strip().splitlines()[-1] == pinned
     # The GPU server runs as render.SERVER_USER in the upstream image (root unless told): the compile-cache

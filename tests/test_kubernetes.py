@@ -50,8 +50,9 @@ def validate(obj: dict) -> None:
 
 
 def rendered(stack: Path, tmp_path: Path, *extra: str) -> dict[str, list[dict]]:
+    """The manifests of STACK; its batch jobs, which this target does not render, explicitly left out."""
     out = tmp_path / stack.stem
-    assert cli.main(["render", str(stack), "--target", "kubernetes", "-o", str(out), *extra]) == 0
+    assert cli.main(["render", str(stack), "--target", "kubernetes", "--drop", "batch", "-o", str(out), *extra]) == 0
     return {p.name: [o for o in yaml.safe_load_all(p.read_text()) if o] for p in sorted(out.glob("*.yaml"))}
 
 
@@ -128,6 +129,27 @@ def test_what_kubernetes_cannot_take_is_refused_with_the_fix(text, gpn, message,
     assert not (tmp_path / "out").exists()
 
 
+def test_what_compose_renders_and_kubernetes_does_not_is_refused_unless_dropped(tmp_path, capsys):
+    """A spec asking for the router, monitoring or batch jobs never renders without them, silently: each is an
+    error naming its path and the fix, until `--drop FEATURE` says to leave it out (and the headers say so)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("monitoring: true\nrouter:\n  keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}\n"
+                    "services:\n  a:\n    preset: smollm2-135m-cpu\n    served_model_name: a\n    batch: true\n")
+    out = tmp_path / "out"
+    assert cli.main(["render", str(spec), "--target", "kubernetes", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    for path in ("error: router:", "error: monitoring:", "error: services.a.batch:"):
+        assert path in err, err
+    assert err.count("Fix:") == 3 and not out.exists()
+    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "--drop", "batch",
+                     "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "error: monitoring:" in err and "router:" not in err and "batch" not in err and not out.exists()
+    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "--drop", "batch",
+                     "--drop", "monitoring", "-o", str(out)]) == 0
+    assert "# Left out (--drop batch --drop monitoring --drop router)" in (out / "a.yaml").read_text()
+
+
 def test_no_key_and_no_host_variable_reaches_a_manifest(tmp_path):
     """Keys stay in the Secret; a `$(...)` in the spec reaches the container as written, never expanded."""
     spec = tmp_path / "s.yaml"
@@ -143,7 +165,7 @@ def test_a_folder_with_foreign_files_is_left_alone(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "glm-4.5-air.yaml").write_text("mine\n")
-    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "--target", "kubernetes", "-o", str(out)]) == 1
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "--target", "kubernetes", "--drop", "batch", "-o", str(out)]) == 1
     assert (out / "glm-4.5-air.yaml").read_text() == "mine\n" and "not written by this tool" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["glm-4.5-air.yaml"]
 
@@ -164,7 +186,7 @@ def test_mutated_stacks_give_valid_manifests_or_a_clean_error(base, key, value, 
     next(iter(doc["services"].values()))[key] = value
     try:
         d = deployment(yaml.safe_dump(doc))
-        files = kubernetes.manifests(d, gpus_per_node)
+        files = kubernetes.manifests(d, gpus_per_node, frozenset({"batch"}))
     except SpecError as e:
         assert e.problems and all(p.message for p in e.problems)
         return

@@ -3,7 +3,7 @@
 The SmolLM2 CPU service is rendered from a spec (free port), brought up with compose, then:
 the EngineCore process is killed (SIGKILL) three times and stopped (SIGSTOP) once — each time the
 service must serve again with no human step (a killed engine makes vLLM's API server exit and the
-restart policy acts; a stopped one keeps /health at 200, so deploy/liveness.py must notice that no
+restart policy acts; a stopped one keeps /health at 200, so deploy/runtime/liveness.py must notice that no
 token is processed and kill it). Then `docker compose stop` during 16 in-flight streams: vLLM drains
 (--shutdown-timeout) and every stream must finish. Then abuse: 256 concurrent streaming chats of which
 32 clients disconnect mid-stream, malformed JSON, a JSON array, a 60 MB body, an image URL: nothing but

@@ -38,10 +38,9 @@ def require_docker() -> None:
 
 
 def without_checkout_paths(compose_text: str) -> str:
-    """A rendered compose file with the paths that point back at the checkout (build contexts, the scripts
-    mounted from deploy/) replaced: they depend on where the file was written, nothing else does."""
-    text = re.sub(r"(?m)^(\s*context: ).*$", r"\1<checkout>", compose_text)
-    return re.sub(r"(?m)^(\s*source: ).*/deploy/(liveness|batch).py$", r"\1<checkout>/deploy/\2.py", text)
+    """A rendered compose file with the paths that point back at the checkout (the build contexts) replaced:
+    they depend on where the file was written, nothing else does."""
+    return re.sub(r"(?m)^(\s*context: ).*$", r"\1<checkout>", compose_text)
 
 
 def venv_tool(name: str) -> str | None:

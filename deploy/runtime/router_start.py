@@ -7,8 +7,8 @@ up: no key is kept in clear in any file) and the PEM HAProxy serves (certificate
 the `router` user and execs HAProxy. Fails fast, naming the fix, when a key variable is missing, empty,
 shared or too short.
 
-  start.py --key NAME ... [--tls-dir DIR [--own-cert | --host NAME ...]]
-  start.py --health URL       (the compose healthcheck)
+  router_start.py --key NAME ... [--tls-dir DIR [--own-cert | --host NAME ...]]
+  router_start.py --health URL       (the compose healthcheck)
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ CONFIG = "/etc/router/haproxy.cfg"  # rendered by deploy/router.py (compose conf
 HAPROXY = ["haproxy", "-db", "-dMglobal,no-poison", "-f", CONFIG]
 BASE_NAMES = ("localhost", "127.0.0.1", "::1", "router")  # the compose service name: Prometheus scrapes it
 LEAF_DAYS, CA_DAYS, RENEW_DAYS = 397, 3650, 30
+# The key rule, checked here and followed by the keys the generator makes (deploy/write.py imports these).
+# The sk- form (as OpenAI's) tells a key from other secrets in logs and scanners; the length makes it unguessable.
+KEY_PREFIX = "sk-"
 MIN_KEY_LEN = 20
 
 
@@ -48,9 +51,8 @@ def check_keys(names: list[str]) -> dict[str, str]:
         if not value:
             fail(f"{name} is not set. Fix: add `{name}=sk-...` to the stack's env file (secrets.env), "
                  "e.g. rendering again adds a generated one, then `docker compose up -d router`.")
-        # The sk- form (as OpenAI's) tells a key from other secrets in logs and scanners; the length makes it unguessable.
-        if not value.startswith("sk-") or len(value) < MIN_KEY_LEN:
-            fail(f"{name} must start with sk- and be at least {MIN_KEY_LEN} characters. Fix: set it to sk- "
+        if not value.startswith(KEY_PREFIX) or len(value) < MIN_KEY_LEN:
+            fail(f"{name} must start with {KEY_PREFIX} and be at least {MIN_KEY_LEN} characters. Fix: set it to {KEY_PREFIX} "
                  "followed by a random string, such as the output of `python3 -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(32))'`.")
         if value in seen:
             fail(f"{name} and {seen[value]} hold the same key, so their scopes cannot be told apart. Fix: give each its own.")
@@ -84,12 +86,6 @@ def self_signed(tls: Path, hosts: list[str]) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    def write(path: Path, data: bytes, mode: int) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-
     def pem_key(key) -> bytes:
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption())
@@ -108,8 +104,8 @@ def self_signed(tls: Path, hosts: list[str]) -> tuple[Path, Path]:
                                              key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(k.public_key()), critical=False)
                 .sign(k, hashes.SHA256()))
-        write(ca_key, pem_key(k), 0o600)
-        write(ca_crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_file(ca_key, pem_key(k), 0o600)
+        write_file(ca_crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         crt.unlink(missing_ok=True)
         print(f"router: made a local CA: {ca_crt.name} in ./tls (clients trust this file)", flush=True)
     ca = x509.load_pem_x509_certificate(ca_crt.read_bytes())
@@ -131,8 +127,8 @@ def self_signed(tls: Path, hosts: list[str]) -> tuple[Path, Path]:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_private.public_key()), critical=False)
             .sign(ca_private, hashes.SHA256()))
-    write(key, pem_key(k), 0o600)
-    write(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(key, pem_key(k), 0o600)
+    write_file(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     print(f"router: issued {crt.name} for {', '.join(dict.fromkeys([*BASE_NAMES, *hosts]))}, signed by ./tls/ca.crt, "
           f"valid {LEAF_DAYS} days", flush=True)
     return crt, key
@@ -162,17 +158,18 @@ def health(url: str) -> int:
         return 1
 
 
-def write_private(name: str, data: str, user: pwd.struct_passwd) -> None:
-    path = PRIVATE / name
-    tmp = PRIVATE / f".{name}.tmp"
-    tmp.write_text(data)
-    os.chown(tmp, user.pw_uid, user.pw_gid)
-    os.chmod(tmp, 0o400)
+def write_file(path: Path, data: bytes, mode: int, owner: pwd.struct_passwd | None = None) -> None:
+    """PATH written whole (a temporary file renamed over it), with MODE (and OWNER) set before it appears."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    if owner:
+        os.chown(tmp, owner.pw_uid, owner.pw_gid)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="start.py")
+    p = argparse.ArgumentParser(prog="router_start.py")
     p.add_argument("--health")
     p.add_argument("--key", action="append", default=[], help="a key variable in the environment (env_file)")
     p.add_argument("--tls-dir", type=Path)
@@ -185,10 +182,11 @@ def main(argv: list[str]) -> int:
     user = pwd.getpwnam(USER)
     PRIVATE.mkdir(mode=0o700, exist_ok=True)
     os.chown(PRIVATE, user.pw_uid, user.pw_gid)
-    write_private("keys.map", "".join(f"{hashlib.sha256(v.encode()).hexdigest()} {n}\n" for n, v in keys.items()), user)
+    write_file(PRIVATE / "keys.map", "".join(f"{hashlib.sha256(v.encode()).hexdigest()} {n}\n" for n, v in keys.items()).encode(),
+               0o400, user)
     if a.tls_dir:
         crt, key = own_cert(a.tls_dir) if a.own_cert else self_signed(a.tls_dir, a.host)
-        write_private("router.pem", crt.read_text().rstrip("\n") + "\n" + key.read_text(), user)
+        write_file(PRIVATE / "router.pem", (crt.read_text().rstrip("\n") + "\n" + key.read_text()).encode(), 0o400, user)
     # The router's own keys leave its environment: HAProxy needs only VLLM_API_KEY (sent to the servers).
     for name in keys:
         if name != "VLLM_API_KEY":

@@ -1,9 +1,9 @@
-"""Fill the model volume before the server starts: `python -m deploy.fetch` (the model-fetch image).
+"""Fill the model volume before the server starts: `python -m deploy.runtime.fetch` (the model-fetch image).
 
-    python -m deploy.fetch --source modelscope:ZhipuAI/GLM-4.5-Air [--source hf:zai-org/GLM-4.5-Air] \
+    python -m deploy.runtime.fetch --source modelscope:ZhipuAI/GLM-4.5-Air [--source hf:zai-org/GLM-4.5-Air] \
         --dest /models/ZhipuAI--GLM-4.5-Air [--revision master] [--include '*.safetensors'] [--exclude '*.pth']
 
-Sources (deploy/source.py) are tried in order, one log line per attempt. A marker file written last
+Sources (deploy/runtime/source.py) are tried in order, one log line per attempt. A marker file written last
 (`.fetch-complete.json`: source, revision, files and sizes) makes a second run a
 no-op that touches no network; compose starts the server only after this exits 0.
 Hub endpoints follow the clients' own settings (HF_ENDPOINT; MODELSCOPE_ENDPOINT, MODELSCOPE_DOMAIN
@@ -259,8 +259,8 @@ def fetch(sources: list[str], dest: Path, revision: str | None, include: list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deploy.fetch", description=__doc__.split("\n\n")[0],
-                                epilog="example: python -m deploy.fetch --source hf:HuggingFaceTB/SmolLM2-135M-Instruct --dest /models/smollm2")
+    p = argparse.ArgumentParser(prog="python -m deploy.runtime.fetch", description=__doc__.split("\n\n")[0],
+                                epilog="example: python -m deploy.runtime.fetch --source hf:HuggingFaceTB/SmolLM2-135M-Instruct --dest /models/smollm2")
     p.add_argument("--source", action="append", required=True, help="modelscope:ORG/NAME, hf:ORG/NAME or a directory; repeat for fallbacks")
     p.add_argument("--dest", required=True, type=Path)
     p.add_argument("--revision")
