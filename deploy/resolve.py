@@ -417,7 +417,8 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
 
     if "batch" in val:
         b = val["batch"]
-        val["batch"] = Batch(b.input or f"./batch/{name}/input", b.output or f"./batch/{name}/output", b.concurrency or 256)
+        val["batch"] = Batch(b.input or f"./batch/{name}/input", b.output or f"./batch/{name}/output",
+                             b.concurrency or Batch.concurrency)
         for key in ("input", "output"):
             folder = getattr(val["batch"], key)
             if folder.rstrip("/") in ("", ".") or ".." in folder.split("/"):

@@ -12,6 +12,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from . import envfile
 from .runtime.router_start import KEY_PREFIX, MIN_KEY_LEN
 
 
@@ -57,7 +58,7 @@ def ensure_env_file(path: Path, names: tuple[str, ...]) -> tuple[list[str], list
         atomic_write(path, ENV_HEADER + "".join(f"{n}={new_key()}\n" for n in names), 0o600)
         return list(names), []
     text = path.read_text(encoding="utf-8")
-    have = {line.split("=", 1)[0].strip() for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#")}
+    have = envfile.read(path)
     lacking = [n for n in names if n not in have]
     if not lacking:
         return [], []

@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy import cli, pins, render  # noqa: E402
+import deploy  # noqa: E402
+from deploy import cli, envfile, pins, render  # noqa: E402
 
 SERVICE = "smollm2-cpu"
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -90,7 +91,7 @@ def main() -> None:
     p.add_argument("--venv", type=Path, default=ROOT / "build/bench-venv")
     a = p.parse_args()
 
-    d, _ = cli.load_deployment(str(ROOT / "deploy/stacks/default.yaml"))
+    d = deploy.load(str(ROOT / "deploy/stacks/default.yaml"))
     svc = d.service(SERVICE)
     flags = render.vllm_flags(svc, d.vllm_version)
     py = ensure_venv(a.venv)
@@ -99,7 +100,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     model_dir = work / "model"  # the weights the fetch service made, copied out for the bare server
     assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(work / "compose.yaml")]) == 0
-    key = (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
+    key = envfile.read(work / "secrets.env")["VLLM_API_KEY"]
     env = {**os.environ, "COMPOSE_PROJECT_NAME": f"bench-{uuid.uuid4().hex[:6]}"}
     compose = ["docker", "compose", "--profile", "cpu"]
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy import cli  # noqa: E402
+from deploy import cli, envfile  # noqa: E402
 
 SERVICE = "smollm2"
 MODEL = "smollm2-135m-instruct"
@@ -59,7 +59,7 @@ def server(work: Path, reqs: list[dict]) -> float:
     from openai import OpenAI
 
     compose(work, "--profile", "cpu", "up", "-d", "--wait", SERVICE, check=True)
-    key = (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
+    key = envfile.read(work / "secrets.env")["VLLM_API_KEY"]
     client = OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=key, max_retries=0, timeout=900)
 
     def one(req: dict) -> int:

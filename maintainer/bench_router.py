@@ -41,7 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy import cli, pins  # noqa: E402
+from deploy import cli, envfile, pins  # noqa: E402
 
 VLLM_MODEL, STUB_MODEL = "smollm2-135m-instruct", "stub"
 LITELLM_COMMIT = "d67596e"  # the last commit whose images/router built LiteLLM 1.106.2
@@ -287,7 +287,7 @@ def main() -> int:
     if litellm_cfg:
         (work / "litellm.yaml").write_text(litellm_cfg)
     (work / ".env").write_text(f"COMPOSE_PROJECT_NAME=bench-router-{uuid.uuid4().hex[:6]}\n")
-    key = (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].split("\n")[0]
+    key = envfile.read(work / "secrets.env")["VLLM_API_KEY"]
     try:
         compose(work, "build", "router")
         compose(work, "up", "-d", "--wait", "smollm2")

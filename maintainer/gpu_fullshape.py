@@ -101,13 +101,13 @@ def run_server(name: str, spec: str, service: str, cache: str, argv=None, do_smo
 
 
 def air() -> None:
-    from deploy import cli
+    import deploy
 
     cache = "/var/stage/cache-air"
     shutil.rmtree(cache, ignore_errors=True)
     run_server("air.preset", AIR_SPEC, "glm-4.5-air", cache, do_smoke=True)
     run_server("air.warm", AIR_SPEC, "glm-4.5-air", cache, do_bench=False)
-    svc = cli.load_deployment(AIR_SPEC)[0].service("glm-4.5-air")
+    svc = deploy.load(AIR_SPEC).service("glm-4.5-air")
     # zai-org/GLM-4.5 README: vllm serve zai-org/GLM-4.5-Air --tensor-parallel-size 4 --tool-call-parser glm45
     #   --reasoning-parser glm45 --enable-auto-tool-choice --served-model-name glm-4.5-air
     tutorial = ["vllm", "serve", svc.model, "--tensor-parallel-size", "4", "--tool-call-parser", "glm45",
@@ -117,19 +117,21 @@ def air() -> None:
 
 
 def ep() -> None:
-    from deploy import cli, render
+    import deploy
+    from deploy import render
 
-    d, _ = cli.load_deployment(AIR_SPEC)
+    d = deploy.load(AIR_SPEC)
     _, preset = render.host_command(d.service("glm-4.5-air"), d.vllm_version)
     run_server("air.ep", AIR_SPEC, "glm-4.5-air", "/var/stage/cache-air", argv=[*preset, "--enable-expert-parallel"])
 
 
 def fp8() -> None:
-    from deploy import cli, render
+    import deploy
+    from deploy import render
 
     global CONCURRENCY
     CONCURRENCY = {1: 4, 16: 32, 64: 128}
-    d, _ = cli.load_deployment(AIR_TP2_SPEC)
+    d = deploy.load(AIR_TP2_SPEC)
     _, preset = render.host_command(d.service("glm-4.5-air"), d.vllm_version)
     cache = "/var/stage/cache-air-tp2"
     run_server("air.tp2.bf16", AIR_TP2_SPEC, "glm-4.5-air", cache, argv=preset, do_smoke=True)

@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy import cli, render  # noqa: E402
+import deploy  # noqa: E402
+from deploy import render  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp/gpu-out"))
 FIX = Path("/var/stage/fixtures")
@@ -51,7 +52,7 @@ def record(name: str, data) -> None:
 
 class Server:
     def __init__(self, spec: str, service: str, extra_env: dict | None = None, argv: list[str] | None = None):
-        d, _ = cli.load_deployment(spec)
+        d = deploy.load(spec)
         self.svc = d.service(service)
         env, default_argv = render.host_command(self.svc, d.vllm_version)
         self.argv = (argv or default_argv) + ["--host", "127.0.0.1", "--port", str(self.svc.port)]
@@ -111,7 +112,7 @@ def smoke(server: Server, spec: str, service: str) -> dict:
 def cmd_serve(specs: list[str]) -> int:
     failed = 0
     for spec in specs:
-        d, _ = cli.load_deployment(spec)
+        d = deploy.load(spec)
         servers = [Server(spec, s.name) for s in d.services]
         for s in servers:
             s.__enter__()

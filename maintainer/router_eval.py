@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deploy import cli  # noqa: E402
+from deploy import cli, envfile  # noqa: E402
 
 MODELS = {"smollm2": ("smollm2-135m-instruct", 18031), "glm": ("glm45-scripted-reasoning", 18032)}
 ROUTER_PORT = 18040  # router i listens on ROUTER_PORT + 2i, its metrics (where separate) on + 2i + 1
@@ -197,7 +197,7 @@ def main() -> int:
             f"    reasoning_parser: glm45\n    port: {MODELS['glm'][1]}\n")
         assert cli.main(["render", str(work / "spec.yaml"), "-o", str(work / "compose.yaml")]) == 0
         (work / ".env").write_text(f"COMPOSE_PROJECT_NAME=routereval-{uuid.uuid4().hex[:8]}\n")
-        key = (work / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
+        key = envfile.read(work / "secrets.env")["VLLM_API_KEY"]
         try:
             subprocess.run(["docker", "compose", "up", "-d", "--wait", "smollm2", "glm"], cwd=work, check=True)
             running = {}

@@ -93,19 +93,20 @@ class Server:
 def _key_from_file(path: str, var: str) -> str:
     if not os.path.isfile(path):
         raise pytest.UsageError(f"--api-key-file {path}: no such file (the stack's secrets.env is beside its compose.yaml)")
-    for line in open(path, encoding="utf-8"):
-        if line.startswith(f"{var}="):
-            return line.split("=", 1)[1].strip()
+    from deploy import envfile
+
+    if var in (keys := envfile.read(path)):
+        return keys[var]
     raise pytest.UsageError(f"--api-key-file {path}: no {var}= line")
 
 
 def _claims_from_spec(path: str, service: str | None) -> dict:
     """What the deployment promises, from its spec, resolved by the generator itself."""
-    from deploy import cli
+    import deploy
     from deploy.errors import SpecError
 
     try:
-        d, _ = cli.load_deployment(path)
+        d = deploy.load(path)
     except SpecError as e:
         raise pytest.UsageError(f"--spec {path} is not a valid deployment:\n{e}") from None
     names = [x.name for x in d.services]

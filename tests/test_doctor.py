@@ -1,7 +1,7 @@
 """`python -m deploy doctor`: the preflight, run for real on this host.
 
 This machine has a Docker engine but no GPU, so the GPU checks meet their real failure
-(no nvidia-smi). The driver check is also run against a stand-in `nvidia-smi` (a script
+(no nvidia-smi; on a GPU host the test hides it from PATH). The driver check is also run against a stand-in `nvidia-smi` (a script
 printing what the real one prints for an old driver), because no GPU host is reachable here;
 the real GPU machine's output is recorded in docs/doctor.md.
 """
@@ -24,7 +24,8 @@ def doctor(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
 
 
 def test_gpu_stack_without_a_gpu_fails_with_the_cpu_demo_as_fix(tmp_path):
-    r = doctor(str(ROOT / "deploy/stacks/default.yaml"), "--dir", str(tmp_path))
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not os.path.exists(os.path.join(d, "nvidia-smi")))
+    r = doctor(str(ROOT / "deploy/stacks/default.yaml"), "--dir", str(tmp_path), env={"PATH": path})
     assert r.returncode == 1, r.stdout
     assert "FAIL  gpus" in r.stdout and "nvidia-smi" in r.stdout and "docker compose --profile cpu up" in r.stdout
     assert "FAIL  secrets" in r.stdout and "Traceback" not in r.stdout + r.stderr

@@ -17,6 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import deploy
 from deploy import cli, pins, render, router, runtime, spec
 from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
@@ -38,7 +39,7 @@ def deployment(text: str):
 
 def rendered(path: Path) -> str:
     rel = str(path.relative_to(ROOT))
-    d, _ = cli.load_deployment(str(path))
+    d = deploy.load(str(path))
     return render.compose_yaml(d, header(rel))
 
 

@@ -18,10 +18,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import deploy
 from deploy import cli, kubernetes, render
 from deploy.errors import SpecError
 from deploy.spec import loads
-from support import ROOT
+from support import ROOT, api_key
 
 STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"]
 LWS_SCHEMA = json.loads((ROOT / "tests/fixtures/leaderworkerset-v1.schema.json").read_text())
@@ -71,13 +72,13 @@ def test_manifests_pass_the_kubernetes_schemas_and_match_the_golden(stack, tmp_p
 
 
 def test_the_server_runs_the_compose_argv_with_gpus_probes_and_the_key_from_a_secret(tmp_path):
-    d, _ = cli.load_deployment(str(ROOT / "deploy/stacks/default.yaml"))
+    d = deploy.load(str(ROOT / "deploy/stacks/default.yaml"))
     air = d.service("glm-4.5-air")
-    [pvc, deploy, svc] = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)["glm-4.5-air.yaml"]
-    pod = deploy["spec"]["template"]["spec"]
+    [pvc, deployment_obj, svc] = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)["glm-4.5-air.yaml"]
+    pod = deployment_obj["spec"]["template"]["spec"]
     [server] = pod["containers"]
     assert server["command"] + server["args"] == render.ENTRYPOINT + render.server_argv(air, d.vllm_version)
-    assert server["resources"]["limits"]["nvidia.com/gpu"] == 4 and deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == 4 and deployment_obj["spec"]["strategy"]["type"] == "Recreate"
     assert server["startupProbe"]["failureThreshold"] * server["startupProbe"]["periodSeconds"] >= air.health_start_period
     assert server["livenessProbe"]["exec"]["command"] == ["python3", render.LIVENESS]
     key = next(e for e in server["env"] if e["name"] == "VLLM_API_KEY")
@@ -155,7 +156,7 @@ def test_no_key_and_no_host_variable_reaches_a_manifest(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("services:\n  a:\n    preset: smollm2-135m-cpu\n    extra_args: ['--x=$(HOME)']\n")
     assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0  # makes secrets.env
-    key = (tmp_path / "secrets.env").read_text().split("VLLM_API_KEY=")[1].strip()
+    key = api_key(tmp_path)
     files = rendered(spec, tmp_path)
     text = json.dumps(files)
     assert key not in text and "--x=$$(HOME)" in text

@@ -54,6 +54,13 @@ def signal_engine(work, sig: str) -> list[int]:
     return pids
 
 
+def restarts(work) -> int:
+    """How many times Docker has restarted the service's container."""
+    cid = compose(work, "ps", "-q", SERVICE).stdout.strip()
+    return int(subprocess.run(["docker", "inspect", "-f", "{{.RestartCount}}", cid], capture_output=True, text=True,
+                              check=True).stdout)
+
+
 def serving_again(client: OpenAI, since: float, limit: float = 400) -> float:
     """Seconds from SINCE until a completion succeeds; fails after LIMIT."""
     while time.monotonic() - since < limit:
@@ -72,9 +79,11 @@ def test_killed_engine_heals_three_times(stack):
     took = []
     for _ in range(3):
         serving_again(client, time.monotonic())
+        before = restarts(work)
         t0 = time.monotonic()
         signal_engine(work, "SIGKILL")
         took.append(serving_again(client, t0))
+        assert restarts(work) == before + 1, "serving again without one restart: the kill changed nothing"
     print(f"\nkill -9 EngineCore ×3: serving again after {', '.join(f'{t:.0f}s' for t in took)}", file=sys.stderr)
 
 

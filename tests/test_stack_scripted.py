@@ -24,7 +24,7 @@ import openai
 import pytest
 from openai import DefaultHttpxClient, OpenAI
 
-from deploy import monitoring
+from deploy import envfile, monitoring
 from support import ROOT, api_key, compose, rendered_stack, run_smoke, with_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -184,7 +184,7 @@ def test_no_key_appears_in_rendered_files_router_logs_or_metrics(scripted):
     scoped = client(work, ports["router"], api_key(work, "ROUTER_KEY_TOOLS"))
     for _ in range(3):
         scoped.chat.completions.create(model="glm45-scripted-tools", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
-    keys = [line.split("=", 1)[1] for line in (work / "secrets.env").read_text().splitlines() if "=" in line]
+    keys = list(envfile.read(work / "secrets.env").values())
     assert len(keys) == 2
     logs = compose(work, "--profile", "*", "logs", "--no-color").stdout
     metrics = router_metrics(work, ports["router"])

@@ -33,6 +33,9 @@ BASE = f"http://127.0.0.1:{PORT}"
 STATE = Path(os.environ.get("VLLM_COMPOSE_LIVENESS_STATE", "/tmp/vllm-compose-liveness.json"))
 STRIKES = int(os.environ.get("VLLM_COMPOSE_LIVENESS_STRIKES", "2"))
 PROBE_TIMEOUT = float(os.environ.get("VLLM_COMPOSE_PROBE_TIMEOUT", "15"))
+# This script's schedule, which compose's healthcheck and Kubernetes' probes are rendered from: a run every
+# INTERVAL_S, each given TIMEOUT_S (room for PROBE_TIMEOUT and /metrics), unhealthy after RETRIES failures.
+INTERVAL_S, TIMEOUT_S, RETRIES = 10, 25, 3
 ENGINE_NAMES = ("VLLM::EngineCor", "EngineCore")  # /proc/PID/comm of vLLM's engine process (15 chars max)
 COUNTERS = re.compile(r"^vllm:(generation_tokens|prompt_tokens)_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 GAUGES = re.compile(r"^vllm:num_requests_(running|waiting)\{[^}]*\} ([0-9.e+]+)$", re.M)

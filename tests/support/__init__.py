@@ -158,4 +158,6 @@ def junit_outcomes(junit: Path) -> dict[str, str]:
 
 
 def api_key(work: Path, name: str = "VLLM_API_KEY") -> str:
-    return (work / "secrets.env").read_text().split(f"{name}=")[1].split("\n")[0].strip()
+    from deploy import envfile
+
+    return envfile.read(work / "secrets.env")[name]

@@ -1,0 +1,42 @@
+"""Facts that the generator, the runtime scripts, the Dockerfiles and the README each need, checked against
+their one definition where a file cannot import it (a single-file script, a Dockerfile, a document)."""
+
+from __future__ import annotations
+
+import re
+
+from deploy import doctor, render, resolve
+from deploy.runtime import batch, liveness
+from support import ROOT, readme_block
+
+DOCKERFILES = {p.parent.name: p.read_text() for p in ROOT.glob("images/*/Dockerfile")}
+
+
+def test_the_container_port_is_one_number():
+    assert liveness.PORT == batch.DEFAULT_PORT == resolve.CONTAINER_PORT
+
+
+def test_the_probe_schedule_leaves_room_for_the_probe():
+    assert liveness.PROBE_TIMEOUT + 5 <= liveness.TIMEOUT_S < liveness.INTERVAL_S * liveness.RETRIES
+
+
+def test_the_batch_default_is_one_number():
+    assert re.search(r'"--concurrency", type=int, default=(\d+)', (ROOT / "deploy/runtime/batch.py").read_text()).group(1) \
+        == str(resolve.Batch.concurrency)
+
+
+def test_images_run_as_the_servers_user_with_the_servers_folders():
+    """The project's images make the uid every server runs as (render.SERVER_USER) and own the model and
+    compile-cache folders the services mount."""
+    uid = render.SERVER_USER.split(":")[0]
+    for name in ("vllm-cpu", "model-fetch", "router"):
+        assert f"--uid {uid} " in DOCKERFILES[name], f"images/{name}/Dockerfile: no user {uid}"
+    for name in ("vllm-cpu", "model-fetch"):
+        assert re.search(rf"mkdir -p .*{resolve.MODELS_DIR}\b.*{resolve.CACHE_DIR}\b", DOCKERFILES[name]), name
+    assert f"VLLM_CACHE_ROOT={resolve.CACHE_DIR}" in DOCKERFILES["vllm-cpu"]
+
+
+def test_the_cpu_demo_command_is_the_readmes():
+    """The README's CPU demo (which tests/test_fresh_host.py runs) is the command doctor offers as the fix."""
+    assert readme_block("cpu-demo")[-1] == doctor.CPU_DEMO
+    assert doctor.CPU_DEMO in (ROOT / "deploy/stacks/default.yaml").read_text()
