@@ -131,9 +131,10 @@ def _pod(d: Deployment, s: Service, gpus_here: int, extra: list[str], probes: bo
     server = _server_container(d, s, extra, probes)
     if gpus_here != s.gpu_count:
         server["resources"] = {"limits": {"nvidia.com/gpu": gpus_here}}
+    uid, gid = map(int, render.SERVER_USER.split(":"))
     spec: dict[str, Any] = {
         # The servers' uid, as in compose (gid 0 like vLLM's own non-root image); the volumes writable by it.
-        "securityContext": {"runAsUser": 1000, "runAsGroup": 0, "fsGroup": 1000, "runAsNonRoot": True},
+        "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": uid, "runAsNonRoot": True},
         "containers": [server],
         "terminationGracePeriodSeconds": s.shutdown_timeout + render.STOP_GRACE_MARGIN,
         "volumes": [

@@ -17,7 +17,7 @@ import yaml
 
 from . import images as project_images
 from . import monitoring, router, runtime
-from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, PROMETHEUS, Deployment, Service, batch_name, fetch_name
 from .runtime import liveness
 from .versions import VllmVersion
 
@@ -226,14 +226,14 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
     """The compose document. CONTEXT: the project root (holding images/), relative to the compose file."""
     services: dict[str, Any] = {}
     for s in d.services:
-        fetch_name = f"{s.name}-fetch"
-        services[fetch_name] = _fetch_service(d, s, context)
-        services[s.name] = _server_service(d, s, fetch_name, context)
+        fetch = fetch_name(s.name)
+        services[fetch] = _fetch_service(d, s, context)
+        services[s.name] = _server_service(d, s, fetch, context)
         if s.profiles:
             # A batch job's download must run under `--profile batch` too.
-            services[fetch_name]["profiles"] = list(s.profiles) + (["batch"] if s.batch else [])
+            services[fetch]["profiles"] = list(s.profiles) + (["batch"] if s.batch else [])
         if s.batch:
-            services[f"{s.name}-batch"] = _batch_service(d, s, services[s.name])
+            services[batch_name(s.name)] = _batch_service(d, s, services[s.name])
     if d.router:
         services[router.NAME] = _router_service(d, context)
     doc: dict[str, Any] = {"services": _build_once(services), "volumes": {name: {} for _, name in d.volumes}}
@@ -245,7 +245,7 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         for file, content in router.configs(d).items():
             configs[_router_config(file)] = {"content": _lit(content)}
     if d.monitoring_port:
-        doc["services"]["prometheus"] = {
+        doc["services"][PROMETHEUS] = {
             **_image(d.image("prometheus"), d.vllm_version, context),
             "configs": [{"source": "prometheus", "target": "/etc/prometheus/prometheus.yml"},
                         {"source": "prometheus-alerts", "target": "/etc/prometheus/alerts.yml"}],
@@ -256,9 +256,9 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         }
         if d.router and d.router.tls and not d.router.tls.cert:
             # The router's self-signed CA, to verify it when scraping over HTTPS.
-            doc["services"]["prometheus"]["volumes"].append(
+            doc["services"][PROMETHEUS]["volumes"].append(
                 {"type": "bind", "source": "./tls/ca.crt", "target": monitoring.ROUTER_CA, "read_only": True})
-            doc["services"]["prometheus"]["depends_on"] = {router.NAME: {"condition": "service_healthy"}}
+            doc["services"][PROMETHEUS]["depends_on"] = {router.NAME: {"condition": "service_healthy"}}
         doc["volumes"][PROMETHEUS_VOLUME] = {}
         configs["prometheus"] = {"content": _lit(monitoring.prometheus_yaml(d))}
         configs["prometheus-alerts"] = {"content": _lit(monitoring.alerts_yaml())}

@@ -21,6 +21,18 @@ from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
 from .versions import NEWEST, OLDEST, VllmVersion
 
 CONTAINER_PORT = 8000
+# The services the generator adds beside the user's (compose service names, also host names on the stack's network).
+ROUTER, PROMETHEUS = "router", "prometheus"
+
+
+def fetch_name(service: str) -> str:
+    return f"{service}-fetch"
+
+
+def batch_name(service: str) -> str:
+    return f"{service}-batch"
+
+
 MODELS_DIR = "/models"
 CACHE_DIR = "/cache/vllm"
 DEFAULT_VOLUMES = {"models": "models", "compile_cache": "vllm-cache"}
@@ -243,8 +255,8 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
         if used := next((s.name for s in services if s.port == monitoring_port), None):
             c.error("monitoring.port", f"host port {monitoring_port} is already used by service {used!r}. "
                     "Fix: give Prometheus another port.")
-        if "prometheus" in {s.name for s in services}:
-            c.error("services.prometheus", "collides with the monitoring service. Fix: rename it.")
+        if PROMETHEUS in {s.name for s in services}:
+            c.error(f"services.{PROMETHEUS}", "collides with the monitoring service. Fix: rename it.")
         if router and router.port == monitoring_port:
             c.error("monitoring.port", f"host port {monitoring_port} is already the router's. Fix: give Prometheus another port.")
     return Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port,
@@ -276,8 +288,8 @@ def _resolve_router(spec: StackSpec, services: tuple[Service, ...], c: Collector
                 c.error(f"router.tls.hosts[{i}]", f"{host[:60]!r} is not a host name or IP address. Fix: such as "
                         "llm.example.internal or 10.0.0.5.")
         tls = Tls(r.tls.cert, r.tls.key, tuple(r.tls.hosts or ()))
-    if "router" in {s.name for s in services}:
-        c.error("services.router", "collides with the router service. Fix: rename it.")
+    if ROUTER in {s.name for s in services}:
+        c.error(f"services.{ROUTER}", "collides with the router service. Fix: rename it.")
     return Router(port=r.port or Router.port, keys=keys, tls=tls, policy=r.policy or Router.policy)
 
 
@@ -461,9 +473,9 @@ def _check_across(services: tuple[Service, ...], c: Collector, routed: bool = Fa
         if routed and first is not s and first.model != s.model:
             c.warn(f"services.{s.name}.served_model_name", f"{s.served_model_name!r} is also served by {first.name!r} "
                    f"from another model ({first.model}); the router treats them as replicas of one model.")
-        for suffix, what in (("fetch", "download service"), ("batch", "batch job")):
-            if f"{s.name}-{suffix}" in names and (suffix == "fetch" or s.batch):
-                c.error(f"services.{s.name}-{suffix}", f"collides with the {what} generated for {s.name!r}. "
+        for generated, what in ((fetch_name(s.name), "download service"), (batch_name(s.name), "batch job")):
+            if generated in names and (what == "download service" or s.batch):
+                c.error(f"services.{generated}", f"collides with the {what} generated for {s.name!r}. "
                         f"Fix: rename one of them.")
         if s.port is not None and s.port in ports:
             c.error(f"services.{s.name}.port", f"host port {s.port} is already used by service {ports[s.port]!r}. "

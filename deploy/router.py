@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import re
 
-from .resolve import CONTAINER_PORT, Deployment
+from .resolve import CONTAINER_PORT, ROUTER, Deployment
 
-NAME = "router"  # the compose service, also the host name in the self-signed certificate
+NAME = ROUTER  # the compose service, also the host name in the self-signed certificate
 PORT = 4000  # inside the container
 CONFIG_DIR = "/etc/router"  # haproxy.cfg and the maps, compose configs
 CONFIGS = ("haproxy.cfg", "backends.map", "scopes.map", "models.map", "lists.map")

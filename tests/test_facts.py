@@ -40,3 +40,22 @@ def test_the_cpu_demo_command_is_the_readmes():
     """The README's CPU demo (which tests/test_fresh_host.py runs) is the command doctor offers as the fix."""
     assert readme_block("cpu-demo")[-1] == doctor.CPU_DEMO
     assert doctor.CPU_DEMO in (ROOT / "deploy/stacks/default.yaml").read_text()
+
+
+def test_the_router_certificate_names_the_router_service():
+    """Prometheus scrapes the router by its service name over TLS: the self-signed certificate must carry it."""
+    from deploy import router
+    from deploy.runtime import router_start
+
+    assert router.NAME in router_start.BASE_NAMES
+
+
+def test_generated_names_and_the_servers_user_come_from_one_definition():
+    """No generator module but resolve spells a generated service name, the servers' uid or a runtime script's path."""
+    offenders = []
+    for path in sorted((ROOT / "deploy").glob("*.py")):
+        text = path.read_text()
+        for pattern in (r'f"\{[^}]+\}-(fetch|batch)"', r'"runAsUser": \d', r'"/opt/vllm-compose/'):
+            if path.name != "resolve.py" and re.search(pattern, text):
+                offenders.append(f"{path.name}: {pattern}")
+    assert offenders == []
