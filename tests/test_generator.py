@@ -528,6 +528,24 @@ def test_mutated_stacks_render_valid_compose_or_fail_cleanly(mutation):
 # ------------------------------------------------------------------ batch jobs and sampling
 
 
+def test_a_job_is_its_servers_container_with_only_the_job_fields_set():
+    """deploy/container.py builds the job from the server's description: a field added to servers is the job's
+    too unless the job sets it on purpose (no copy with keys deleted by name)."""
+    import dataclasses
+
+    from deploy import container
+
+    d = deployment("services:\n  s:\n    preset: glm-4.1v-9b-thinking\n    gpus: [1]\n    env: {A: b}\n    batch: true\n")
+    s = d.service("s")
+    server, job = container.server(d, s, "s-fetch"), container.batch(d, s, "s-fetch")
+    differs = {f.name for f in dataclasses.fields(container.Container) if getattr(server, f.name) != getattr(job, f.name)}
+    assert differs == {"role", "entrypoint", "args", "mounts", "api_key", "port", "health_start_period", "stop_grace",
+                       "restarts"}
+    assert job.env == server.env and job.gpu_ids == (1,) and job.user == container.SERVER_USER
+    assert [m.target for m in server.mounts if m not in job.mounts] == [container.LIVENESS]
+    assert job.args[job.args.index("--") + 1:][:3] == tuple(container.ENTRYPOINT)
+
+
 def test_batch_job_is_the_server_container_run_once_with_the_same_argv():
     d = deployment("services:\n  air:\n    preset: glm-4.5-air\n    gpus: [0, 1, 2, 3]\n    batch: {concurrency: 64}\n")
     doc = render.compose(d)["services"]

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deploy
-from deploy import cli, kubernetes, render
+from deploy import cli, container, kubernetes, render
 from deploy.errors import SpecError
 from deploy.spec import loads
 from support import ROOT, api_key
@@ -84,8 +84,22 @@ def test_the_server_runs_the_compose_argv_with_gpus_probes_and_the_key_from_a_se
     key = next(e for e in server["env"] if e["name"] == "VLLM_API_KEY")
     assert key == {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": kubernetes.SECRET, "key": "VLLM_API_KEY"}}}
     [fetch] = pod["initContainers"]
-    assert fetch["args"] == render.fetch_command(air) and pvc["metadata"]["name"] == "glm-4-5-air-models"
+    assert fetch["args"] == container.fetch_command(air) and pvc["metadata"]["name"] == "glm-4-5-air-models"
     assert pod["securityContext"]["runAsUser"] == 1000 and svc["spec"]["ports"][0]["port"] == 8000
+
+
+def test_the_media_folder_is_a_claim_mounted_read_only_where_file_urls_may_read(tmp_path):
+    """compose's media_dir (a host folder) is, on Kubernetes, a claim of its own at allowed_local_media_path."""
+    objects = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)["glm-4.1v.yaml"]
+    [claim] = [o for o in objects if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"].endswith("-media")]
+    [dep] = [o for o in objects if o["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "media"]
+    assert mount == {"name": "media", "mountPath": "/media", "readOnly": True}
+    assert {"name": "media", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"], "readOnly": True}} \
+        in pod["volumes"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--allowed-local-media-path") + 1] == "/media"
 
 
 def test_more_gpus_than_a_node_has_becomes_a_leader_worker_set(tmp_path):
