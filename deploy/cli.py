@@ -16,7 +16,7 @@ from .errors import Collector, Problem, SpecError
 from .kubernetes import UNSUPPORTED as UNSUPPORTED_K8S
 from .presets import PRESETS
 from .resolve import Deployment, resolve
-from .write import atomic_write, ensure_env_file, header
+from .write import WriteError, atomic_write, header, write_compose
 
 # The checkout this package runs from: compose builds the project's images from its images/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -63,37 +63,13 @@ def cmd_render(a) -> int:
     if out is None:
         sys.stdout.write(text)
         return 0
-    env = out.parent / d.env_file
-    if env.resolve() == out.resolve():
-        print(f"{a.spec}: env_file {d.env_file} would overwrite the output {out}. Fix: choose another -o or env_file.",
-              file=sys.stderr)
+    try:
+        notes = write_compose(out, text, d)
+    except WriteError as e:
+        print(f"{a.spec}: {e}", file=sys.stderr)
         return 1
-    if env.exists() and not env.is_file():
-        print(f"{a.spec}: {env} exists and is not a file. Fix: move it away or set env_file.", file=sys.stderr)
-        return 1
-    atomic_write(out, text)
-    existed = env.exists()
-    added, missing = ensure_env_file(env, d.key_names()) if d.key_names() else ([], [])
-    if added:
-        print(f"{'added to' if existed else 'created'} {env} (mode 0600): new key(s) {', '.join(added)}; clients read "
-              "them from there", file=sys.stderr)
-    if missing:
-        print(f"warning: {env} lacks {', '.join(missing)}, and it is not a file this tool made, so it was left alone. "
-              f"Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)", file=sys.stderr)
-    if existed and env.stat().st_mode & 0o077:
-        print(f"warning: {env} can be read by other users. Fix: chmod 600 {env}", file=sys.stderr)
-    print(f"wrote {out}", file=sys.stderr)
-    for s in d.services:
-        # Made here, by the user who renders, so that the job (the image's user) can write its answers
-        # (Docker would create missing folders owned by root).
-        for key in ("input", "output") if s.batch else ():
-            folder = Path(getattr(s.batch, key))
-            if not folder.is_absolute() and not (out.parent / folder).exists():
-                (out.parent / folder).mkdir(parents=True)
-                print(f"created {out.parent / folder} (batch {key} of {s.name})", file=sys.stderr)
-            elif not (out.parent / folder).exists():
-                print(f"note: {folder} (batch {key} of {s.name}) does not exist; create it before the job runs",
-                      file=sys.stderr)
+    for line in notes:
+        print(line, file=sys.stderr)
     return 0
 
 

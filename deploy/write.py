@@ -13,7 +13,12 @@ import tempfile
 from pathlib import Path
 
 from . import envfile
+from .resolve import Deployment
 from .runtime.router_start import KEY_PREFIX, MIN_KEY_LEN
+
+
+class WriteError(Exception):
+    """Nothing was written; the message names the file and the fix."""
 
 
 def header(spec_path: str) -> str:
@@ -67,3 +72,39 @@ def ensure_env_file(path: Path, names: tuple[str, ...]) -> tuple[list[str], list
     atomic_write(path, text + ("" if text.endswith("\n") else "\n") + "".join(f"{n}={new_key()}\n" for n in lacking),
                  path.stat().st_mode & 0o777)
     return lacking, []
+
+
+def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
+    """compose.yaml at OUT, the env file beside it (keys it lacks, if this tool made it), and the host folders
+    the services mount that are missing (made by the user who renders, so that the containers' user can read
+    and write them: Docker would create them owned by root). Returns what to tell the user."""
+    env = out.parent / d.env_file
+    if env.resolve() == out.resolve():
+        raise WriteError(f"env_file {d.env_file} would overwrite the output {out}. Fix: choose another -o or env_file.")
+    if env.exists() and not env.is_file():
+        raise WriteError(f"{env} exists and is not a file. Fix: move it away or set env_file.")
+    atomic_write(out, text)
+    notes = []
+    existed = env.exists()
+    added, missing = ensure_env_file(env, d.key_names()) if d.key_names() else ([], [])
+    if added:
+        notes.append(f"{'added to' if existed else 'created'} {env} (mode 0600): new key(s) {', '.join(added)}; "
+                     "clients read them from there")
+    if missing:
+        notes.append(f"warning: {env} lacks {', '.join(missing)}, and it is not a file this tool made, so it was left "
+                     "alone. Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)")
+    if existed and env.stat().st_mode & 0o077:
+        notes.append(f"warning: {env} can be read by other users. Fix: chmod 600 {env}")
+    notes.append(f"wrote {out}")
+    for s in d.services:
+        folders = [(s.batch.input, f"batch input of {s.name}"), (s.batch.output, f"batch output of {s.name}")] if s.batch else []
+        if s.media_dir:
+            folders.insert(0, (s.media_dir, f"media folder of {s.name}, mounted read-only at {s.allowed_local_media_path}"))
+        for folder, what in folders:
+            path = Path(folder)
+            if not path.is_absolute() and not (out.parent / path).exists():
+                (out.parent / path).mkdir(parents=True)
+                notes.append(f"created {out.parent / path} ({what})")
+            elif not (out.parent / path).exists():
+                notes.append(f"note: {folder} ({what}) does not exist; create it before the service starts")
+    return notes

@@ -657,3 +657,17 @@ def test_monitoring_scrapes_every_server_by_service_name():
 def test_bad_monitoring_settings_are_refused(text, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         deployment(text + "services:\n  air:\n    preset: glm-4.5-air\n")
+
+
+def test_render_makes_the_host_folders_services_mount_as_the_rendering_user(tmp_path, capsys):
+    """The media folder and the batch folders exist after render, owned by whoever rendered (Docker would create
+    missing bind sources owned by root, and the user could not put images in ./media without sudo)."""
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
+    err = capsys.readouterr().err
+    for folder in ("media", "batch/glm-4.1v/input", "batch/glm-4.1v/output"):
+        assert (tmp_path / folder).is_dir() and (tmp_path / folder).stat().st_uid == os.getuid(), folder
+    assert f"created {tmp_path / 'media'} (media folder of glm-4.1v, mounted read-only at /media)" in err
+    # A second render leaves them alone and says nothing about them.
+    (tmp_path / "media/cat.png").write_bytes(b"x")
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
+    assert "created" not in capsys.readouterr().err and (tmp_path / "media/cat.png").read_bytes() == b"x"
