@@ -23,7 +23,7 @@ from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
 from deploy.versions import VllmVersion
 from deploy.write import header
-from support import ROOT, without_checkout_paths
+from support import ROOT, check_golden, without_checkout_paths
 
 SPECS = ROOT / "tests/specs"
 STACKS = sorted([*ROOT.glob("deploy/stacks/*.yaml"), *ROOT.glob("tests/stacks/**/*.yaml"), *SPECS.glob("good/*.yaml")])
@@ -45,12 +45,6 @@ def rendered(path: Path) -> str:
 
 # ------------------------------------------------------------------ goldens
 # One mechanism: each test compares, or with `pytest --update-goldens` rewrites, then review `git diff`.
-
-
-def check_golden(path: Path, text: str, update: bool) -> None:
-    if update:
-        path.write_text(text)
-    assert path.read_text() == text, f"{path} is stale: review, then `pytest --update-goldens`"
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)

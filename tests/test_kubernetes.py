@@ -22,7 +22,7 @@ import deploy
 from deploy import cli, container, kubernetes, render
 from deploy.errors import SpecError
 from deploy.spec import loads
-from support import ROOT, api_key
+from support import ROOT, api_key, check_golden
 
 STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"]
 LWS_SCHEMA = json.loads((ROOT / "tests/fixtures/leaderworkerset-v1.schema.json").read_text())
@@ -64,11 +64,7 @@ def test_manifests_pass_the_kubernetes_schemas_and_match_the_golden(stack, tmp_p
         for obj in objects:
             validate(obj)
     text = "".join(f"# ---- {name}\n" + render.dump_yaml(objects) for name, objects in files.items())
-    golden = ROOT / "tests/golden/k8s" / f"{stack.stem}.yaml"
-    if update_goldens:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-    assert golden.read_text() == text, f"{golden} is stale: review, then `pytest --update-goldens`"
+    check_golden(ROOT / "tests/golden/k8s" / f"{stack.stem}.yaml", text, update_goldens)
 
 
 def test_the_server_runs_the_compose_argv_with_gpus_probes_and_the_key_from_a_secret(tmp_path):

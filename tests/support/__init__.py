@@ -43,6 +43,14 @@ def without_checkout_paths(compose_text: str) -> str:
     return re.sub(r"(?m)^(\s*context: ).*$", r"\1<checkout>", compose_text)
 
 
+def check_golden(path: Path, text: str, update: bool) -> None:
+    """TEXT must equal the golden file at PATH; with --update-goldens it becomes it (review `git diff`)."""
+    if update:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.read_text() == text, f"{path} is stale: review, then `pytest --update-goldens`"
+
+
 def venv_tool(name: str) -> str | None:
     """A console script installed beside this Python (the venv's bin/, which need not be on PATH)."""
     return shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
