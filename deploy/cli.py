@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import pins, render, spec, versions
 from .errors import Collector, Problem, SpecError
-from .kubernetes import UNSUPPORTED as UNSUPPORTED_K8S
+from .kubernetes import DROPPABLE as DROPPABLE_K8S
 from .presets import PRESETS
 from .resolve import Deployment, resolve
 from .write import WriteError, atomic_write, header, write_compose
@@ -90,8 +90,9 @@ def render_kubernetes(d: Deployment, a) -> int:
     drop = "".join(f" --drop {x}" for x in sorted(set(a.drop)))
     head = header(a.spec).replace("-o <this file>", f"--target kubernetes{drop} -o {out}")
     if drop:
-        head += f"# Left out ({drop.strip()}): what this target does not render yet (deploy/kubernetes.py UNSUPPORTED).\n"
-    foreign = [n for n in files if (out / n).exists() and not (out / n).read_text(errors="replace").startswith(head[:40])]
+        head += f"# Left out on request ({drop.strip()}).\n"
+    foreign = [n for n in [*files, "kustomization.yaml"]
+               if (out / n).exists() and not (out / n).read_text(errors="replace").startswith(head[:40])]
     if foreign:
         print(f"{out}: {', '.join(foreign)} exist and were not written by this tool; nothing was written. "
               "Fix: choose an empty folder.", file=sys.stderr)
@@ -99,8 +100,9 @@ def render_kubernetes(d: Deployment, a) -> int:
     for name, objects in files.items():
         body = "---\n".join(render.dump_yaml(o) for o in objects)
         atomic_write(out / name, head + body)
-    print(f"wrote {', '.join(files)} to {out}. Before `kubectl apply -f {out}`: kubectl create secret generic "
-          f"{kubernetes.SECRET} --from-env-file={d.env_file}", file=sys.stderr)
+    atomic_write(out / "kustomization.yaml", head + kubernetes.kustomization(list(files)))
+    print(f"wrote {', '.join(files)} and kustomization.yaml to {out}. Before `kubectl apply -k {out}`: kubectl create "
+          f"secret generic {kubernetes.SECRET} --from-env-file={d.env_file}", file=sys.stderr)
     return 0
 
 
@@ -206,9 +208,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", help="file to write (default: stdout); with --target kubernetes, a folder")
     r.add_argument("--target", choices=("compose", "kubernetes"), default="compose",
                    help="compose (default), or Kubernetes manifests: one file per service (deploy/kubernetes.py)")
-    r.add_argument("--drop", action="append", default=[], choices=sorted(UNSUPPORTED_K8S), metavar="FEATURE",
-                   help="kubernetes: render without FEATURE (router, monitoring, batch), which that target does not "
-                        "render yet; without it such a spec is refused")
+    r.add_argument("--drop", action="append", default=[], choices=sorted(DROPPABLE_K8S), metavar="FEATURE",
+                   help="kubernetes: render without FEATURE: router or monitoring (which that target does not render "
+                        "yet: without --drop such a spec is refused), or batch (the jobs in jobs/)")
     r.add_argument("--gpus-per-node", type=int, default=8, metavar="N",
                    help="kubernetes: GPUs one node has; a service needing more becomes a multi-node LeaderWorkerSet")
     c = add("check", "validate a spec and show every resolved value with its origin",

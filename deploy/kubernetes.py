@@ -24,7 +24,7 @@ from typing import Any
 
 from . import container, runtime
 from .container import LIVENESS, SERVER_USER, STOP_GRACE_MARGIN, Container
-from .resolve import CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from .resolve import CONTAINER_PORT, MODELS_DIR, Deployment, Service, batch_name
 from .runtime import fetch, liveness
 from .versions import VllmVersion
 
@@ -90,9 +90,13 @@ def _mounts(c: Container) -> list[dict[str, Any]]:
             out.append({"name": VOLUMES[m.source], "mountPath": m.target, **({"readOnly": True} if m.read_only else {})})
         elif m.kind == "host" and m.role == "media":
             out.append({"name": "media", "mountPath": m.target, "readOnly": True})
+        elif m.kind == "host" and m.role in ("batch-input", "batch-output"):
+            # compose's two host folders: one claim, its input/ and output/ folders.
+            out.append({"name": "batch", "mountPath": m.target, "subPath": m.role.removeprefix("batch-"),
+                        **({"readOnly": True} if m.read_only else {})})
         elif m.kind == "host":
             raise TargetError(f"services.{c.service}: the host folder {m.source} ({m.role}) is not on the cluster's nodes.")
-    if c.role == "server":
+    if c.role in ("server", "batch"):
         out.append({"name": "shm", "mountPath": "/dev/shm"})
     out += [{"name": "scripts", "mountPath": m.target, "subPath": m.source, "readOnly": True}
             for m in c.mounts if m.kind == "script"]
@@ -149,6 +153,19 @@ def _wait_for_weights(d: Deployment, s: Service) -> dict[str, Any]:
             "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}]}
 
 
+def _pod_volumes(s: Service, gpus_here: int) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "persistentVolumeClaim": {"claimName": f"{object_name(s)}-models"}},
+        {"name": "cache", "emptyDir": {}},
+        # Tensor-parallel workers exchange tensors through /dev/shm (compose: ipc: host / shm_size).
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(1, 4 * gpus_here)}Gi"}},
+        {"name": "scripts", "configMap": {"name": SCRIPTS}},
+    ]
+    if s.media_dir:
+        volumes.append({"name": "media", "persistentVolumeClaim": {"claimName": f"{object_name(s)}-media", "readOnly": True}})
+    return volumes
+
+
 def _pod(d: Deployment, s: Service, gpus_here: int, extra: list[str], probes: bool, fetches: bool) -> dict[str, Any]:
     server = _server_container(d, s, extra, probes)
     if gpus_here != s.gpu_count:
@@ -162,17 +179,8 @@ def _pod(d: Deployment, s: Service, gpus_here: int, extra: list[str], probes: bo
         "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": uid, "runAsNonRoot": True},
         "containers": [server],
         "terminationGracePeriodSeconds": s.shutdown_timeout + STOP_GRACE_MARGIN,
-        "volumes": [
-            {"name": "models", "persistentVolumeClaim": {"claimName": f"{object_name(s)}-models"}},
-            {"name": "cache", "emptyDir": {}},
-            # Tensor-parallel workers exchange tensors through /dev/shm (compose: ipc: host / shm_size).
-            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{max(1, 4 * gpus_here)}Gi"}},
-            {"name": "scripts", "configMap": {"name": SCRIPTS}},
-        ],
+        "volumes": [v for v in _pod_volumes(s, gpus_here) if media or v["name"] != "media"],
     }
-    if media:
-        spec["volumes"].append({"name": "media", "persistentVolumeClaim": {"claimName": f"{object_name(s)}-media",
-                                                                            "readOnly": True}})
     spec["initContainers"] = [_fetch_container(d, s) if fetches else _wait_for_weights(d, s)]
     return {"metadata": {"labels": _labels(s)}, "spec": spec}
 
@@ -238,16 +246,59 @@ def service_objects(d: Deployment, s: Service, gpus_per_node: int) -> list[dict[
     return objects
 
 
-def scripts_config_map() -> dict[str, Any]:
+BATCH_SIZE = "10Gi"  # the batch claim: the jobs' input and answers (JSONL)
+
+
+def batch_objects(d: Deployment, s: Service) -> list[dict[str, Any]]:
+    """compose's NAME-batch: a Job running the server's own container (its image, argv, environment, GPUs)
+    driven by deploy/runtime/batch.py, with input/ and output/ on a claim of their own. A failed or evicted pod
+    is run again (backoffLimit) and resumes: answers already in output/ are skipped by custom_id."""
+    c = container.batch(d, s)
+    name = batch_name(object_name(s))
+    labels = {**_labels(s), "app.kubernetes.io/component": "batch"}
+    job: dict[str, Any] = {
+        "name": "batch", "image": c.image, "command": list(c.entrypoint), "args": [_lit(a) for a in c.args],
+        "env": _env(c), "volumeMounts": _mounts(c)}
+    if c.gpus:
+        job["resources"] = {"limits": {"nvidia.com/gpu": c.gpus}}
+    volumes = _pod_volumes(s, c.gpus)
+    volumes.append({"name": "batch", "persistentVolumeClaim": {"claimName": name}})
+    if not s.media_dir:
+        volumes = [v for v in volumes if v["name"] != "media"]
+    uid, gid = map(int, SERVER_USER.split(":"))
+    security = {"runAsUser": uid, "runAsGroup": gid, "fsGroup": uid, "runAsNonRoot": True}
+    # The claim's input/ and output/ made by the job's own user (a subPath the kubelet makes would be root's).
+    folders = {"name": "batch-folders", "image": d.image("model_fetch"), "command": ["python3", "-c",
+               "import os\nfor p in ('/batch/input', '/batch/output'):\n    os.makedirs(p, exist_ok=True)\n"],
+               "volumeMounts": [{"name": "batch", "mountPath": "/batch"}]}
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "labels": labels},
+         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": BATCH_SIZE}}}},
+        # To put requests in and take answers out: kubectl apply -f this file, then kubectl cp to/from NAME-files.
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-files", "labels": labels},
+         "spec": {"securityContext": security, "restartPolicy": "Never", "initContainers": [folders],
+                  "containers": [{"name": "files", "image": d.image("model_fetch"),
+                                  "command": ["python3", "-c", "import time\nwhile True:\n    time.sleep(3600)\n"],
+                                  "volumeMounts": [{"name": "batch", "mountPath": "/batch"}]}],
+                  "volumes": [{"name": "batch", "persistentVolumeClaim": {"claimName": name}}]}},
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": labels},
+         "spec": {"backoffLimit": 3, "template": {"metadata": {"labels": labels}, "spec": {
+             "securityContext": security, "restartPolicy": "Never",
+             "initContainers": [folders, _fetch_container(d, s)], "containers": [job], "volumes": volumes}}}},
+    ]
+
+
+def scripts_config_map(names: tuple[str, ...]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": SCRIPTS, "labels": {"app.kubernetes.io/part-of": "vllm-compose"}},
-            "data": {"liveness.py": runtime.script_text("liveness.py")}}
+            "data": {name: runtime.script_text(name) for name in names}}
 
 
 # What a compose spec can ask for and this target does not render yet, with the fix. A spec asking for one is
 # refused: rendering without it would hand a user who asked for keys scoped per model servers that take the
 # shared key, or no alerts where they asked for them.
-# `render --target kubernetes --drop FEATURE` renders without it, saying so in every file's header.
+# `render --target kubernetes --drop FEATURE` renders without it, saying so in every file's header: one of
+# these, or `batch` (the jobs in jobs/, which this target renders).
 UNSUPPORTED = {
     "router": "the router (one endpoint, keys scoped per model, TLS) is rendered for compose only. Fix: route "
               "with your cluster's Ingress or Gateway to the per-service Services and pass --drop router (or "
@@ -255,15 +306,15 @@ UNSUPPORTED = {
     "monitoring": "the Prometheus scrape config and alert rules are rendered for compose only. Fix: scrape the "
                   "Services' /metrics (port http) with your cluster's Prometheus and pass --drop monitoring (or "
                   "remove `monitoring:`), or deploy with --target compose.",
-    "batch": "batch jobs are rendered for compose only. Fix: pass --drop batch to render the servers without their "
-             "jobs (or remove `batch:`), and run jobs with --target compose (`docker compose run --rm NAME-batch`).",
 }
+
+
+DROPPABLE = ("batch", *UNSUPPORTED)
 
 
 def unsupported(d: Deployment, dropped: frozenset[str] = frozenset()) -> list[str]:
     """The parts of D this target would leave out and the user did not --drop, each with its fix."""
     found = [("router", d.router), ("monitoring", d.monitoring_port is not None)]
-    found += [(f"services.{s.name}.batch", s.batch) for s in d.services]
     return [f"{path}: {UNSUPPORTED[feature]}" for path, asked in found
             if asked and (feature := path.rpartition(".")[2]) not in dropped]
 
@@ -273,7 +324,9 @@ def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE,
     """File name → objects: one file per service, and one for what they share. Raises TargetError, also for
     what the spec asks and this target does not render (UNSUPPORTED), unless DROPPED names it."""
     problems = unsupported(d, dropped)
-    out: dict[str, list[dict[str, Any]]] = {"shared.yaml": [scripts_config_map()]}
+    jobs = "batch" not in dropped and any(s.batch for s in d.services)
+    out: dict[str, list[dict[str, Any]]] = {
+        "shared.yaml": [scripts_config_map(("liveness.py", "batch.py") if jobs else ("liveness.py",))]}
     seen: dict[str, str] = {}
     for s in d.services:
         try:
@@ -284,8 +337,26 @@ def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE,
             pass  # reported below
         try:
             out[f"{s.name}.yaml"] = service_objects(d, s, gpus_per_node)
+            if s.batch and "batch" not in dropped:
+                if s.gpu_count > gpus_per_node:
+                    raise TargetError(f"services.{s.name}.batch: the job runs the server in one pod, which would need "
+                                      f"{s.gpu_count} GPUs on one node of {gpus_per_node}. Fix: pass --drop batch and "
+                                      "run the job with --target compose on a host with that many GPUs.")
+                # Apart (jobs/), so that `kubectl apply -f DIR` starts the servers, not jobs competing for their GPUs.
+                out[f"jobs/{batch_name(s.name)}.yaml"] = batch_objects(d, s)
         except TargetError as e:
             problems.append(str(e))
     if problems:
         raise TargetError("\n".join(problems))
     return out
+
+
+def kustomization(files: list[str]) -> str:
+    """kustomization.yaml for `kubectl apply -k DIR`: the servers and what they share (not the jobs in jobs/,
+    applied one by one when wanted). The usual knobs, commented: a namespace, the images from a registry."""
+    listed = "".join(f"  - {name}\n" for name in files if not name.startswith("jobs/"))
+    return ("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n" + listed +
+            "# namespace: llm                      # all objects into one namespace\n"
+            "# images:                             # the project's images from your registry (they are built here)\n"
+            "#   - name: vllm-compose/model-fetch\n"
+            "#     newName: registry.example.internal/vllm-compose/model-fetch\n")

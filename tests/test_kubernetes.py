@@ -51,10 +51,11 @@ def validate(obj: dict) -> None:
 
 
 def rendered(stack: Path, tmp_path: Path, *extra: str) -> dict[str, list[dict]]:
-    """The manifests of STACK; its batch jobs, which this target does not render, explicitly left out."""
+    """The manifests of STACK by file (jobs/NAME-batch.yaml for its batch jobs)."""
     out = tmp_path / stack.stem
-    assert cli.main(["render", str(stack), "--target", "kubernetes", "--drop", "batch", "-o", str(out), *extra]) == 0
-    return {p.name: [o for o in yaml.safe_load_all(p.read_text()) if o] for p in sorted(out.glob("*.yaml"))}
+    assert cli.main(["render", str(stack), "--target", "kubernetes", "-o", str(out), *extra]) == 0
+    return {str(p.relative_to(out)): [o for o in yaml.safe_load_all(p.read_text()) if o]
+            for p in sorted(out.rglob("*.yaml")) if p.name != "kustomization.yaml"}
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
@@ -129,6 +130,8 @@ def test_more_gpus_than_a_node_has_becomes_a_leader_worker_set(tmp_path):
     ("services:\n  a:\n    model: ./weights\n    served_model_name: a\n", 8, "a local directory"),
     ("services:\n  a:\n    preset: glm-4.5-air\n    tensor_parallel_size: 3\n", 2, "cannot be split evenly over 2 nodes"),
     ("vllm_version: 0.20.0\nservices:\n  a:\n    preset: glm-4.5-air\n", 2, "multi-node serving is rendered for vLLM 0.32.0"),
+    ("services:\n  a:\n    preset: glm-4.5-air\n    tensor_parallel_size: 8\n    pipeline_parallel_size: 2\n"
+     "    batch: true\n", 8, "pass --drop batch"),
 ])
 def test_what_kubernetes_cannot_take_is_refused_with_the_fix(text, gpn, message, tmp_path, capsys):
     spec = tmp_path / "s.yaml"
@@ -141,24 +144,59 @@ def test_what_kubernetes_cannot_take_is_refused_with_the_fix(text, gpn, message,
 
 
 def test_what_compose_renders_and_kubernetes_does_not_is_refused_unless_dropped(tmp_path, capsys):
-    """A spec asking for the router, monitoring or batch jobs never renders without them, silently: each is an
-    error naming its path and the fix, until `--drop FEATURE` says to leave it out (and the headers say so)."""
+    """A spec asking for the router or monitoring never renders without them, silently: each is an error naming
+    its path and the fix, until `--drop FEATURE` says to leave it out (and the headers say so)."""
     spec = tmp_path / "s.yaml"
     spec.write_text("monitoring: true\nrouter:\n  keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}\n"
                     "services:\n  a:\n    preset: smollm2-135m-cpu\n    served_model_name: a\n    batch: true\n")
     out = tmp_path / "out"
     assert cli.main(["render", str(spec), "--target", "kubernetes", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    for path in ("error: router:", "error: monitoring:", "error: services.a.batch:"):
-        assert path in err, err
-    assert err.count("Fix:") == 3 and not out.exists()
-    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "--drop", "batch",
-                     "-o", str(out)]) == 1
+    assert "error: router:" in err and "error: monitoring:" in err and "batch" not in err, err
+    assert err.count("Fix:") == 2 and not out.exists()
+    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "error: monitoring:" in err and "router:" not in err and "batch" not in err and not out.exists()
-    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "--drop", "batch",
-                     "--drop", "monitoring", "-o", str(out)]) == 0
-    assert "# Left out (--drop batch --drop monitoring --drop router)" in (out / "a.yaml").read_text()
+    assert "error: monitoring:" in err and "router:" not in err and not out.exists()
+    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "--drop", "monitoring",
+                     "--drop", "batch", "-o", str(out)]) == 0
+    assert "# Left out on request (--drop batch --drop monitoring --drop router)" in (out / "a.yaml").read_text()
+    assert not (out / "jobs").exists()
+
+
+def test_a_batch_job_is_a_job_running_the_servers_container_with_its_folders_on_a_claim(tmp_path):
+    """compose's NAME-batch on Kubernetes: the server's image, argv (after batch.py's own) and environment, its
+    GPUs; batch.py from the scripts ConfigMap; input/ and output/ on a claim of their own; a failed pod runs again
+    (the job resumes by custom_id); apart in jobs/, so applying the folder does not start it beside the server."""
+    files = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)
+    claim, files_pod, job = files["jobs/glm-4.5-air-batch.yaml"]
+    [server] = [o for o in files["glm-4.5-air.yaml"] if o["kind"] == "Deployment"]
+    pod, served = job["spec"]["template"]["spec"], server["spec"]["template"]["spec"]["containers"][0]
+    [c] = pod["containers"]
+    assert job["kind"] == "Job" and pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
+    assert c["image"] == served["image"] and c["command"] == ["python3", container.BATCH]
+    after = c["args"][c["args"].index("--") + 1:]
+    assert after[:3] == container.ENTRYPOINT and after[3:] == [
+        "127.0.0.1" if a == "0.0.0.0" else a for a in served["args"]]
+    assert c["resources"] == served["resources"] and [e for e in c["env"] if "valueFrom" in e] == []  # no key
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts[container.BATCH]["subPath"] == "batch.py" and mounts[container.BATCH_DIRS[0]]["readOnly"]
+    assert mounts[container.BATCH_DIRS[1]] == {"name": "batch", "mountPath": container.BATCH_DIRS[1], "subPath": "output"}
+    assert {"name": "batch", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in pod["volumes"]
+    assert [i["name"] for i in pod["initContainers"]] == ["batch-folders", "fetch"]
+    # A pod to copy requests in and answers out (kubectl cp), on the same claim.
+    assert files_pod["kind"] == "Pod" and files_pod["spec"]["volumes"] == [
+        {"name": "batch", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}]
+    [scripts] = files["shared.yaml"]
+    assert set(scripts["data"]) == {"liveness.py", "batch.py"}
+
+
+def test_the_kustomization_lists_every_server_file_and_no_job(tmp_path):
+    out = tmp_path / "k8s"
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "--target", "kubernetes", "-o", str(out)]) == 0
+    k = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert k["kind"] == "Kustomization" and sorted(k["resources"]) == sorted(p.name for p in out.glob("*.yaml")
+                                                                           if p.name != "kustomization.yaml")
+    assert (out / "jobs").is_dir() and not any(r.startswith("jobs/") for r in k["resources"])
 
 
 def test_no_key_and_no_host_variable_reaches_a_manifest(tmp_path):
@@ -176,7 +214,7 @@ def test_a_folder_with_foreign_files_is_left_alone(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "glm-4.5-air.yaml").write_text("mine\n")
-    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "--target", "kubernetes", "--drop", "batch", "-o", str(out)]) == 1
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "--target", "kubernetes", "-o", str(out)]) == 1
     assert (out / "glm-4.5-air.yaml").read_text() == "mine\n" and "not written by this tool" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["glm-4.5-air.yaml"]
 
@@ -197,7 +235,7 @@ def test_mutated_stacks_give_valid_manifests_or_a_clean_error(base, key, value, 
     next(iter(doc["services"].values()))[key] = value
     try:
         d = deployment(yaml.safe_dump(doc))
-        files = kubernetes.manifests(d, gpus_per_node, frozenset({"batch"}))
+        files = kubernetes.manifests(d, gpus_per_node)
     except SpecError as e:
         assert e.problems and all(p.message for p in e.problems)
         return
