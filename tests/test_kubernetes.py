@@ -22,9 +22,10 @@ import deploy
 from deploy import cli, container, kubernetes, render
 from deploy.errors import SpecError
 from deploy.spec import loads
-from support import ROOT, api_key, check_golden
+from support import ROOT, admission, api_key, check_golden
 
 STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"]
+OUTSIDE = {("Secret", kubernetes.SECRET)}  # what the README has the user create (the hub Secret is optional)
 LWS_SCHEMA = json.loads((ROOT / "tests/fixtures/leaderworkerset-v1.schema.json").read_text())
 
 
@@ -64,6 +65,7 @@ def test_manifests_pass_the_kubernetes_schemas_and_match_the_golden(stack, tmp_p
     for objects in files.values():
         for obj in objects:
             validate(obj)
+    assert admission.problems([o for objects in files.values() for o in objects], OUTSIDE) == []
     text = "".join(f"# ---- {name}\n" + render.dump_yaml(objects) for name, objects in files.items())
     check_golden(ROOT / "tests/golden/k8s" / f"{stack.stem}.yaml", text, update_goldens)
 
@@ -245,3 +247,38 @@ def test_mutated_stacks_give_valid_manifests_or_a_clean_error(base, key, value, 
     for objects in files.values():
         for obj in objects:
             validate(obj)
+
+
+def _first(objects, kind):
+    return next(o for o in objects if o["kind"] == kind)
+
+
+def _server(objects):
+    return _first(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+BREAKS = {
+    "spec.selector does not match": lambda o: _first(o, "Deployment")["spec"]["selector"]["matchLabels"].update(x="y"),
+    "matches no pod": lambda o: _first(o, "Service")["spec"]["selector"].update(app="none"),
+    "which is not in the output": lambda o: o.remove(_first(o, "PersistentVolumeClaim")),
+    "reads ConfigMap": lambda o: o.remove(_first(o, "ConfigMap")),
+    "which lacks it": lambda o: _first(o, "ConfigMap")["data"].pop("liveness.py"),
+    "reads Secret": lambda o: next(e for e in _server(o)["env"] if "valueFrom" in e)["valueFrom"]["secretKeyRef"].update(name="typo"),
+    "DNS-1123": lambda o: _first(o, "PersistentVolumeClaim")["metadata"].update(name="Bad_Name"),
+    "is not a label value": lambda o: _first(o, "Service")["metadata"]["labels"].update(x="v" * 64),
+    "port names or numbers repeat": lambda o: _server(o)["ports"].append({"name": "http", "containerPort": 8001}),
+    "which the container does not expose": lambda o: _server(o)["readinessProbe"]["httpGet"].update(port="web"),
+    "above its limit": lambda o: _server(o)["resources"].update(requests={"nvidia.com/gpu": 8}),
+    "which is no volume of the pod": lambda o: _server(o)["volumeMounts"].append({"name": "gone", "mountPath": "/x"}),
+}
+
+
+@pytest.mark.parametrize("message", BREAKS)
+def test_each_admission_check_fails_on_a_manifest_broken_for_it(message, tmp_path):
+    """Each offline check (tests/support/admission.py) seen failing: one rendered stack, broken one way."""
+    files = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)
+    objects = files["shared.yaml"] + files["glm-4.5-air.yaml"]
+    assert admission.problems(objects, OUTSIDE) == []
+    BREAKS[message](objects)
+    found = admission.problems(objects, OUTSIDE)
+    assert any(message in p for p in found), found
