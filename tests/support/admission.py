@@ -58,7 +58,7 @@ def problems(objects: list[dict[str, Any]], outside: set[tuple[str, str]] = froz
             sel = o["spec"].get("selector", {}).items()
             if not any(sel <= labels.items() for labels in pod_labels):
                 out.append(f"{where}: spec.selector matches no pod in the output")
-        for part, meta, spec in pod_specs(o):
+        for part, _meta, spec in pod_specs(o):
             at = f"{where} ({part})"
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
             for v in volumes.values():
