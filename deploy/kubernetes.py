@@ -22,8 +22,8 @@ import math
 import re
 from typing import Any
 
-from . import container, runtime
-from .container import LIVENESS, SERVER_USER, STOP_GRACE_MARGIN, Container
+from . import container, router, runtime
+from .container import LIVENESS, ROUTER_START, SERVER_USER, STOP_GRACE_MARGIN, Container
 from .resolve import CONTAINER_PORT, MODELS_DIR, Deployment, Service, batch_name
 from .runtime import fetch, liveness
 from .versions import VllmVersion
@@ -288,6 +288,72 @@ def batch_objects(d: Deployment, s: Service) -> list[dict[str, Any]]:
     ]
 
 
+ROUTER_CONFIG = "vllm-compose-router"  # ConfigMap: haproxy.cfg and the maps (deploy/router.py)
+ROUTER_TLS_SECRET = "vllm-compose-router-tls"  # router.tls.cert/key: kubectl create secret tls ... --cert --key
+ROUTER_TLS_SIZE = "16Mi"  # the self-signed CA and pair, kept across restarts
+
+
+def router_objects(d: Deployment) -> list[dict[str, Any]]:
+    """The router (deploy/router.py): the same image, HAProxy config and entrypoint script as on compose, the keys
+    from the Secret, TLS from a Secret (the spec's own certificate) or a self-signed CA kept on a small claim;
+    a NetworkPolicy lets only the router reach the servers' port (where the cluster enforces NetworkPolicy)."""
+    r = d.router
+    assert r is not None
+    name = router.NAME
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "vllm-compose"}
+    files = router.configs(d, kubernetes=True, address=object_name)
+    mounts = [{"name": "config", "mountPath": f"{router.CONFIG_DIR}/{f}", "subPath": f, "readOnly": True} for f in files]
+    mounts.append({"name": "scripts", "mountPath": ROUTER_START, "subPath": "router_start.py", "readOnly": True})
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": ROUTER_CONFIG}},
+                                     {"name": "scripts", "configMap": {"name": SCRIPTS}}]
+    objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "ConfigMap",
+                                      "metadata": {"name": ROUTER_CONFIG, "labels": labels}, "data": files}]
+    if r.tls and r.tls.cert:
+        mounts.append({"name": "tls", "mountPath": router.TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": ROUTER_TLS_SECRET, "items": [
+            {"key": "tls.crt", "path": "cert.pem"}, {"key": "tls.key", "path": "key.pem"}]}})
+    elif r.tls:
+        mounts.append({"name": "tls", "mountPath": router.TLS_DIR})
+        volumes.append({"name": "tls", "persistentVolumeClaim": {"claimName": f"{name}-tls"}})
+        objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"{name}-tls", "labels": labels},
+                        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": ROUTER_TLS_SIZE}}}})
+    # Its Service name in the self-signed certificate too, so that in-cluster clients verify it.
+    args = router.argv(d) + ([f"--host={name}.$(POD_NAMESPACE).svc"] if r.tls and not r.tls.cert else [])
+    health = {"httpGet": {"path": router.HEALTH, "port": "http", "scheme": "HTTPS" if r.tls else "HTTP"}, "periodSeconds": 5}
+    pod = {
+        "metadata": {"labels": labels},
+        "spec": {
+            # router_start.py starts as root to read the TLS files (and make the self-signed pair), then runs
+            # HAProxy as uid 1000; a namespace enforcing the `restricted` Pod Security level refuses it.
+            "containers": [{
+                "name": "router", "image": d.image("router"), "command": ["python3", ROUTER_START], "args": args,
+                "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+                "envFrom": [{"secretRef": {"name": SECRET}}],
+                "ports": [{"name": "http", "containerPort": router.PORT}],
+                "volumeMounts": mounts,
+                "readinessProbe": {**health, "failureThreshold": 3},
+                "livenessProbe": {**health, "failureThreshold": 3, "timeoutSeconds": 5},
+            }],
+            # HAProxy's soft stop lets requests in flight finish (compose: stop signal SIGUSR1 + grace).
+            "terminationGracePeriodSeconds": 60,
+            "volumes": volumes,
+        },
+    }
+    objects += [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+         "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": labels}, "template": pod}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
+         "spec": {"selector": labels, "ports": [{"name": "http", "port": router.PORT, "targetPort": "http"}]}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": f"{name}-only", "labels": labels},
+         "spec": {"podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
+                                                        "values": sorted({object_name(s) for s in d.services})}]},
+                  "policyTypes": ["Ingress"],
+                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}}],
+                               "ports": [{"port": CONTAINER_PORT, "protocol": "TCP"}]}]}},
+    ]
+    return objects
+
+
 def scripts_config_map(names: tuple[str, ...]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": SCRIPTS, "labels": {"app.kubernetes.io/part-of": "vllm-compose"}},
@@ -300,21 +366,18 @@ def scripts_config_map(names: tuple[str, ...]) -> dict[str, Any]:
 # `render --target kubernetes --drop FEATURE` renders without it, saying so in every file's header: one of
 # these, or `batch` (the jobs in jobs/, which this target renders).
 UNSUPPORTED = {
-    "router": "the router (one endpoint, keys scoped per model, TLS) is rendered for compose only. Fix: route "
-              "with your cluster's Ingress or Gateway to the per-service Services and pass --drop router (or "
-              "remove `router:`), or deploy with --target compose.",
     "monitoring": "the Prometheus scrape config and alert rules are rendered for compose only. Fix: scrape the "
                   "Services' /metrics (port http) with your cluster's Prometheus and pass --drop monitoring (or "
                   "remove `monitoring:`), or deploy with --target compose.",
 }
 
 
-DROPPABLE = ("batch", *UNSUPPORTED)
+DROPPABLE = ("batch", "router", *UNSUPPORTED)
 
 
 def unsupported(d: Deployment, dropped: frozenset[str] = frozenset()) -> list[str]:
     """The parts of D this target would leave out and the user did not --drop, each with its fix."""
-    found = [("router", d.router), ("monitoring", d.monitoring_port is not None)]
+    found = [("monitoring", d.monitoring_port is not None)]
     return [f"{path}: {UNSUPPORTED[feature]}" for path, asked in found
             if asked and (feature := path.rpartition(".")[2]) not in dropped]
 
@@ -325,8 +388,11 @@ def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE,
     what the spec asks and this target does not render (UNSUPPORTED), unless DROPPED names it."""
     problems = unsupported(d, dropped)
     jobs = "batch" not in dropped and any(s.batch for s in d.services)
-    out: dict[str, list[dict[str, Any]]] = {
-        "shared.yaml": [scripts_config_map(("liveness.py", "batch.py") if jobs else ("liveness.py",))]}
+    routed = d.router is not None and "router" not in dropped
+    scripts = ("liveness.py", *(["batch.py"] if jobs else []), *(["router_start.py"] if routed else []))
+    out: dict[str, list[dict[str, Any]]] = {"shared.yaml": [scripts_config_map(scripts)]}
+    if routed:
+        out["router.yaml"] = router_objects(d)
     seen: dict[str, str] = {}
     for s in d.services:
         try:

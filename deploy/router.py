@@ -97,8 +97,22 @@ def maps(d: Deployment) -> dict[str, str]:
     }
 
 
-def haproxy_cfg(d: Deployment) -> str:
+def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.name) -> str:
+    """The router's HAProxy config. On compose, Docker's DNS follows servers that start, restart or stop. On
+    KUBERNETES, servers are their Services (ADDRESS: a service's name there) by full name in the router's own
+    namespace (HAProxy's resolver applies no search domains; cluster domain cluster.local), through the
+    cluster DNS of the pod's resolv.conf."""
     assert d.router is not None
+    resolver = "cluster" if kubernetes else "docker"
+
+    def server(s) -> str:  # HAProxy expands ${POD_NAMESPACE} (the Deployment sets it) inside double quotes
+        return f'"{address(s)}.${{POD_NAMESPACE}}.svc.cluster.local:{CONTAINER_PORT}"' if kubernetes \
+            else f"{address(s)}:{CONTAINER_PORT}"
+
+    def check(servers) -> str:
+        if kubernetes:
+            return f"kubectl get pods -l 'app.kubernetes.io/name in ({','.join(address(s) for s in servers)})'"
+        return f"docker compose ps {' '.join(s.name for s in servers)}"
     r = d.router
     c = CONFIG_DIR
     var = "%[var(txn.model),bytes(0,100),json(utf8s)]"  # the client's model, cut and escaped for JSON
@@ -112,9 +126,11 @@ def haproxy_cfg(d: Deployment) -> str:
         f"  tune.bufsize {BUFSIZE}",
         f"  tune.maxrewrite {MAXREWRITE}",
         "",
-        "# Docker's DNS: servers that start later, restart with a new address or stop are followed at run time.",
-        "resolvers docker",
-        "  nameserver dns 127.0.0.11:53",
+        *(["# The cluster's DNS (the pod's resolv.conf): Services created later are followed at run time.",
+           f"resolvers {resolver}", "  parse-resolv-conf"] if kubernetes else [
+            "# Docker's DNS: servers that start later, restart with a new address or stop are followed at run time.",
+            f"resolvers {resolver}",
+            "  nameserver dns 127.0.0.11:53"]),
         "  hold valid 10s",
         "  hold nx 1s",
         "  hold other 1s",
@@ -130,7 +146,7 @@ def haproxy_cfg(d: Deployment) -> str:
         "  option http-buffer-request   # the whole body before routing: `model` may follow 40 MB of images",
         "  option http-no-delay         # stream every SSE chunk at once (else ~200 ms Nagle delays)",
         "  retries 0                    # a stopped server answers 503 at once, not after 3 s of retries",
-        "  timeout connect 500ms         # on the compose network a connect takes < 1 ms; a stopped server's gone address never answers",
+        "  timeout connect 500ms         # on the stack's network a connect takes < 1 ms; a stopped server's gone address never answers",
         f"  timeout client {TIMEOUT}",
         f"  timeout server {TIMEOUT}",
         "  timeout http-request 5m",
@@ -139,10 +155,11 @@ def haproxy_cfg(d: Deployment) -> str:
         # Health: vLLM's /health every 2 s (0.5 s after a failure); a refused connection of a real request marks
         # the server down at once. Replicas that are down get nothing; a model with none up answers 503.
         "  default-server check inter 2s fastinter 500ms downinter 1s rise 1 fall 2 observe layer4 error-limit 1 "
-        "on-error mark-down resolvers docker resolve-prefer ipv4 init-addr libc,none",
+        f"on-error mark-down resolvers {resolver} resolve-prefer ipv4 init-addr libc,none",
         "  http-error status 502 content-type application/json string " + _quoted(_error(
             502, "the model's server closed the connection without an answer (it crashed or restarted). "
-                 "Check: docker compose ps; docker compose logs SERVICE", "server_error")),
+                 + ("Check: kubectl get pods; kubectl logs POD" if kubernetes else
+                    "Check: docker compose ps; docker compose logs SERVICE"), "server_error")),
         "  http-error status 504 content-type application/json string " + _quoted(_error(
             504, f"the model's server sent nothing for {TIMEOUT}", "server_error")),
         "  http-error status 408 content-type application/json string " + _quoted(_error(
@@ -205,15 +222,15 @@ def haproxy_cfg(d: Deployment) -> str:
              else "  http-request del-header Authorization"),
             "  http-error status 503 content-type application/json string " + _quoted(_error(
                 503, f"model {served}: no server is up ({down}: starting, stopped, or failing /health). "
-                     f"Check: docker compose ps {down}", "service_unavailable", "model_unavailable")),
-            *(f"  server {s.name} {s.name}:{CONTAINER_PORT}" for s in servers),
+                     f"Check: {check(servers)}", "service_unavailable", "model_unavailable")),
+            *(f"  server {s.name} {server(s)}" for s in servers),
         ]
     return "\n".join(lines) + "\n"
 
 
-def configs(d: Deployment) -> dict[str, str]:
-    """Every file of the router's compose configs, by file name (mounted in CONFIG_DIR)."""
-    return {"haproxy.cfg": haproxy_cfg(d), **maps(d)}
+def configs(d: Deployment, kubernetes: bool = False, address=lambda s: s.name) -> dict[str, str]:
+    """Every file of the router's config (compose configs, a ConfigMap), by file name (mounted in CONFIG_DIR)."""
+    return {"haproxy.cfg": haproxy_cfg(d, kubernetes, address), **maps(d)}
 
 
 def argv(d: Deployment) -> list[str]:

@@ -19,13 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deploy
-from deploy import cli, container, kubernetes, render
+from deploy import cli, container, kubernetes, render, router
 from deploy.errors import SpecError
 from deploy.spec import loads
 from support import ROOT, admission, api_key, check_golden
 
-STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"]
-OUTSIDE = {("Secret", kubernetes.SECRET)}  # what the README has the user create (the hub Secret is optional)
+STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml",
+          ROOT / "tests/stacks/k8s/router-tls.yaml"]
+# What the README has the user create (the hub Secret is optional): the keys, the router's certificate.
+OUTSIDE = {("Secret", kubernetes.SECRET), ("Secret", kubernetes.ROUTER_TLS_SECRET)}
 LWS_SCHEMA = json.loads((ROOT / "tests/fixtures/leaderworkerset-v1.schema.json").read_text())
 
 
@@ -146,23 +148,47 @@ def test_what_kubernetes_cannot_take_is_refused_with_the_fix(text, gpn, message,
 
 
 def test_what_compose_renders_and_kubernetes_does_not_is_refused_unless_dropped(tmp_path, capsys):
-    """A spec asking for the router or monitoring never renders without them, silently: each is an error naming
-    its path and the fix, until `--drop FEATURE` says to leave it out (and the headers say so)."""
+    """A spec asking for monitoring never renders without it, silently: an error naming its path and the fix,
+    until `--drop monitoring` says to leave it out (and the headers say so); router and jobs may be dropped too."""
     spec = tmp_path / "s.yaml"
     spec.write_text("monitoring: true\nrouter:\n  keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}\n"
                     "services:\n  a:\n    preset: smollm2-135m-cpu\n    served_model_name: a\n    batch: true\n")
     out = tmp_path / "out"
     assert cli.main(["render", str(spec), "--target", "kubernetes", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "error: router:" in err and "error: monitoring:" in err and "batch" not in err, err
-    assert err.count("Fix:") == 2 and not out.exists()
-    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "-o", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "error: monitoring:" in err and "router:" not in err and not out.exists()
+    assert "error: monitoring:" in err and "router" not in err and "batch" not in err, err
+    assert err.count("Fix:") == 1 and not out.exists()
+    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "monitoring", "-o", str(out)]) == 0
+    assert (out / "router.yaml").exists() and (out / "jobs/a-batch.yaml").exists()
     assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "--drop", "monitoring",
-                     "--drop", "batch", "-o", str(out)]) == 0
-    assert "# Left out on request (--drop batch --drop monitoring --drop router)" in (out / "a.yaml").read_text()
-    assert not (out / "jobs").exists()
+                     "--drop", "batch", "-o", str(tmp_path / "bare")]) == 0
+    assert "# Left out on request (--drop batch --drop monitoring --drop router)" in (tmp_path / "bare/a.yaml").read_text()
+    assert not (tmp_path / "bare/jobs").exists() and not (tmp_path / "bare/router.yaml").exists()
+
+
+def test_the_router_runs_its_compose_config_with_keys_from_the_secret_and_alone_reaches_the_servers(tmp_path):
+    """The router on Kubernetes: the same HAProxy config (servers at their Services, resolved at start), the
+    keys from the Secret (the router checks them at start), the user's certificate from a TLS Secret, and a
+    NetworkPolicy admitting only router pods to the servers' port; the servers' Services stay for the router."""
+    files = rendered(ROOT / "tests/stacks/k8s/router-tls.yaml", tmp_path)
+    config, dep, svc, policy = files["router.yaml"]
+    cfg = config["data"]["haproxy.cfg"]
+    assert "resolvers docker" not in cfg and "resolvers cluster\n  parse-resolv-conf\n" in cfg
+    assert ('  server glm-4.1v-a "glm-4-1v-a.${POD_NAMESPACE}.svc.cluster.local:8000"\n'
+            '  server glm-4.1v-b "glm-4-1v-b.${POD_NAMESPACE}.svc.cluster.local:8000"') in cfg and "balance roundrobin" in cfg
+    assert "kubectl get pods" in cfg and "docker compose" not in cfg
+    [c] = dep["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["python3", container.ROUTER_START] and c["envFrom"] == [{"secretRef": {"name": kubernetes.SECRET}}]
+    assert c["env"] == [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+    assert c["args"][:2] == ["--key=VLLM_API_KEY", "--key=ROUTER_KEY_VISION"] and "--own-cert" in c["args"]
+    [tls] = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == kubernetes.ROUTER_TLS_SECRET
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert svc["spec"]["ports"] == [{"name": "http", "port": router.PORT, "targetPort": "http"}]
+    assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["glm-4-1v-a", "glm-4-1v-b", "glm-4-5-air"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "router"}}}],
+                                          "ports": [{"port": 8000, "protocol": "TCP"}]}]
+    assert set(files["shared.yaml"][0]["data"]) == {"liveness.py", "router_start.py"}
 
 
 def test_a_batch_job_is_a_job_running_the_servers_container_with_its_folders_on_a_claim(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import compose
+from support import compose, share_compile_cache
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 N = 600
@@ -57,6 +57,7 @@ def job(scripted_models, tmp_path):
     (tmp_path / "models").symlink_to(scripted_models)
     project = f"vllmtest-{uuid.uuid4().hex[:8]}"
     (tmp_path / ".env").write_text(f"COMPOSE_PROJECT_NAME={project}\n")
+    share_compile_cache(tmp_path)
     (tmp_path / "batch/glm/output").chmod(0o777)  # the CPU image runs as uid 1000; CI runs as root
     yield tmp_path, project
     compose(tmp_path, "--profile", "*", "down", "--volumes", "--remove-orphans", check=False)

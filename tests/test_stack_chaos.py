@@ -74,17 +74,16 @@ def serving_again(client: OpenAI, since: float, limit: float = 400) -> float:
     pytest.fail(f"not serving again {limit:.0f}s after the fault")
 
 
-def test_killed_engine_heals_three_times(stack):
+def test_killed_engine_heals(stack):
+    """kill -9 of the engine: the container restarts (Docker's count grows by one) and serves again."""
     work, _, client = stack
-    took = []
-    for _ in range(3):
-        serving_again(client, time.monotonic())
-        before = restarts(work)
-        t0 = time.monotonic()
-        signal_engine(work, "SIGKILL")
-        took.append(serving_again(client, t0))
-        assert restarts(work) == before + 1, "serving again without one restart: the kill changed nothing"
-    print(f"\nkill -9 EngineCore ×3: serving again after {', '.join(f'{t:.0f}s' for t in took)}", file=sys.stderr)
+    serving_again(client, time.monotonic())
+    before = restarts(work)
+    t0 = time.monotonic()
+    signal_engine(work, "SIGKILL")
+    took = serving_again(client, t0)
+    assert restarts(work) == before + 1, "serving again without one restart: the kill changed nothing"
+    print(f"\nkill -9 EngineCore: restarted, serving again after {took:.0f}s", file=sys.stderr)
 
 
 def test_stopped_engine_is_detected_and_healed(stack):
@@ -162,7 +161,7 @@ def test_abuse_gets_4xx_and_the_service_stays_healthy(stack):
     def stream(i: int) -> None:
         try:
             chunks = client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=32, stream=True,
+                model=MODEL, messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=16, stream=True,
                 timeout=600, extra_body={"ignore_eos": True})
             got, finish = 0, None
             for c in chunks:

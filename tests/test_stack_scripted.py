@@ -24,7 +24,7 @@ import openai
 import pytest
 from openai import DefaultHttpxClient, OpenAI
 
-from deploy import envfile, monitoring
+from deploy import envfile, monitoring, router
 from support import ROOT, api_key, compose, rendered_stack, run_smoke, with_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -332,3 +332,35 @@ def test_a_stopped_server_gets_a_503_naming_it_at_once(scripted):
     assert took < 1.0, took
     assert c.chat.completions.create(model="glm45-scripted-tools", messages=[{"role": "user", "content": "Hi"}],
                                      max_tokens=2).model == "glm45-scripted-tools"
+
+
+def test_the_kubernetes_router_config_passes_haproxys_own_check(scripted, tmp_path):
+    """The HAProxy config rendered for Kubernetes (servers at their Services, no Docker resolver, TLS from the
+    user's certificate) through `haproxy -c` of the router image this stack runs, with the files router_start.py
+    writes (key hashes, the PEM) in place."""
+    import os
+    import subprocess
+
+    import deploy
+    from deploy import kubernetes
+    from deploy.runtime import router_start
+
+    d = deploy.load(str(ROOT / "tests/stacks/k8s/router-tls.yaml"))
+    config_dir, run_dir = tmp_path / "etc", tmp_path / "run"
+    config_dir.mkdir()
+    run_dir.mkdir()
+    for name, text in kubernetes.router_objects(d)[0]["data"].items():
+        (config_dir / name).write_text(text)
+    (tmp_path / "tls").mkdir()
+    crt, key = router_start.self_signed(tmp_path / "tls", [])
+    (run_dir / "router.pem").write_text(crt.read_text() + key.read_text())
+    (run_dir / "keys.map").write_text("0" * 64 + " VLLM_API_KEY\n")
+    for f in [*config_dir.iterdir(), *run_dir.iterdir()]:
+        os.chmod(f, 0o644)
+    r = subprocess.run(["docker", "run", "--rm", "--network", "none", "-e", "VLLM_API_KEY=sk-" + "x" * 30, "-e", "POD_NAMESPACE=llm",
+                        "-v", f"{config_dir}:{router.CONFIG_DIR}:ro", "-v", f"{run_dir}:{router.RUN_DIR}:ro",
+                        "--entrypoint", "haproxy", d.image("router"), "-c", "-f", f"{router.CONFIG_DIR}/haproxy.cfg"],
+                       capture_output=True, text=True, timeout=120)
+    # Valid; the servers' names do not resolve here (no cluster), which HAProxy only warns about.
+    assert r.returncode == 0 and "[ALERT]" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "could not resolve address 'glm-4-1v-a.llm.svc.cluster.local'" in r.stdout + r.stderr

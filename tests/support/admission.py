@@ -66,6 +66,9 @@ def problems(objects: list[dict[str, Any]], outside: set[tuple[str, str]] = froz
                     out.append(f"{at}: volume {v['name']} claims {v['persistentVolumeClaim']['claimName']}, which is not in the output")
                 if "configMap" in v and ("ConfigMap", v["configMap"]["name"]) not in have:
                     out.append(f"{at}: volume {v['name']} reads ConfigMap {v['configMap']['name']}, which is not in the output")
+                if "secret" in v and ("Secret", v["secret"]["secretName"]) not in have:
+                    out.append(f"{at}: volume {v['name']} reads Secret {v['secret']['secretName']}, which is neither in "
+                               "the output nor one the README has you create")
             for c in spec.get("initContainers", []) + spec.get("containers", []):
                 cat = f"{at} container {c['name']}"
                 for m in c.get("volumeMounts", []):
