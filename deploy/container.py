@@ -3,7 +3,7 @@
 The targets translate it: deploy/render.py into compose services, deploy/kubernetes.py into pod containers.
 A value here is as the process gets it (argv, environment, paths); each target escapes it its own way
 (compose doubles `$`, Kubernetes `$(`). What a target cannot express it refuses with the fix
-(kubernetes.UNSUPPORTED), never drops. A batch job is its server's description with the fields a job differs
+(kubernetes.TargetError), never drops. A batch job is its server's description with the fields a job differs
 in set explicitly, so a field added to servers later is a job's too unless the job says otherwise.
 """
 

@@ -12,8 +12,8 @@ LeaderWorkerSet following vLLM's multi-node recipe (`--nnodes`, `--node-rank`, `
 environment, workers `--headless`, the group recreated when one pod restarts), and a Service. Probes: a
 startupProbe covering the model load (the spec's health_start_period), readiness on /health, liveness by
 deploy/runtime/liveness.py (a hung engine fails it; the script comes in a ConfigMap, as compose's config). Keys come from a Secret the
-user creates from secrets.env; no manifest holds one. What this target cannot express yet (UNSUPPORTED: the
-router, monitoring, batch jobs) is refused with the fix, never rendered without it.
+user creates from secrets.env; no manifest holds one. The router, monitoring and batch jobs render too
+(router_objects, monitoring_objects, batch_objects); what this target cannot express is refused with the fix.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import re
 from typing import Any
 
-from . import container, router, runtime
+from . import container, monitoring, router, runtime
 from .container import LIVENESS, ROUTER_START, SERVER_USER, STOP_GRACE_MARGIN, Container
 from .resolve import CONTAINER_PORT, MODELS_DIR, Deployment, Service, batch_name
 from .runtime import fetch, liveness
@@ -293,7 +293,7 @@ ROUTER_TLS_SECRET = "vllm-compose-router-tls"  # router.tls.cert/key: kubectl cr
 ROUTER_TLS_SIZE = "16Mi"  # the self-signed CA and pair, kept across restarts
 
 
-def router_objects(d: Deployment) -> list[dict[str, Any]]:
+def router_objects(d: Deployment, watched: bool = False) -> list[dict[str, Any]]:
     """The router (deploy/router.py): the same image, HAProxy config and entrypoint script as on compose, the keys
     from the Secret, TLS from a Secret (the spec's own certificate) or a self-signed CA kept on a small claim;
     a NetworkPolicy lets only the router reach the servers' port (where the cluster enforces NetworkPolicy)."""
@@ -348,8 +348,52 @@ def router_objects(d: Deployment) -> list[dict[str, Any]]:
          "spec": {"podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
                                                         "values": sorted({object_name(s) for s in d.services})}]},
                   "policyTypes": ["Ingress"],
-                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}}],
+                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}},
+                                        # Prometheus, in any namespace, scrapes the servers' /metrics (WATCHED).
+                                        *([{"namespaceSelector": {}, "podSelector": {"matchLabels": PROMETHEUS_POD_LABEL}}]
+                                          if watched else [])],
                                "ports": [{"port": CONTAINER_PORT, "protocol": "TCP"}]}]}},
+    ]
+    return objects
+
+
+MONITORING_API = "monitoring.coreos.com/v1"
+PROMETHEUS_CONFIG = "vllm-compose-prometheus"  # prometheus.yml + alerts.yml for a cluster without the operator
+# Prometheus pods as the operator (and the common Helm charts) label them: admitted to the servers' port where
+# the router's NetworkPolicy applies.
+PROMETHEUS_POD_LABEL = {"app.kubernetes.io/name": "prometheus"}
+
+
+def monitoring_objects(d: Deployment, routed: bool) -> list[dict[str, Any]]:
+    """compose's monitoring profile, the way clusters do it: a PodMonitor for the servers (job vllm, the
+    `service` label the rules use) and one for the router (job router), the same alert rules as a
+    PrometheusRule (Prometheus Operator), and for clusters without the operator a ConfigMap with a plain
+    prometheus.yml (pods found through the Kubernetes API) and alerts.yml."""
+    labels = {"app.kubernetes.io/part-of": "vllm-compose", "app.kubernetes.io/component": "monitoring"}
+    servers = sorted({object_name(s) for s in d.services})
+    tls = routed and d.router is not None and d.router.tls is not None
+
+    def pod_monitor(name: str, names: list[str], job: str, https: bool) -> dict[str, Any]:
+        endpoint: dict[str, Any] = {
+            "port": "http", "path": "/metrics", "interval": monitoring.SCRAPE_INTERVAL, "scheme": "https" if https else "http",
+            "relabelings": [{"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"], "targetLabel": "service"},
+                            {"targetLabel": "job", "replacement": job}]}
+        if https:
+            endpoint["tlsConfig"] = {"insecureSkipVerify": True}  # its certificate names the public host
+        return {"apiVersion": MONITORING_API, "kind": "PodMonitor", "metadata": {"name": name, "labels": labels},
+                "spec": {"selector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
+                                                            "values": names}]},
+                         "podMetricsEndpoints": [endpoint]}}
+
+    objects = [pod_monitor("vllm-compose-servers", servers, "vllm", False)]
+    if routed:
+        objects.append(pod_monitor("vllm-compose-router", [router.NAME], "router", tls))
+    objects += [
+        {"apiVersion": MONITORING_API, "kind": "PrometheusRule", "metadata": {"name": "vllm-compose", "labels": labels},
+         "spec": {"groups": monitoring.rule_groups()}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": PROMETHEUS_CONFIG, "labels": labels},
+         "data": {"prometheus.yml": monitoring.kubernetes_prometheus_yaml(servers, routed, tls),
+                  "alerts.yml": monitoring.alerts_yaml()}},
     ]
     return objects
 
@@ -360,39 +404,26 @@ def scripts_config_map(names: tuple[str, ...]) -> dict[str, Any]:
             "data": {name: runtime.script_text(name) for name in names}}
 
 
-# What a compose spec can ask for and this target does not render yet, with the fix. A spec asking for one is
-# refused: rendering without it would hand a user who asked for keys scoped per model servers that take the
-# shared key, or no alerts where they asked for them.
-# `render --target kubernetes --drop FEATURE` renders without it, saying so in every file's header: one of
-# these, or `batch` (the jobs in jobs/, which this target renders).
-UNSUPPORTED = {
-    "monitoring": "the Prometheus scrape config and alert rules are rendered for compose only. Fix: scrape the "
-                  "Services' /metrics (port http) with your cluster's Prometheus and pass --drop monitoring (or "
-                  "remove `monitoring:`), or deploy with --target compose.",
-}
-
-
-DROPPABLE = ("batch", "router", *UNSUPPORTED)
-
-
-def unsupported(d: Deployment, dropped: frozenset[str] = frozenset()) -> list[str]:
-    """The parts of D this target would leave out and the user did not --drop, each with its fix."""
-    found = [("monitoring", d.monitoring_port is not None)]
-    return [f"{path}: {UNSUPPORTED[feature]}" for path, asked in found
-            if asked and (feature := path.rpartition(".")[2]) not in dropped]
+# What `render --target kubernetes --drop FEATURE` leaves out on request (every file's header says so).
+# What this target cannot express at all (a local model directory, a job larger than a node) is refused
+# with the fix (TargetError), never dropped.
+DROPPABLE = ("batch", "monitoring", "router")
 
 
 def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE,
               dropped: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
-    """File name → objects: one file per service, and one for what they share. Raises TargetError, also for
-    what the spec asks and this target does not render (UNSUPPORTED), unless DROPPED names it."""
-    problems = unsupported(d, dropped)
+    """File name → objects: one file per service, the router's, monitoring's, the jobs' (jobs/), and one for what
+    they share; DROPPED (of DROPPABLE) left out. Raises TargetError naming every problem and its fix."""
+    problems: list[str] = []
     jobs = "batch" not in dropped and any(s.batch for s in d.services)
     routed = d.router is not None and "router" not in dropped
     scripts = ("liveness.py", *(["batch.py"] if jobs else []), *(["router_start.py"] if routed else []))
     out: dict[str, list[dict[str, Any]]] = {"shared.yaml": [scripts_config_map(scripts)]}
+    watched = d.monitoring_port is not None and "monitoring" not in dropped
     if routed:
-        out["router.yaml"] = router_objects(d)
+        out["router.yaml"] = router_objects(d, watched)
+    if watched:
+        out["monitoring.yaml"] = monitoring_objects(d, routed)
     seen: dict[str, str] = {}
     for s in d.services:
         try:

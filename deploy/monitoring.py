@@ -75,7 +75,36 @@ def prometheus_yaml(d: Deployment) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def alerts_yaml() -> str:
+def rule_groups() -> list[dict]:
+    """The alert rules as Prometheus rule groups (compose's alerts.yml; Kubernetes' PrometheusRule)."""
     rules = [{"alert": name, "expr": expr, "for": duration, "labels": {"severity": "warning"},
               "annotations": {"summary": summary}} for name, expr, duration, summary in ALERTS]
-    return yaml.safe_dump({"groups": [{"name": "vllm", "rules": rules}]}, sort_keys=False, width=1000)
+    return [{"name": "vllm", "rules": rules}]
+
+
+def alerts_yaml() -> str:
+    return yaml.safe_dump({"groups": rule_groups()}, sort_keys=False, width=1000)
+
+
+def kubernetes_prometheus_yaml(servers: list[str], routed: bool, tls: bool) -> str:
+    """prometheus.yml for a cluster without the Prometheus Operator: the pods found through the Kubernetes API
+    (role pod, this namespace), kept by their app.kubernetes.io/name label — SERVERS as job vllm (with the
+    `service` label the rules use), the router as job router — and the same rules."""
+    def job(name: str, names: list[str], scheme: str = "http") -> dict:
+        out = {
+            "job_name": name, "scheme": scheme,
+            "kubernetes_sd_configs": [{"role": "pod"}],
+            "relabel_configs": [
+                {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"], "regex": "|".join(names),
+                 "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "http", "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"], "target_label": "service"},
+            ],
+        }
+        if scheme == "https":
+            out["tls_config"] = {"insecure_skip_verify": True}  # the router's certificate names its public host
+        return out
+    jobs = [job("vllm", servers)] + ([job("router", [router.NAME], "https" if tls else "http")] if routed else [])
+    doc = {"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+           "rule_files": ["/etc/prometheus/alerts.yml"], "scrape_configs": jobs}
+    return yaml.safe_dump(doc, sort_keys=False)

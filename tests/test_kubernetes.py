@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deploy
-from deploy import cli, container, kubernetes, render, router
+from deploy import cli, container, kubernetes, monitoring, render, router
 from deploy.errors import SpecError
 from deploy.spec import loads
 from support import ROOT, admission, api_key, check_golden
@@ -29,6 +29,7 @@ STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-
 # What the README has the user create (the hub Secret is optional): the keys, the router's certificate.
 OUTSIDE = {("Secret", kubernetes.SECRET), ("Secret", kubernetes.ROUTER_TLS_SECRET)}
 LWS_SCHEMA = json.loads((ROOT / "tests/fixtures/leaderworkerset-v1.schema.json").read_text())
+MONITORING_SCHEMA = json.loads((ROOT / "tests/fixtures/monitoring-coreos-v1.schema.json").read_text())
 
 
 def deployment(text: str):
@@ -43,7 +44,9 @@ def deployment(text: str):
 def validate(obj: dict) -> None:
     # The schemas leave names free; the API server does not: a Service's name (ours are all the same) is a DNS-1035 label.
     assert kubernetes.NAME_RE.fullmatch(obj["metadata"]["name"].removesuffix("-models")), obj["metadata"]["name"]
-    if obj["kind"] == "LeaderWorkerSet":
+    if obj["apiVersion"] == kubernetes.MONITORING_API:
+        jsonschema.Draft7Validator(MONITORING_SCHEMA).validate(obj)
+    elif obj["kind"] == "LeaderWorkerSet":
         jsonschema.Draft7Validator(LWS_SCHEMA).validate(obj)
         for role in ("leaderTemplate", "workerTemplate"):
             template = obj["spec"]["leaderWorkerTemplate"][role]
@@ -147,23 +150,37 @@ def test_what_kubernetes_cannot_take_is_refused_with_the_fix(text, gpn, message,
     assert not (tmp_path / "out").exists()
 
 
-def test_what_compose_renders_and_kubernetes_does_not_is_refused_unless_dropped(tmp_path, capsys):
-    """A spec asking for monitoring never renders without it, silently: an error naming its path and the fix,
-    until `--drop monitoring` says to leave it out (and the headers say so); router and jobs may be dropped too."""
+def test_router_monitoring_and_jobs_render_unless_dropped(tmp_path, capsys):
+    """What compose renders beyond the servers renders here too; `--drop FEATURE` leaves one out on request,
+    and the headers say so."""
     spec = tmp_path / "s.yaml"
     spec.write_text("monitoring: true\nrouter:\n  keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}\n"
                     "services:\n  a:\n    preset: smollm2-135m-cpu\n    served_model_name: a\n    batch: true\n")
     out = tmp_path / "out"
-    assert cli.main(["render", str(spec), "--target", "kubernetes", "-o", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "error: monitoring:" in err and "router" not in err and "batch" not in err, err
-    assert err.count("Fix:") == 1 and not out.exists()
-    assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "monitoring", "-o", str(out)]) == 0
-    assert (out / "router.yaml").exists() and (out / "jobs/a-batch.yaml").exists()
+    assert cli.main(["render", str(spec), "--target", "kubernetes", "-o", str(out)]) == 0
+    assert {p.name for p in out.rglob("*.yaml")} >= {"router.yaml", "monitoring.yaml", "a-batch.yaml"}
     assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "--drop", "monitoring",
                      "--drop", "batch", "-o", str(tmp_path / "bare")]) == 0
     assert "# Left out on request (--drop batch --drop monitoring --drop router)" in (tmp_path / "bare/a.yaml").read_text()
-    assert not (tmp_path / "bare/jobs").exists() and not (tmp_path / "bare/router.yaml").exists()
+    assert {p.name for p in (tmp_path / "bare").rglob("*.yaml")} == {"shared.yaml", "a.yaml", "kustomization.yaml"}
+
+
+def test_monitoring_is_pod_monitors_and_the_compose_rules_as_a_prometheus_rule(tmp_path):
+    """The servers scraped as job vllm with the `service` label the rules use, the router as job router over
+    HTTPS, the same rule groups as compose's alerts.yml; a plain prometheus.yml for clusters without the
+    operator; Prometheus admitted to the servers' port by the router's NetworkPolicy."""
+    files = rendered(ROOT / "tests/stacks/k8s/router-tls.yaml", tmp_path)
+    servers, routed, rules, plain = files["monitoring.yaml"]
+    assert servers["kind"] == routed["kind"] == "PodMonitor" and rules["kind"] == "PrometheusRule"
+    assert servers["spec"]["selector"]["matchExpressions"][0]["values"] == ["glm-4-1v-a", "glm-4-1v-b", "glm-4-5-air"]
+    [endpoint] = servers["spec"]["podMetricsEndpoints"]
+    assert {"targetLabel": "job", "replacement": "vllm"} in endpoint["relabelings"] and endpoint["port"] == "http"
+    assert routed["spec"]["podMetricsEndpoints"][0]["scheme"] == "https"
+    assert rules["spec"]["groups"] == yaml.safe_load(monitoring.alerts_yaml())["groups"]
+    assert yaml.safe_load(plain["data"]["prometheus.yml"])["scrape_configs"][0]["kubernetes_sd_configs"] == [{"role": "pod"}]
+    policy = files["router.yaml"][-1]
+    assert {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}} \
+        in policy["spec"]["ingress"][0]["from"]
 
 
 def test_the_router_runs_its_compose_config_with_keys_from_the_secret_and_alone_reaches_the_servers(tmp_path):
@@ -186,9 +203,10 @@ def test_the_router_runs_its_compose_config_with_keys_from_the_secret_and_alone_
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert svc["spec"]["ports"] == [{"name": "http", "port": router.PORT, "targetPort": "http"}]
     assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["glm-4-1v-a", "glm-4-1v-b", "glm-4-5-air"]
-    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "router"}}}],
-                                          "ports": [{"port": 8000, "protocol": "TCP"}]}]
-    assert set(files["shared.yaml"][0]["data"]) == {"liveness.py", "router_start.py"}
+    [ingress] = policy["spec"]["ingress"]
+    assert ingress["from"][0] == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "router"}}}
+    assert ingress["ports"] == [{"port": 8000, "protocol": "TCP"}] and len(ingress["from"]) == 2  # + Prometheus
+    assert set(files["shared.yaml"][0]["data"]) == {"liveness.py", "batch.py", "router_start.py"}
 
 
 def test_a_batch_job_is_a_job_running_the_servers_container_with_its_folders_on_a_claim(tmp_path):
