@@ -326,3 +326,15 @@ def test_each_admission_check_fails_on_a_manifest_broken_for_it(message, tmp_pat
     BREAKS[message](objects)
     found = admission.problems(objects, OUTSIDE)
     assert any(message in p for p in found), found
+
+
+def test_the_router_reaches_a_multi_node_model_through_its_leaders_service(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("router: {keys: {VLLM_API_KEY: '*'}}\nservices:\n  air:\n    preset: glm-4.5-air\n"
+                    "    tensor_parallel_size: 8\n    pipeline_parallel_size: 2\n")
+    files = rendered(spec, tmp_path, "--gpus-per-node", "8")
+    [svc] = [o for o in files["air.yaml"] if o["kind"] == "Service"]
+    assert svc["spec"]["selector"]["role"] == "leader"
+    assert f'  server air "{svc["metadata"]["name"]}.${{POD_NAMESPACE}}.svc.cluster.local:8000"' in \
+        files["router.yaml"][0]["data"]["haproxy.cfg"]
+    assert admission.problems([o for objects in files.values() for o in objects], OUTSIDE) == []
