@@ -16,7 +16,7 @@ from .errors import Collector, Problem, SpecError
 from .kubernetes import DROPPABLE as DROPPABLE_K8S
 from .presets import PRESETS
 from .resolve import Deployment, resolve
-from .write import WriteError, atomic_write, header, write_compose
+from .write import WriteError, atomic_write, header, shown, write_compose
 
 # The checkout this package runs from: compose builds the project's images from its images/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def render_kubernetes(d: Deployment, a) -> int:
         return 1
     out = Path(a.output)
     drop = "".join(f" --drop {x}" for x in sorted(set(a.drop)))
-    head = header(a.spec).replace("-o <this file>", f"--target kubernetes{drop} -o {out}")
+    head = header(a.spec).replace("-o <this file>", f"--target kubernetes{drop} -o {shown(str(out))}")
     if drop:
         head += f"# Left out on request ({drop.strip()}).\n"
     foreign = [n for n in [*files, "kustomization.yaml"]

@@ -51,6 +51,8 @@ SERVICE_DEFAULTS: dict[str, Any] = {
 }
 
 SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY)", re.I)
+# The same words as whole parts of a flag (--hf-token, --api-key; not --tokenizer, --max-num-batched-tokens).
+SECRET_FLAG = re.compile(r"^--(.*-)?(token|secret|password|api-key|access-key)(-.*)?$", re.I)
 MAX_LEN_RE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)([kmgt]?)|(\d{1,15})([KMGT])", re.ASCII)
 IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
 VOLUME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -457,6 +459,10 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
             c.error(f"{path}.extra_args", removed.message(flag))
         if flag == "--api-key":
             c.error(f"{path}.extra_args", "--api-key puts the key in compose.yaml. Fix: drop it; the key is read from the env file.")
+        elif SECRET_FLAG.match(flag):
+            c.error(f"{path}.extra_args", f"{flag[:60]} takes a secret, and extra_args go into compose.yaml. Fix: drop "
+                    "it; put the secret in the env file it belongs to (hub tokens: hub.env, e.g. HF_TOKEN=...; keys: "
+                    "secrets.env), which the containers read.")
     if val.get("api_key") is False:
         c.warn(f"{path}.api_key", "false: anyone who reaches the port can use the model.")
     return source

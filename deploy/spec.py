@@ -379,10 +379,11 @@ def _to_python(node, path: str, lines: dict[str, int], c: Collector, loader, see
         return [_to_python(n, f"{path}[{i}]", lines, c, loader, seen, depth + 1) for i, n in enumerate(node.value)]
     try:
         return loader.construct_object(node, deep=True)
-    except (yaml.YAMLError, ValueError, OverflowError) as e:  # impossible dates, bad tags, over-long integers
-        problem = getattr(e, "problem", None) or str(e)
-        c.error(path or "(top level)", f"this value cannot be read ({str(problem)[:120]}). Fix: write a plain "
-                "string, number or true/false.")
+    except Exception as e:  # noqa: BLE001  any constructor failure: impossible dates, `!!bool maybe`, over-long integers
+        problem = getattr(e, "problem", None) or f"{type(e).__name__}: {e}"
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        c.error(path or "(top level)", f"{node.value[:40]!r} cannot be read as {tag} ({str(problem)[:120]}). Fix: "
+                "write a plain string, number or true/false (without a !!tag).")
         return None
 
 
