@@ -126,13 +126,15 @@ def cmd_doctor(a) -> int:
 
 
 def cmd_presets(a) -> int:
-    rows = [("name", "model", "TP", "device", "summary")]
+    rows = [("name", "model", "GPUs", "GPU memory", "min vLLM", "summary")]
     for p in PRESETS.values():
         v = p.values
-        rows.append((p.name, v["model"], str(v.get("tensor_parallel_size", 1)), v.get("device", "gpu"), p.summary))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        gpus = "cpu" if v.get("device") == "cpu" else str(v.get("tensor_parallel_size", 1) * v.get("pipeline_parallel_size", 1))
+        memory = f"{p.gpu_memory_gb:g} GB" if p.gpu_memory_gb else (f"~{p.download_gb:g} GB weights" if gpus != "cpu" else "-")
+        rows.append((p.name, v["model"], gpus, memory, p.min_vllm or versions.OLDEST, p.summary))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=False)) + "  " + r[4])
+        print("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=False)) + "  " + r[5])
     return 0
 
 

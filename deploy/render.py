@@ -59,6 +59,7 @@ def host_command(s: Service, version: VllmVersion) -> tuple[dict[str, str], list
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpu_ids))
     if s.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
+    env.update(dict(s.env))
     return env, argv + vllm_flags(s, version)
 
 

@@ -18,7 +18,7 @@ from .errors import Collector, did_you_mean
 from .presets import PRESETS
 from .runtime.source import FORMS, Source
 from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
-from .versions import NEWEST, OLDEST, VllmVersion
+from .versions import FLAGS, NEWEST, OLDEST, VllmVersion
 
 CONTAINER_PORT = 8000
 # The services the generator adds beside the user's (compose service names, also host names on the stack's network).
@@ -125,6 +125,8 @@ class Service:
     reasoning_parser: str | None = None
     enable_auto_tool_choice: bool | None = None
     chat_template: str | None = None
+    chat_template_content_format: str | None = None
+    speculative_config: tuple[tuple[str, Any], ...] | None = None
     limit_mm_per_prompt: tuple[tuple[str, int], ...] | None = None
     allowed_local_media_path: str | None = None
     media_dir: str | None = None
@@ -320,6 +322,10 @@ def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images:
         if preset is None:
             c.error(f"{path}.preset", f"unknown preset {spec.preset[:60]!r}.{did_you_mean(spec.preset, PRESETS)} "
                     f"Known: {', '.join(PRESETS)}.")
+        elif preset.min_vllm and version < VllmVersion.parse(preset.min_vllm):
+            c.error(f"{path}.preset", f"{preset.name} needs vLLM {preset.min_vllm} or later ({preset.min_vllm_why}); "
+                    f"this stack pins {version}. Fix: set vllm_version: {max(preset.min_vllm, pins.VLLM, key=VllmVersion.parse)} "
+                    f"(or remove vllm_version: the default is {pins.VLLM}).")
     for f in fields(ServiceSpec):
         if f.name == "preset":
             continue
@@ -378,6 +384,10 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
         c.error(f"{path}.served_model_name", f"{served[:60]!r} has characters clients cannot send safely. "
                 f"Fix: letters, digits and _ . : / - only.")
 
+    if "speculative_config" in val and not version.has("speculative_config"):
+        since = next(f.since for f in FLAGS if f.field == "speculative_config")
+        c.error(f"{path}.speculative_config", f"MTP (--speculative-config, method mtp) is rendered for vLLM {since} and "
+                f"later; this stack pins {version}. Fix: raise vllm_version to {since} or later, or remove it.")
     for key in ("tool_call_parser", "reasoning_parser"):
         if key in val:
             err, warn = version.check_parser(key.split("_")[0], val[key])

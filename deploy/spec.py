@@ -156,6 +156,30 @@ def sampling(v, path, c):
     return tuple(out.items())
 
 
+def speculative(v, path, c):
+    """--speculative-config as the GLM recipes write it: MTP (the checkpoint's own draft layers) with N tokens."""
+    if not isinstance(v, dict) or not v:
+        return _type_error(c, path, v, "a mapping such as {method: mtp, num_speculative_tokens: 1}")
+    out = {}
+    for k, x in v.items():
+        if k == "method":
+            if x != "mtp":
+                c.error(f"{path}.method", f"{str(x)[:40]!r}: only mtp (the model's own draft layers) is rendered. "
+                        "Fix: method: mtp, or pass another --speculative-config in extra_args.")
+            out[k] = x
+        elif k == "num_speculative_tokens":
+            if isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 16:
+                out[k] = x
+            else:
+                _type_error(c, f"{path}.{k}", x, "an integer from 1 to 16 (the GLM recipes use 1, 3 or 5)")
+        else:
+            c.error(f"{path}.{k}", f"unknown key {str(k)[:40]!r}. Fix: use method and num_speculative_tokens.")
+    if "num_speculative_tokens" not in out and "num_speculative_tokens" not in v:
+        c.error(f"{path}.num_speculative_tokens", "is missing. Fix: set it, such as num_speculative_tokens: 1.")
+    tokens = (("num_speculative_tokens", out["num_speculative_tokens"]),) if "num_speculative_tokens" in out else ()
+    return (("method", out.get("method", "mtp")), *tokens)
+
+
 def choice(*options: str) -> Check:
     def check(v, path, c):
         if v in options:
@@ -216,6 +240,9 @@ class ServiceSpec:
     reasoning_parser: str | None = _f(string, "--reasoning-parser")
     enable_auto_tool_choice: bool | None = _f(boolean, "--enable-auto-tool-choice")
     chat_template: str | None = _f(string, "--chat-template (path inside the container)")
+    chat_template_content_format: str | None = _f(choice("auto", "string", "openai"), "--chat-template-content-format")
+    speculative_config: tuple | None = _f(speculative, "MTP speculative decoding, off unless set: {method: mtp, "
+                                                       "num_speculative_tokens: N} (--speculative-config)")
     limit_mm_per_prompt: tuple | None = _f(mm_limits, "--limit-mm-per-prompt")
     allowed_local_media_path: str | None = _f(string, "--allowed-local-media-path (inside the container)")
     media_dir: str | None = _f(string, "host directory mounted read-only at allowed_local_media_path")

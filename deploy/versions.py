@@ -123,6 +123,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("dtype", "--dtype"),
     Flag("trust_remote_code", "--trust-remote-code", "bool"),
     Flag("chat_template", "--chat-template"),
+    Flag("chat_template_content_format", "--chat-template-content-format"),
+    # The generic "mtp" method, read in the 0.11.0 wheel (vllm/config/speculative.py); not read before it.
+    Flag("speculative_config", "--speculative-config", "json", since=_v("0.11.0")),
     Flag("enable_auto_tool_choice", "--enable-auto-tool-choice", "bool"),
     Flag("tool_call_parser", "--tool-call-parser"),
     Flag("reasoning_parser", "--reasoning-parser"),

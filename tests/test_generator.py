@@ -689,3 +689,26 @@ def test_flags_that_only_sound_like_secrets_pass(flag):
 
     assert not resolve.SECRET_FLAG.match(flag)
     assert all(resolve.SECRET_FLAG.match(f) for f in ("--hf-token", "--api-key", "--s3-secret", "--db-password"))
+
+
+def test_a_preset_refuses_a_vllm_older_than_it_needs_naming_the_version(tmp_path, capsys):
+    from deploy.presets import PRESETS
+
+    for p in (p for p in PRESETS.values() if p.min_vllm):
+        older = {"0.12.0": "0.11.0", "0.15.0": "0.14.1", "0.30.0": "0.29.0", "0.14.0": "0.13.0", "0.24.0": "0.23.0"}[p.min_vllm]
+        spec = tmp_path / f"{p.name}.yaml"
+        spec.write_text(f"vllm_version: {older}\nservices:\n  a:\n    preset: {p.name}\n")
+        assert cli.main(["check", str(spec)]) == 1, p.name
+        err = capsys.readouterr().err
+        assert f"{p.name} needs vLLM {p.min_vllm} or later" in err and f"this stack pins {older}" in err and "Fix:" in err
+        spec.write_text(f"vllm_version: {p.min_vllm}\nservices:\n  a:\n    preset: {p.name}\n")
+        assert cli.main(["check", str(spec)]) == 0, capsys.readouterr().err
+
+
+def test_mtp_is_off_unless_asked_and_renders_as_the_recipes_write_it():
+    from deploy.presets import PRESETS
+
+    assert all("speculative_config" not in p.values for p in PRESETS.values())
+    d = deployment("services:\n  s:\n    preset: glm-4.7-flash\n    speculative_config: {method: mtp, num_speculative_tokens: 3}\n")
+    argv = render.server_argv(d.service("s"), d.vllm_version)
+    assert argv[argv.index("--speculative-config") + 1] == '{"method":"mtp","num_speculative_tokens":3}'

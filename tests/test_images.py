@@ -53,7 +53,7 @@ def test_every_dockerfile_is_built_by_the_generator():
 def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
     """Every service's flags, as rendered for the pinned vLLM, go through that vLLM's own parser."""
     argvs = {}
-    for spec in ("deploy/stacks/default.yaml", "tests/stacks/scripted-cpu.yaml"):
+    for spec in ("deploy/stacks/default.yaml", "tests/stacks/scripted-cpu.yaml", "tests/stacks/gpu/glm-2026.yaml"):
         d = deploy.load(str(ROOT / spec))
         for s in d.services:
             argvs[f"{spec}:{s.name}"] = render.server_argv(s, d.vllm_version)
@@ -73,7 +73,9 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
         "for name, argv in json.loads(sys.argv[1]).items():\n"
         "    a = p.parse_args(argv)\n"
         "    out[name] = [a.model, a.served_model_name, a.tool_call_parser, a.reasoning_parser, a.limit_mm_per_prompt,\n"
-        "                 [a.nnodes, a.node_rank, a.master_addr, a.headless]]\n"
+        "                 [a.nnodes, a.node_rank, a.master_addr, a.headless],\n"
+        "                 [str(a.speculative_config), a.chat_template_content_format, a.enable_flashinfer_autotune,\n"
+        "                  a.mm_encoder_tp_mode, a.mm_processor_cache_type, a.max_model_len]]\n"
         "print(json.dumps(out))\n"
     )
     r = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3",
@@ -84,6 +86,15 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
     assert air[:4] == ["/models/ZhipuAI--GLM-4.5-Air", ["glm-4.5-air"], "glm45", "glm45"]
     assert parsed["deploy/stacks/default.yaml:glm-4.1v"][4] == {"image": 32, "video": 1}
     assert parsed["k8s:leader"][5] == [2, 0, "10.0.0.7", False] and parsed["k8s:worker"][5] == [2, 1, "10.0.0.7", True]
+    # The late-2026 GLM presets: their parsers, limits and extra flags as the pinned vLLM reads them.
+    new = {k.rpartition(":")[2]: v for k, v in parsed.items() if k.startswith("tests/stacks/gpu/glm-2026.yaml:")}
+    assert {k: v[2:4] for k, v in new.items()} == {
+        "glm-4.6v": ["glm45", "glm45"], "glm-4.6v-fp8": ["glm45", "glm45"], "glm-4.6v-flash": ["glm45", "glm45"],
+        "glm-4.7-flash": ["glm47", "glm45"], "glm-5.3-flash-fp8": ["glm47", "glm47"], "glm-4.7-fp8": ["glm47", "glm45"],
+        "glm-5.1-fp8": ["glm47", "glm47"]}
+    assert new["glm-4.6v"][6][3:5] == ["data", "shm"] and new["glm-4.6v-flash"][4] == {"image": 32, "video": 1}
+    assert "'method': 'mtp'" in new["glm-4.7-flash"][6][0] and "'num_speculative_tokens': 1" in new["glm-4.7-flash"][6][0]
+    assert new["glm-5.1-fp8"][6][1] == "string" and new["glm-5.3-flash-fp8"][6][2] is False
 
 
 @pytest.mark.docker
