@@ -65,4 +65,5 @@ def default_images(version: VllmVersion) -> dict[str, str]:
     """Role → image reference: the upstream GPU image, and the project's images by their catalog tags."""
     tags = {i.name: i.tag for i in catalog(version).values()}
     return {"vllm": pins.VLLM_GPU_IMAGE.format(version=version), "vllm_cpu": tags["vllm-cpu"],
-            "model_fetch": tags["model-fetch"], "prometheus": tags["prometheus"], "router": tags["router"]}
+            "model_fetch": tags["model-fetch"], "prometheus": tags["prometheus"], "router": tags["router"],
+            "grafana": pins.GRAFANA_IMAGE}

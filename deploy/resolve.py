@@ -22,7 +22,8 @@ from .versions import FLAGS, NEWEST, OLDEST, VllmVersion
 
 CONTAINER_PORT = 8000
 # The services the generator adds beside the user's (compose service names, also host names on the stack's network).
-ROUTER, PROMETHEUS = "router", "prometheus"
+ROUTER, PROMETHEUS, GRAFANA = "router", "prometheus", "grafana"
+GRAFANA_PASSWORD = "GF_SECURITY_ADMIN_PASSWORD"  # Grafana's admin password, generated into the env file
 
 
 def fetch_name(service: str) -> str:
@@ -202,10 +203,13 @@ class Deployment:
     monitoring_port: int | None = None  # Prometheus's host port; None: no monitoring
     router: Router | None = None
 
+    grafana_port: int | None = None  # Grafana's host port (with monitoring)
+
     def key_names(self) -> tuple[str, ...]:
-        """The variables env_file must hold: the servers' key, then the router's keys."""
+        """The variables env_file must hold: the servers' key, the router's keys, Grafana's admin password."""
         names = ["VLLM_API_KEY"] if any(s.api_key for s in self.services) else []
-        return tuple(dict.fromkeys(names + [name for name, _ in (self.router.keys if self.router else ())]))
+        names += [name for name, _ in (self.router.keys if self.router else ())]
+        return tuple(dict.fromkeys(names + ([GRAFANA_PASSWORD] if self.grafana_port else [])))
 
     def image(self, role: str) -> str:
         return dict(self.images)[role]
@@ -253,7 +257,7 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
                                    for name, s in spec.services)))
     _check_across(services, c, routed=spec.router is not None)
     router = _resolve_router(spec, services, c) if spec.router is not None else None
-    monitoring_port = None
+    monitoring_port = grafana_port = None
     if spec.monitoring is not None:
         monitoring_port = spec.monitoring.port or 9090
         if used := next((s.name for s in services if s.port == monitoring_port), None):
@@ -263,8 +267,16 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
             c.error(f"services.{PROMETHEUS}", "collides with the monitoring service. Fix: rename it.")
         if router and router.port == monitoring_port:
             c.error("monitoring.port", f"host port {monitoring_port} is already the router's. Fix: give Prometheus another port.")
+        grafana_port = spec.monitoring.grafana_port or 3000
+        taken = {s.port: f"service {s.name!r}" for s in services} | ({router.port: "the router's"} if router else {})
+        taken[monitoring_port] = "Prometheus's"
+        if grafana_port in taken:
+            c.error("monitoring.grafana_port", f"host port {grafana_port} is already {taken[grafana_port]}. "
+                    "Fix: give Grafana another port (monitoring.grafana_port).")
+        if GRAFANA in {s.name for s in services}:
+            c.error(f"services.{GRAFANA}", "collides with the monitoring profile's Grafana. Fix: rename it.")
     return Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port,
-                      router)
+                      router, grafana_port if spec.monitoring is not None else None)
 
 
 def _resolve_router(spec: StackSpec, services: tuple[Service, ...], c: Collector) -> Router:

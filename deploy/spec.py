@@ -269,10 +269,13 @@ class Images:
     model_fetch: str | None = _f(string, "model download image")
     prometheus: str | None = _f(string, "monitoring image (default: built from images/prometheus)")
     router: str | None = _f(string, "router image (default: built from images/router)")
+    grafana: str | None = _f(string, "dashboards image (default: the pinned upstream grafana/grafana)")
 
 
 @dataclass(frozen=True)
 class MonitoringSpec:
+    # (grafana_port first: inside the class body, `port` below would name the field, not the check)
+    grafana_port: int | None = _f(port, "host port of Grafana, its dashboards (default 3000)")
     port: int | None = _f(port, "host port of Prometheus (default 9090)")
 
 

@@ -712,3 +712,24 @@ def test_mtp_is_off_unless_asked_and_renders_as_the_recipes_write_it():
     d = deployment("services:\n  s:\n    preset: glm-4.7-flash\n    speculative_config: {method: mtp, num_speculative_tokens: 3}\n")
     argv = render.server_argv(d.service("s"), d.vllm_version)
     assert argv[argv.index("--speculative-config") + 1] == '{"method":"mtp","num_speculative_tokens":3}'
+
+
+def test_monitoring_brings_grafana_with_its_dashboard_and_a_generated_password(tmp_path):
+    """Grafana (pinned upstream image) in the monitoring profile: Prometheus as its data source, the dashboard
+    provisioned read-only, the admin password generated into the env file (never into compose.yaml), no
+    anonymous access; its port checked like the others."""
+    from deploy import dashboards, pins
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("monitoring: {port: 9191, grafana_port: 3300}\nservices:\n  a:\n    preset: smollm2-135m-cpu\n")
+    assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0
+    doc = yaml.safe_load((tmp_path / "compose.yaml").read_text())
+    g = doc["services"]["grafana"]
+    password = (tmp_path / "secrets.env").read_text().split("GF_SECURITY_ADMIN_PASSWORD=")[1].split()[0]
+    assert g["image"] == pins.GRAFANA_IMAGE and g["ports"] == ["127.0.0.1:3300:3000"] and g["profiles"] == ["monitoring"]
+    assert g["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and password not in (tmp_path / "compose.yaml").read_text()
+    assert "http://prometheus:9090" in doc["configs"]["grafana-datasource"]["content"]
+    board = json.loads(doc["configs"]["grafana-dashboard"]["content"].replace("$$", "$"))
+    assert [p["title"] for p in board["panels"]] == [p[0] for p in dashboards.panels(routed=False)]
+    spec.write_text("monitoring: {grafana_port: 8002}\nservices:\n  a:\n    preset: smollm2-135m-cpu\n    port: 8002\n")
+    assert cli.main(["check", str(spec)]) == 1

@@ -170,7 +170,8 @@ def test_monitoring_is_pod_monitors_and_the_compose_rules_as_a_prometheus_rule(t
     HTTPS, the same rule groups as compose's alerts.yml; a plain prometheus.yml for clusters without the
     operator; Prometheus admitted to the servers' port by the router's NetworkPolicy."""
     files = rendered(ROOT / "tests/stacks/k8s/router-tls.yaml", tmp_path)
-    servers, routed, rules, plain = files["monitoring.yaml"]
+    servers, routed, rules, plain, board = files["monitoring.yaml"]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1" and "vllm-compose.json" in board["data"]
     assert servers["kind"] == routed["kind"] == "PodMonitor" and rules["kind"] == "PrometheusRule"
     assert servers["spec"]["selector"]["matchExpressions"][0]["values"] == ["glm-4-1v-a", "glm-4-1v-b", "glm-4-5-air"]
     [endpoint] = servers["spec"]["podMetricsEndpoints"]

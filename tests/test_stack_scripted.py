@@ -315,6 +315,39 @@ def test_every_metric_the_rules_use_is_exported_by_the_pinned_vllm(scripted):
     assert f"SUCCESS: {len(monitoring.ALERTS)} rules found" in r.stdout, r.stdout
 
 
+def test_every_dashboard_panel_shows_data_from_the_live_stack(scripted):
+    """The Grafana dashboard's queries (deploy/dashboards.py) through the live Prometheus scraping real vLLM and
+    the router, with Grafana's variables filled in as it would (rate window 1m, every server): each returns
+    series, and each histogram panel a number, after a few requests — a renamed metric leaves a panel empty and
+    fails here. Grafana itself cannot run on these machines (environment.md); its provisioning is checked in
+    tests/test_generator.py."""
+    import math
+
+    from deploy import dashboards
+
+    work, ports, key = scripted
+    c = client(work, ports["router"], key)
+    for model in SERVED.values():
+        c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    empty: dict = {}
+    for _ in range(45):
+        empty = {}
+        for title, _, targets, _ in dashboards.panels(routed=True):
+            for legend, expr in targets:
+                q = expr.replace(dashboards.RATE, "1m").replace('"$service"', '".*"')
+                values = [float(r["value"][1]) for r in prom(ports["prometheus"], "/api/v1/query?query=" + urllib.parse.quote(q))["result"]]
+                if not values or ("histogram_quantile" in q and all(math.isnan(v) for v in values)):
+                    empty[f"{title} / {legend}"] = q
+        if not empty:
+            break
+        time.sleep(2)
+    assert empty == {}, empty
+    assert dashboards.metric_names() <= monitoring.metric_names() | {
+        line.split("{")[0].split(" ")[0] for line in compose(work, "exec", "-T", "glm45-reasoning", "python3", "-c",
+            "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/metrics').read().decode())").stdout.splitlines()
+        if line and not line.startswith("#")}
+
+
 # ------------------------------------------------------------------ last: stops a server
 
 

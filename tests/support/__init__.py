@@ -96,8 +96,8 @@ def with_ports(spec: Path, out: Path) -> tuple[Path, dict[str, int]]:
         for name, body in data["services"].items():
             body["port"] = ports[name] = free_port()
     if data.get("monitoring"):
-        data["monitoring"] = {"port": free_port()}
-        ports["prometheus"] = data["monitoring"]["port"]
+        data["monitoring"] = {"port": free_port(), "grafana_port": free_port()}
+        ports["prometheus"], ports["grafana"] = data["monitoring"]["port"], data["monitoring"]["grafana_port"]
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out, ports
 
