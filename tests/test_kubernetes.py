@@ -178,7 +178,11 @@ def test_monitoring_is_pod_monitors_and_the_compose_rules_as_a_prometheus_rule(t
     assert {"targetLabel": "job", "replacement": "vllm"} in endpoint["relabelings"] and endpoint["port"] == "http"
     assert routed["spec"]["podMetricsEndpoints"][0]["scheme"] == "https"
     assert rules["spec"]["groups"] == yaml.safe_load(monitoring.alerts_yaml())["groups"]
-    assert yaml.safe_load(plain["data"]["prometheus.yml"])["scrape_configs"][0]["kubernetes_sd_configs"] == [{"role": "pod"}]
+    jobs = yaml.safe_load(plain["data"]["prometheus.yml"])["scrape_configs"]
+    assert [j["job_name"] for j in jobs] == ["vllm", "router"] and jobs[0]["kubernetes_sd_configs"] == [{"role": "pod"}]
+    assert jobs[0]["relabel_configs"][0] == {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+                                             "regex": "glm-4-1v-a|glm-4-1v-b|glm-4-5-air", "action": "keep"}
+    assert jobs[1]["scheme"] == "https" and yaml.safe_load(plain["data"]["alerts.yml"]) == {"groups": rules["spec"]["groups"]}
     policy = files["router.yaml"][-1]
     assert {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}} \
         in policy["spec"]["ingress"][0]["from"]

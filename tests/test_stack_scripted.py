@@ -399,9 +399,11 @@ def test_the_kubernetes_router_config_passes_haproxys_own_check(scripted, tmp_pa
     assert "could not resolve address 'glm-4-1v-a.llm.svc.cluster.local'" in r.stdout + r.stderr
 
 
-def test_the_kubernetes_prometheus_config_and_rules_pass_promtool(scripted, tmp_path):
-    """Monitoring as rendered for Kubernetes (a cluster without the operator: prometheus.yml finding pods through
-    the Kubernetes API; the PrometheusRule's groups) through `promtool` of the Prometheus image this stack runs."""
+def test_the_kubernetes_monitoring_rules_pass_promtool(scripted, tmp_path):
+    """The PrometheusRule rendered for Kubernetes (its groups) through `promtool check rules` of the Prometheus image
+    this stack runs. Its plain prometheus.yml (Kubernetes service discovery) is not checked by promtool here:
+    Debian's Prometheus is built without Kubernetes discovery (`field kubernetes_sd_configs not found`); its
+    structure is checked in tests/test_kubernetes.py."""
     import os
     import subprocess
 
@@ -411,17 +413,11 @@ def test_the_kubernetes_prometheus_config_and_rules_pass_promtool(scripted, tmp_
     from deploy import kubernetes
 
     d = deploy.load(str(ROOT / "tests/stacks/k8s/router-tls.yaml"))
-    objects = kubernetes.monitoring_objects(d, routed=True)
-    rules = next(o for o in objects if o["kind"] == "PrometheusRule")
-    plain = next(o for o in objects if o["kind"] == "ConfigMap")
-    (tmp_path / "prometheus.yml").write_text(plain["data"]["prometheus.yml"])
-    (tmp_path / "alerts.yml").write_text(plain["data"]["alerts.yml"])
+    rules = next(o for o in kubernetes.monitoring_objects(d, routed=True) if o["kind"] == "PrometheusRule")
     (tmp_path / "rule.yml").write_text(yaml.safe_dump({"groups": rules["spec"]["groups"]}))
-    for f in tmp_path.iterdir():
-        os.chmod(f, 0o644)
+    os.chmod(tmp_path / "rule.yml", 0o644)
     os.chmod(tmp_path, 0o755)
-    for args in (["check", "config", "/etc/prometheus/prometheus.yml"], ["check", "rules", "/etc/prometheus/rule.yml"]):
-        r = subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{tmp_path}:/etc/prometheus:ro",
-                            "--entrypoint", "promtool", d.image("prometheus"), *args],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{tmp_path}:/etc/prometheus:ro",
+                        "--entrypoint", "promtool", d.image("prometheus"), "check", "rules", "/etc/prometheus/rule.yml"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"SUCCESS: {len(monitoring.ALERTS)} rules found" in r.stdout, r.stdout + r.stderr
