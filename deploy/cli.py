@@ -211,8 +211,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--target", choices=("compose", "kubernetes"), default="compose",
                    help="compose (default), or Kubernetes manifests: one file per service (deploy/kubernetes.py)")
     r.add_argument("--drop", action="append", default=[], choices=sorted(DROPPABLE_K8S), metavar="FEATURE",
-                   help="kubernetes: render without FEATURE: router or monitoring (which that target does not render "
-                        "yet: without --drop such a spec is refused), or batch (the jobs in jobs/)")
+                   help="kubernetes: leave FEATURE out (router, monitoring, or batch: the jobs in jobs/); every "
+                        "file's header says so")
     r.add_argument("--gpus-per-node", type=int, default=8, metavar="N",
                    help="kubernetes: GPUs one node has; a service needing more becomes a multi-node LeaderWorkerSet")
     c = add("check", "validate a spec and show every resolved value with its origin",
