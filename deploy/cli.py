@@ -16,7 +16,7 @@ from .errors import Collector, Problem, SpecError
 from .kubernetes import DROPPABLE as DROPPABLE_K8S
 from .presets import PRESETS
 from .resolve import Deployment, resolve
-from .write import WriteError, atomic_write, header, shown, write_compose
+from .write import WriteError, atomic_write, header, rotate_keys, shown, write_compose
 
 # The checkout this package runs from: compose builds the project's images from its images/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +125,29 @@ def cmd_doctor(a) -> int:
     return doctor.main(d, a.service, Path(a.dir), a.spec)
 
 
+def cmd_rotate_keys(a) -> int:
+    d, c = load_deployment(a.spec)
+    _print_warnings(c, a.spec)
+    names = tuple(a.key or d.key_names())
+    if unknown := [n for n in names if n not in d.key_names()]:
+        print(f"{a.spec}: {', '.join(unknown)} is no key of this stack (it has {', '.join(d.key_names())}). "
+              "Fix: pass one of those with --key.", file=sys.stderr)
+        return 1
+    env = Path(a.dir) / d.env_file
+    try:
+        rotate_keys(env, names)
+    except WriteError as e:
+        print(f"{a.spec}: {e}", file=sys.stderr)
+        return 1
+    # Every container that reads the env file picks the new keys up only when recreated.
+    readers = [s.name for s in d.services if s.api_key] + (["router"] if d.router else []) + \
+              (["grafana"] if d.grafana_port else [])
+    print(f"new {', '.join(names)} in {env} (the old ones stop working once the services are recreated): "
+          f"docker compose up -d --force-recreate {' '.join(readers)}; then give clients the new keys from {env}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_presets(a) -> int:
     rows = [("name", "model", "GPUs", "GPU memory", "min vLLM", "summary")]
     for p in PRESETS.values():
@@ -225,6 +248,12 @@ def parser() -> argparse.ArgumentParser:
                     "`docker compose up` starts, those without a profile)")
     dr.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env file (default: .)")
     add("presets", "list the presets", "python -m deploy presets", cmd_presets)
+    rk = add("rotate-keys", "replace the stack's keys in its env file with new generated ones (all, or --key NAME), "
+             "e.g. after a leak; prints what to recreate", "python -m deploy rotate-keys deploy/stacks/default.yaml",
+             cmd_rotate_keys)
+    rk.add_argument("spec")
+    rk.add_argument("--key", action="append", help="only this variable (repeatable; default: every key of the stack)")
+    rk.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env file (default: .)")
     g = add("args", "print the `vllm serve` command for one service (to run without Docker)",
             "python -m deploy args deploy/stacks/default.yaml --service glm-4.5-air", cmd_args)
     g.add_argument("spec")

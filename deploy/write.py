@@ -82,6 +82,22 @@ def ensure_env_file(path: Path, names: tuple[str, ...]) -> tuple[list[str], list
     return lacking, []
 
 
+def rotate_keys(path: Path, names: tuple[str, ...]) -> None:
+    """Give each of NAMES a new generated key in the env file at PATH, in place (written whole, mode kept); every
+    other line unchanged. Only a file this tool made is touched. Raises WriteError naming the fix."""
+    if not path.is_file():
+        raise WriteError(f"{path} does not exist. Fix: render the spec first (it creates the env file), or pass --dir.")
+    text = path.read_text(encoding="utf-8")
+    if not text.startswith((ENV_HEADER, OLD_HEADER)):
+        raise WriteError(f"{path} was not made by this tool, so it is left alone. Fix: replace the keys in it yourself "
+                         "(each `NAME=sk-...`, 20 characters or more).")
+    if missing := [n for n in names if n not in envfile.read(path)]:
+        raise WriteError(f"{path} has no {', '.join(missing)}. Fix: render the spec again (it adds missing keys).")
+    lines = [f"{line.partition('=')[0]}={new_key()}" if line.partition("=")[0].strip() in names
+             and not line.lstrip().startswith("#") else line for line in text.splitlines()]
+    atomic_write(path, "\n".join(lines) + "\n", path.stat().st_mode & 0o777)
+
+
 def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
     """compose.yaml at OUT, the env file beside it (keys it lacks, if this tool made it), and the host folders
     the services mount that are missing (made by the user who renders, so that the containers' user can read

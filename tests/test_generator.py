@@ -733,3 +733,31 @@ def test_monitoring_brings_grafana_with_its_dashboard_and_a_generated_password(t
     assert [p["title"] for p in board["panels"]] == [p[0] for p in dashboards.panels(routed=False)]
     spec.write_text("monitoring: {grafana_port: 8002}\nservices:\n  a:\n    preset: smollm2-135m-cpu\n    port: 8002\n")
     assert cli.main(["check", str(spec)]) == 1
+
+
+def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(tmp_path, capsys):
+    """After a leak (the LiteLLM 1.107.0 incident's advice: rotate every secret the proxy saw): new generated keys in
+    the env file this tool made, mode and other lines kept, the services to recreate named; a file the user wrote
+    is left alone."""
+    from deploy import envfile
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("router: {keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}}\nservices:\n  a:\n    preset: smollm2-135m-cpu\n"
+                    "    served_model_name: a\n")
+    assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0
+    env = tmp_path / "secrets.env"
+    with env.open("a") as f:
+        f.write("# mine\nOTHER=1\n")
+    before = envfile.read(env)
+    capsys.readouterr()
+    assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path), "--key", "ROUTER_KEY_A"]) == 0
+    after, err = envfile.read(env), capsys.readouterr().err
+    assert after["ROUTER_KEY_A"] != before["ROUTER_KEY_A"] and after["VLLM_API_KEY"] == before["VLLM_API_KEY"]
+    assert after["OTHER"] == "1" and "# mine" in env.read_text() and oct(env.stat().st_mode & 0o777) == "0o600"
+    assert after["ROUTER_KEY_A"] not in err and "--force-recreate a router" in err
+    assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 0
+    assert all(envfile.read(env)[k] != after[k] for k in ("VLLM_API_KEY", "ROUTER_KEY_A"))
+    assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path), "--key", "NOPE"]) == 1
+    env.write_text("VLLM_API_KEY=sk-mine-mine-mine-mine-mine\n")
+    assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 1
+    assert "left alone" in capsys.readouterr().err and env.read_text() == "VLLM_API_KEY=sk-mine-mine-mine-mine-mine\n"
