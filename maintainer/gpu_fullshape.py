@@ -41,12 +41,13 @@ FIX = Path("/var/stage/fixtures")
 AIR_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full.yaml")
 AIR_TP2_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full-tp2.yaml")
 VISION_SPEC = str(ROOT / "tests/stacks/gpu/glm41v-full.yaml")
+FLASH_SPEC = str(ROOT / "tests/stacks/gpu/glm-flash-full.yaml")
 CONCURRENCY = {1: 4, 16: 32, 64: 128, 256: 512}  # max concurrency → number of prompts
 FUSION_OFF = ["--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}']
 
 
 def fixtures() -> None:
-    for kind, name in (("air", "glm-4.5-air-full"), ("vision", "glm-4.1v-full")):
+    for kind, name in (("air", "glm-4.5-air-full"), ("vision", "glm-4.1v-full"), ("flash47", "glm-4.7-flash-full")):
         if not (FIX / name / "config.json").exists():
             subprocess.run([sys.executable, str(ROOT / "tests/fixtures/glm_full_shape.py"), kind, str(FIX / name)], check=True)
     Path("/var/stage/media").mkdir(parents=True, exist_ok=True)
@@ -183,6 +184,24 @@ def vision_checks(s: Server, res: dict) -> None:
     log(f"vision: {res}")
 
 
+def gpu_memory(s: Server, res: dict) -> None:
+    r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
+                       capture_output=True, text=True)
+    res["gpu_memory_mib"] = r.stdout.strip()
+
+
+def flash() -> None:
+    """The one-GPU 2026 presets (tests/stacks/gpu/glm-flash-full.yaml), each with exactly its preset's argv."""
+    def vision_flash(s: Server, res: dict) -> None:
+        gpu_memory(s, res)
+        vision_checks(s, res)
+
+    run_server("flash.glm-4.6v-flash", FLASH_SPEC, "glm-4.6v-flash", "/var/stage/cache-flash46", do_smoke=True,
+               do_bench=False, checks=vision_flash)
+    run_server("flash.glm-4.7-flash", FLASH_SPEC, "glm-4.7-flash", "/var/stage/cache-flash47", do_smoke=True,
+               do_bench=False, checks=gpu_memory)
+
+
 def vision() -> None:
     run_server("vision.preset", VISION_SPEC, "glm-4.1v", "/var/stage/cache-vision", do_smoke=True, do_bench=False,
                checks=vision_checks)
@@ -193,7 +212,7 @@ if __name__ == "__main__":
     fixtures()
     for step in sys.argv[1:] or ["air", "vision", "ep"]:
         try:
-            {"air": air, "vision": vision, "ep": ep, "fp8": fp8}[step]()
+            {"air": air, "vision": vision, "ep": ep, "fp8": fp8, "flash": flash}[step]()
         except Exception as e:  # keep what was measured; say what broke
             log(f"{step} failed: {type(e).__name__}: {e}")
             record(f"{step}.error", f"{type(e).__name__}: {e}")
