@@ -119,6 +119,7 @@ class Service:
     gpus: int | tuple[int, ...] | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    api_server_count: int | None = None
     max_model_len: int | str | None = None
     gpu_memory_utilization: float | None = None
     dtype: str | None = None

@@ -233,6 +233,8 @@ class ServiceSpec:
     gpus: int | tuple | None = _f(gpus, "GPU count or list of GPU ids")
     tensor_parallel_size: int | None = _f(positive_int, "--tensor-parallel-size")
     pipeline_parallel_size: int | None = _f(positive_int, "--pipeline-parallel-size")
+    api_server_count: int | None = _f(positive_int, "API server processes (--api-server-count): they decode and resize "
+                                                    "images, tokenize, detokenize and stream; the engine stays one")
     max_model_len: int | str | None = _f(int_or_string, "--max-model-len: 32768, 32k (=32000), 32K (=32768)")
     gpu_memory_utilization: float | None = _f(fraction, "--gpu-memory-utilization")
     dtype: str | None = _f(choice("auto", "bfloat16", "float16", "float32", "half", "float"), "--dtype")

@@ -118,6 +118,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("served_model_name", "--served-model-name"),
     Flag("tensor_parallel_size", "--tensor-parallel-size"),
     Flag("pipeline_parallel_size", "--pipeline-parallel-size"),
+    # Several API server processes in front of one engine; read in the 0.10.0, 0.26.0 and 0.32.0 wheels.
+    Flag("api_server_count", "--api-server-count"),
     Flag("max_model_len", "--max-model-len"),
     Flag("gpu_memory_utilization", "--gpu-memory-utilization"),
     Flag("dtype", "--dtype"),

@@ -68,6 +68,81 @@ def fullshape(data: dict) -> list[str]:
     return lines
 
 
+def dense_bytes_per_token(c: dict) -> tuple[float, str]:
+    """Bytes of weights one decoded token reads for a dense decoder (BF16); the vision tower is not read."""
+    h, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd = c.get("head_dim") or h // heads
+    attn = h * heads * hd * 2 + h * kv * hd * 2  # q + o, k + v
+    mlp = 3 * h * c["intermediate_size"]  # gate, up, down
+    layers, head = c["num_hidden_layers"], c["vocab_size"] * h
+    params = layers * (attn + mlp) + head
+    text = (f"{layers} × (attention {attn / 1e6:.1f} M + MLP {mlp / 1e6:.1f} M) + LM head {head / 1e6:.0f} M = "
+            f"{params / 1e9:.2f} B parameters × 2 bytes = {2 * params / 1e9:.2f} GB per token")
+    return 2 * params, text
+
+
+def _mean(runs: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def tune(data: dict) -> list[str]:
+    """GLM-4.1V at full shape on one H200: the tutorial's command vs the preset vs tuned variants."""
+    from glm_full_shape import VISION
+
+    names = [k for k in data if k.startswith("tune.") and "cells" in data[k]]
+    base = data.get("tune.tutorial", {}).get("cells", {})
+    lines = ["GLM-4.1V-9B-Thinking at full shape (dummy weights), one H200, vLLM 0.26, one run of "
+             "`maintainer/gpu_tune.py`: every variant on the same host, the same seeded prompts and images; greedy "
+             "(temperature 0), EOS ignored. text = random 1024 tokens in / 256 out; imgN = N images (224² or 672², half "
+             "each) + 128 text tokens, 128 out; img32 = one request of 32 images of 672² at a time (TTFT). Cells with "
+             "a range ran 3 times (each with its own seed): mean, and min–max in brackets. Ratio = output tok/s ÷ the "
+             "tutorial's (img32: the tutorial's TTFT ÷ this TTFT; above 1 is better).", "",
+             "| cell | variant | req/s | output tok/s | mean TTFT ms | mean TPOT ms | ratio to tutorial |",
+             "|---|---|---|---|---|---|---|"]
+    for cell in base:
+        for name in names:
+            runs = [r for r in data[name]["cells"].get(cell, []) if "error" not in r]
+            if not runs:
+                continue
+            out, ttft = _mean(runs, "output_throughput"), _mean(runs, "mean_ttft_ms")
+            spread = (f" ({min(r['output_throughput'] for r in runs):.0f}–{max(r['output_throughput'] for r in runs):.0f})"
+                      if len(runs) > 1 else "")
+            b = [r for r in base.get(cell, []) if "error" not in r]
+            if cell == "img32":
+                ratio = f"{_mean(b, 'mean_ttft_ms') / ttft:.2f}" if b else "–"
+            else:
+                ratio = f"{out / _mean(b, 'output_throughput'):.2f}" if b else "–"
+            lines.append(f"| {cell} | {name.removeprefix('tune.')} | {_mean(runs, 'request_throughput'):.2f} | "
+                         f"{out:.0f}{spread} | {ttft:.0f} | {_mean(runs, 'mean_tpot_ms'):.2f} | {ratio} |")
+    lines.append("")
+    hbm = data.get("tune.hbm", {})
+    per_token, arithmetic = dense_bytes_per_token(VISION)
+    c1 = [r for r in base.get("text.c1", []) if "error" not in r]
+    if c1:
+        tpot = _mean(c1, "mean_tpot_ms")
+        peak = H200_TBPS * 1e12 / per_token
+        lines += [f"Roofline at batch 1: {arithmetic}. At the data sheet's {H200_TBPS} TB/s: {peak:.0f} tok/s "
+                  f"({per_token / H200_TBPS / 1e9:.2f} ms per token). Measured: TPOT {tpot:.2f} ms = {1000 / tpot:.0f} "
+                  f"tok/s, {1000 / tpot / peak:.0%} of that roofline."]
+        if hbm.get("achieved_tb_s"):
+            real = hbm["achieved_tb_s"] * 1e12 / per_token
+            lines += [f"A plain device-to-device copy of 4 GiB on the same GPU reached {hbm['achieved_tb_s']} TB/s "
+                      f"(read + write counted), so the reachable roofline is {real:.0f} tok/s "
+                      f"({per_token / hbm['achieved_tb_s'] / 1e9:.2f} ms): decode runs at {1000 / tpot / real:.0%} of "
+                      f"it."]
+        c16 = [r for r in base.get("text.c16", []) if "error" not in r]
+        if c16:
+            lines += [f"Where the rest goes (a timing breakdown, not a profile): a step of 16 sequences takes "
+                      f"{_mean(c16, 'mean_tpot_ms'):.2f} ms against {tpot:.2f} ms for one, so the "
+                      f"{tpot - per_token / hbm['achieved_tb_s'] / 1e9:.2f} ms a step spends beyond streaming the "
+                      f"weights is a fixed cost per step, not per sequence: the kernels between the GEMVs (norms, "
+                      f"rotary, activations, attention over a short KV cache), sampling and the step's scheduling, "
+                      f"with CUDA graphs and async scheduling on in every variant. Not profiled further."]
+        lines.append("")
+    return lines
+
+
 def fp8(data: dict) -> list[str]:
     """The TP 2 run: the preset in bfloat16 vs online FP8, same host, one run each."""
     bf16 = data["air.tp2.bf16"].get("bench") or {}
@@ -100,7 +175,7 @@ def main() -> None:
                       "|---|---|---|---|---|"]
             for name, r in serves.items():
                 result = (r.get("summary") or (r.get("smoke") or {}).get("summary") or
-                          ("benchmarked (below)" if "bench" in r else "started (start-up timing only)" if "startup_s" in r else f"did not start: {r.get('error', '')[-120:]!r}"))
+                          ("benchmarked (below)" if "bench" in r or "cells" in r else "started (start-up timing only)" if "startup_s" in r else f"did not start: {r.get('error', '')[-120:]!r}"))
                 lines.append(f"| {name} | {r.get('gpus', '')} | {r.get('startup_s', '–')} | {result} | "
                              f"`{' '.join(r['argv'])}` |")
             lines.append("")
@@ -108,6 +183,8 @@ def main() -> None:
                       if "run_as" in r] + [""] * any("run_as" in r for r in serves.values())
         if "air.preset" in data:
             lines += fullshape(data)
+        if "tune.tutorial" in data:
+            lines += tune(data)
         if "air.tp2.bf16" in data:
             lines += fp8(data)
         for name, b in data.items():
