@@ -15,7 +15,7 @@ from . import pins, render, spec, versions
 from .errors import Collector, Problem, SpecError
 from .kubernetes import DROPPABLE as DROPPABLE_K8S
 from .presets import PRESETS
-from .resolve import Deployment, resolve
+from .resolve import GRAFANA_PASSWORD, Deployment, resolve
 from .write import WriteError, atomic_write, header, rotate_keys, shown, write_compose
 
 # The checkout this package runs from: compose builds the project's images from its images/.
@@ -29,6 +29,7 @@ examples:
   python -m deploy doctor deploy/stacks/default.yaml
   python -m deploy presets
   python -m deploy args deploy/stacks/default.yaml --service glm-4.5-air
+  python -m deploy bench deploy/stacks/default.yaml --service glm-4.5-air --concurrency 1,16,64
   python -m deploy batch-input prompts.txt -o batch/glm-4.5-air/input/prompts.jsonl
 """
 
@@ -139,13 +140,33 @@ def cmd_rotate_keys(a) -> int:
     except WriteError as e:
         print(f"{a.spec}: {e}", file=sys.stderr)
         return 1
-    # Every container that reads the env file picks the new keys up only when recreated.
-    readers = [s.name for s in d.services if s.api_key] + (["router"] if d.router else []) + \
-              (["grafana"] if d.grafana_port else [])
+    # The containers that read the rotated variables pick them up only when recreated: the servers their key,
+    # the router every key (it checks clients' keys and passes the servers' on), Grafana its password.
+    readers = ([s.name for s in d.services if s.api_key] if "VLLM_API_KEY" in names else []) + \
+              (["router"] if d.router and set(names) - {GRAFANA_PASSWORD} else []) + \
+              (["grafana"] if GRAFANA_PASSWORD in names else [])
     print(f"new {', '.join(names)} in {env} (the old ones stop working once the services are recreated): "
           f"docker compose up -d --force-recreate {' '.join(readers)}; then give clients the new keys from {env}",
           file=sys.stderr)
+    if GRAFANA_PASSWORD in names:
+        # Grafana reads the variable only when its database is new; the volume keeps the old password.
+        print("Grafana keeps its admin password in its volume; after the recreate set it from the new variable: "
+              "docker compose exec grafana sh -c 'grafana cli admin reset-admin-password \"$GF_SECURITY_ADMIN_PASSWORD\"'",
+              file=sys.stderr)
     return 0
+
+
+def cmd_bench(a) -> int:
+    from . import bench
+
+    d, c = load_deployment(a.spec)
+    _print_warnings(c, a.spec)
+    try:
+        return bench.main(d, a.spec, a.service, Path(a.dir), a.key, a.concurrency, a.num_prompts, a.input_len,
+                          a.output_len, a.images, a.output)
+    except bench.BenchError as e:
+        print(f"{a.spec}: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_presets(a) -> int:
@@ -254,6 +275,20 @@ def parser() -> argparse.ArgumentParser:
     rk.add_argument("spec")
     rk.add_argument("--key", action="append", help="only this variable (repeatable; default: every key of the stack)")
     rk.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env file (default: .)")
+    be = add("bench", "measure a running service with vLLM's own `vllm bench serve`, run from the service's image "
+             "through the router if there is one: a table of req/s, tok/s, TTFT and TPOT per concurrency, and a JSON file",
+             "python -m deploy bench deploy/stacks/default.yaml --service glm-4.5-air --concurrency 1,16,64", cmd_bench)
+    be.add_argument("spec")
+    be.add_argument("--service", required=True, help="the service to measure")
+    be.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env file (default: .)")
+    be.add_argument("--concurrency", default="1,16,64,256", help="levels, comma-separated (default: 1,16,64,256)")
+    be.add_argument("--num-prompts", type=int, help="requests per level (default: 4 × the level, at least 8)")
+    be.add_argument("--input-len", type=int, default=1024, help="random prompt tokens (default: 1024)")
+    be.add_argument("--output-len", type=int, default=256, help="tokens out, EOS ignored (default: 256)")
+    be.add_argument("--images", type=int, default=0, help="random images per request (224² or 672²; default: 0)")
+    be.add_argument("--key", help="the env-file variable whose key to send (default: VLLM_API_KEY, or the first "
+                    "router key that may use the model)")
+    be.add_argument("-o", "--output", help="the JSON file (default: bench/SERVICE-TIME.json beside compose.yaml)")
     g = add("args", "print the `vllm serve` command for one service (to run without Docker)",
             "python -m deploy args deploy/stacks/default.yaml --service glm-4.5-air", cmd_args)
     g.add_argument("spec")

@@ -95,3 +95,56 @@ def provider_yaml() -> str:
     return yaml.safe_dump({"apiVersion": 1, "providers": [{
         "name": "vllm-compose", "type": "file", "disableDeletion": True, "allowUiUpdates": False,
         "options": {"path": DASHBOARD_DIR}}]}, sort_keys=False)
+
+
+# ---------------------------------------------------------------- Prometheus console page
+
+CONSOLE = "vllm.html"  # served by Prometheus at /consoles/vllm.html
+CONSOLE_DIR = "/etc/prometheus/consoles"
+CONSOLE_WINDOW = "1m"  # the page's rate() window, in place of Grafana's $__rate_interval
+# The page's columns: (heading, dashboard panel title, legend of that panel's query, printf format). The
+# queries are the dashboard's own, without the server picker: one fact, two pictures.
+CONSOLE_COLUMNS = (
+    ("running", "Requests running / waiting", "running {{service}}", "%.0f"),
+    ("waiting", "Requests running / waiting", "waiting {{service}}", "%.0f"),
+    ("KV cache used", "KV cache used", "{{service}}", "%.3f"),
+    ("generated tok/s", "Tokens per second", "generated {{service}}", "%.2f"),
+    ("prompt tok/s", "Tokens per second", "prompt {{service}}", "%.2f"),
+    ("TTFT p50 s", "Time to first token (p50, p90)", "p50 {{service}}", "%.3f"),
+)
+# Requests finished since start: a counter, so the page and the API agree between two reads.
+FINISHED = "sum by (service) (vllm:request_success_total)"
+
+
+def console_query(title: str, legend: str) -> str:
+    expr = next(e for t, _, targets, _ in PANELS if t == title for lg, e in targets if lg == legend)
+    return expr.replace(f"{{{SERVICE}}}", "").replace(f",{SERVICE}", "").replace(RATE, CONSOLE_WINDOW)
+
+
+def console_html() -> str:
+    """A Prometheus console template (Go html/template): one row per server, each cell a live query, marked with
+    data-* attributes so a test can read it back."""
+    def cell(heading: str, expr: str, fmt: str) -> str:
+        # the query by service, kept to this row's server: `and on (service)` a one-series vector labelled so
+        return (f'<td data-column="{heading}">{{{{ with printf "{_escape(expr)} and on (service) '
+                f'label_replace(vector(1), \\"service\\", \\"%s\\", \\"\\", \\"\\")" .Labels.service | query }}}}'
+                f'{{{{ . | first | value | printf "{fmt}" }}}}{{{{ else }}}}–{{{{ end }}}}</td>')
+
+    columns = [(h, console_query(t, lg), fmt) for h, t, lg, fmt in CONSOLE_COLUMNS] + [("finished", FINISHED, "%.0f")]
+    head = "".join(f"<th>{h}</th>" for h, _, _ in columns)
+    cells = "".join(cell(h, e, f) for h, e, f in columns)
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>vLLM servers</title>\n"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #999;padding:.3em .8em;text-align:right}th{background:#eee}"
+            "td:first-child{text-align:left}</style></head><body>\n"
+            "<h1>vLLM servers</h1>\n<p>Live from this Prometheus (refresh to update); rates over "
+            f"{CONSOLE_WINDOW}, the same queries as the Grafana dashboard.</p>\n"
+            f"<table id=\"servers\">\n<tr><th>server</th>{head}</tr>\n"
+            '{{ range query "sum by (service) (up{job=\\"vllm\\"})" | sortByLabel "service" }}\n'
+            f'<tr data-service="{{{{ .Labels.service }}}}"><td>{{{{ .Labels.service }}}}</td>{cells}</tr>\n'
+            "{{ end }}\n</table>\n</body></html>\n")
+
+
+def _escape(expr: str) -> str:
+    """PromQL inside a Go template string: quotes escaped, and % doubled for printf."""
+    return expr.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")

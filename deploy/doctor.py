@@ -32,9 +32,11 @@ class Line:
     what: str
     text: str
     fix: str = ""
+    warn: bool = False  # ok, but worth a look: not counted as a problem
 
     def __str__(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'}  {self.what:12} {self.text}" + (f" Fix: {self.fix}" if self.fix else "")
+        state = "warn" if self.warn else "ok  " if self.ok else "FAIL"
+        return f"{state}  {self.what:12} {self.text}" + (f" Fix: {self.fix}" if self.fix else "")
 
 
 def _run(cmd: list[str], timeout: float = 20) -> tuple[int, str, str]:
@@ -257,6 +259,24 @@ def check_compose_file(d: Deployment, folder: Path, spec_path: str) -> list[Line
     return [Line(True, "compose.yaml", f"{path} matches the spec")]
 
 
+IMAGE_VARIABLES = ("VLLM_COMPOSE_BASE_IMAGE", "VLLM_COMPOSE_VLLM_IMAGE")  # compose variables naming base images
+
+
+def check_images(d: Deployment, folder: Path) -> list[Line]:
+    """Every image the stack pulls or builds on, from the spec and from the environment (or the folder's .env,
+    which compose reads): a moving tag is a warning, with the fix."""
+    from .envfile import read as read_env
+    from .resolve import floating
+
+    refs = {f"images.{role}": ref for role, ref in d.images}
+    dotenv = folder / ".env"
+    env = {**(read_env(dotenv) if dotenv.is_file() else {}), **os.environ}
+    refs |= {var: env[var] for var in IMAGE_VARIABLES if env.get(var)}
+    lines = [Line(True, "images", f"{where} = {ref} {why}.", "pin a version or a digest (REPOSITORY@sha256:…).", warn=True)
+             for where, ref in refs.items() if (why := floating(ref))]
+    return lines or [Line(True, "images", f"{len(refs)} image reference(s), each pinned to a version or digest")]
+
+
 def main(d: Deployment, names: list[str] | None, folder: Path, spec_path: str) -> int:
     if names:
         unknown = [n for n in names if n not in {s.name for s in d.services}]
@@ -276,6 +296,7 @@ def main(d: Deployment, names: list[str] | None, folder: Path, spec_path: str) -
     lines += check_env_file(d, services, folder, spec_path)
     lines += check_shm(services)
     lines += check_compose_file(d, folder, spec_path)
+    lines += check_images(d, folder)
     for line in lines:
         print(line)
     bad = sum(not line.ok for line in lines)

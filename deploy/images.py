@@ -40,9 +40,8 @@ def catalog(version: VllmVersion) -> dict[str, ProjectImage]:
     python_base = ("BASE_IMAGE", _env("VLLM_COMPOSE_BASE_IMAGE", pins.PYTHON_IMAGE))
     images = (
         ProjectImage("vllm-cpu", f"{NAMESPACE}vllm-cpu:{version}", (
-            python_base, ("VLLM_VERSION", str(version)), ("TORCH_VERSION", pins.TORCH),
-            ("TORCHVISION_VERSION", pins.TORCHVISION), ("GGUF_VERSION", pins.GGUF),
-            ("ACCELERATE_VERSION", pins.ACCELERATE), index, ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", "")),
+            python_base, ("VLLM_VERSION", str(version)), index,
+            ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", "")),
         )),
         ProjectImage("model-fetch", f"{NAMESPACE}model-fetch:{pins.PROJECT}", (
             python_base, index, ("PIP_EXTRA_INDEX_URL", _env("PIP_EXTRA_INDEX_URL", "")),

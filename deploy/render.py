@@ -162,7 +162,9 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         doc["services"][PROMETHEUS] = {
             **_image(d.image("prometheus"), d.vllm_version, context),
             "configs": [{"source": "prometheus", "target": "/etc/prometheus/prometheus.yml"},
-                        {"source": "prometheus-alerts", "target": "/etc/prometheus/alerts.yml"}],
+                        {"source": "prometheus-alerts", "target": "/etc/prometheus/alerts.yml"},
+                        {"source": "prometheus-console",
+                         "target": f"{dashboards.CONSOLE_DIR}/{dashboards.CONSOLE}"}],
             "ports": [f"{d.bind_address}:{d.monitoring_port}:9090"],
             "volumes": [f"{PROMETHEUS_VOLUME}:/prometheus"],
             "restart": "unless-stopped",
@@ -176,6 +178,7 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         doc["volumes"][PROMETHEUS_VOLUME] = {}
         configs["prometheus"] = {"content": _lit(monitoring.prometheus_yaml(d))}
         configs["prometheus-alerts"] = {"content": _lit(monitoring.alerts_yaml())}
+        configs["prometheus-console"] = {"content": _lit(dashboards.console_html())}
         # Grafana (upstream image, pinned): the data source and the dashboard provisioned read-only; the admin
         # password from the env file (generated there); no anonymous access, no sign-up, no calls home.
         p = dashboards.PROVISIONING

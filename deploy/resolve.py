@@ -310,6 +310,22 @@ def _resolve_router(spec: StackSpec, services: tuple[Service, ...], c: Collector
     return Router(port=r.port or Router.port, keys=keys, tls=tls, policy=r.policy or Router.policy)
 
 
+FLOATING_TAG = re.compile(r"latest|main|main-.*|nightly|stable|edge|dev")
+
+
+def floating(ref: str) -> str | None:
+    """Why REF may change under a later pull (no tag, or a moving one like latest / main-stable); None if pinned.
+    A digest pins whatever the tag says."""
+    if "@sha256:" in ref:
+        return None
+    tag = ref.rpartition("/")[2].partition(":")[2]
+    if not tag:
+        return "has no tag (so :latest), which moves with every release"
+    if FLOATING_TAG.fullmatch(tag):
+        return f"uses the moving tag {tag!r}, which a publisher can point anywhere"
+    return None
+
+
 def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> None:
     if not IMAGE_RE.fullmatch(ref):
         c.error(path, f"{ref[:80]!r} is not an image reference. Fix: write REPOSITORY:TAG, such as "
@@ -317,8 +333,9 @@ def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> Non
     elif ref.startswith(project_images.NAMESPACE) and ref not in project_images.catalog(version):
         c.error(path, f"{ref!r} is in the project's namespace but no Dockerfile builds it. "
                 f"Fix: use one of {', '.join(project_images.catalog(version))}, or an upstream image.")
-    elif ":" not in ref.rpartition("/")[2] or ref.endswith(":latest"):
-        c.warn(path, f"{ref!r} is not pinned to a version; a later pull may change the server under you.")
+    elif why := floating(ref):
+        c.warn(path, f"{ref!r} {why}. Fix: pin a version (such as {pins.VLLM_GPU_IMAGE.format(version=version)}) "
+               "or a digest (REPOSITORY@sha256:…).")
 
 
 def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images: dict[str, str],

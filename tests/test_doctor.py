@@ -69,3 +69,30 @@ def test_taken_port_and_open_secrets_are_reported(tmp_path):
         r = doctor(str(spec), "--dir", str(tmp_path))
     assert r.returncode == 1
     assert f"127.0.0.1:{port} for demo is taken" in r.stdout and "chmod 600" in r.stdout
+
+
+@pytest.mark.parametrize("ref,moving", [
+    ("vllm/vllm-openai:latest", True), ("vllm/vllm-openai", True), ("ghcr.io/berriai/litellm:main-stable", True),
+    ("localhost:5000/vllm", True), ("vllm/vllm-openai:v0.32.0", False), ("localhost:5000/vllm:v0.32.0", False),
+    ("vllm/vllm-openai@sha256:" + "a" * 64, False), ("vllm/vllm-openai:latest@sha256:" + "b" * 64, False)])
+def test_moving_tags_are_told_apart_from_versions_and_digests(ref, moving):
+    from deploy.resolve import floating
+
+    assert bool(floating(ref)) is moving
+
+
+def test_a_moving_image_tag_in_the_spec_or_the_environment_is_a_warning_with_the_fix(tmp_path):
+    """`latest` in the spec and `main-stable` in .env (which compose reads): each named, with the fix; a warning,
+    not a problem (the exit code comes from the other checks)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("services:\n  smollm2:\n    preset: smollm2-135m-cpu\n    image: vllm-compose/vllm-cpu:0.32.0\n"
+                    "images:\n  router: ghcr.io/example/router:latest\n")
+    (tmp_path / ".env").write_text("VLLM_COMPOSE_BASE_IMAGE=example/base:main-stable\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_COMPOSE_BASE_IMAGE", "VLLM_COMPOSE_VLLM_IMAGE")}
+    r = subprocess.run([sys.executable, "-m", "deploy", "doctor", str(spec), "--dir", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=120)
+    warned = [line for line in r.stdout.splitlines() if line.startswith("warn  images")]
+    assert any("images.router = ghcr.io/example/router:latest uses the moving tag 'latest'" in w for w in warned), r.stdout
+    assert any("VLLM_COMPOSE_BASE_IMAGE = example/base:main-stable" in w and "Fix: pin a version or a digest" in w
+               for w in warned), r.stdout
+    assert "Traceback" not in r.stdout + r.stderr

@@ -13,8 +13,14 @@ Prometheus (Debian's) scrapes the servers and the router.
 
 from __future__ import annotations
 
+import html.parser
 import json
+import math
+import os
+import shutil
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -24,11 +30,12 @@ import openai
 import pytest
 from openai import DefaultHttpxClient, OpenAI
 
-from deploy import envfile, monitoring, router
+from deploy import dashboards, envfile, monitoring, router
 from support import ROOT, api_key, compose, rendered_stack, run_smoke, with_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 SPEC = ROOT / "tests/stacks/scripted-cpu.yaml"
+CHROMIUM = "vllmtest/chromium:1"
 SERVED = {"glm45-reasoning": "glm45-scripted-reasoning", "glm45-tools": "glm45-scripted-tools",
           "glm45-no-parser": "glm45-no-parser", "smollm2": "smollm2-135m-instruct"}
 
@@ -112,6 +119,39 @@ def test_smoke_suite_passes_through_the_router(scripted, tmp_path):
     assert counts["tests"] - counts["skipped"] >= 9, counts  # all text checks but the listed context length
 
 
+def router_log(work) -> list[dict]:
+    """The router's one JSON line per request (key variable, model, status, server)."""
+    return [json.loads(line.split("| ", 1)[1]) for line in compose(work, "logs", "--no-color", "router").stdout.splitlines()
+            if '| {"key"' in line]
+
+
+def test_vllm_deploy_bench_measures_a_service_through_the_router(scripted, tmp_path):
+    """`vllm-deploy bench` runs the pinned vLLM's own benchmark from SmolLM2's image, through the router over
+    HTTPS: every level's requests reach the router as that model with the default key, every one completes, the
+    table and the JSON hold each level, and the key shows up nowhere. No timing is asserted (a CPU)."""
+    work, _, key = scripted
+    ok = lambda: [x for x in router_log(work)  # noqa: E731
+                  if x["model"] == "smollm2-135m-instruct" and x["key"] == "VLLM_API_KEY" and x["status"] == 200]
+    before = len(ok())
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "deploy", "bench", str(work / "scripted-cpu.yaml"), "--service", "smollm2",
+                        "--dir", str(work), "--concurrency", "1,4", "--num-prompts", "6", "--input-len", "32",
+                        "--output-len", "8", "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["base_url"] == "https://router:4000" and report["key_variable"] == "VLLM_API_KEY"
+    assert {c: v["completed"] for c, v in report["levels"].items()} == {"1": 6, "4": 6}
+    assert all(v["output_throughput"] > 0 and v["mean_ttft_ms"] > 0 for v in report["levels"].values())
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert [(row[0], row[1]) for row in rows] == [("1", "6"), ("4", "6")], r.stdout
+    assert len(ok()) - before == 12  # exactly the benchmark's requests, each through the router
+    assert key not in r.stdout + r.stderr + out.read_text()
+    # Bad input is refused before anything runs, naming the option and the fix.
+    bad = subprocess.run([sys.executable, "-m", "deploy", "bench", str(work / "scripted-cpu.yaml"), "--service",
+                          "smollm2", "--dir", str(work), "--key", "ROUTER_KEY_TOOLS"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "--key ROUTER_KEY_TOOLS may not use 'smollm2-135m-instruct'" in bad.stderr, bad.stderr
+
+
 def test_each_served_name_reaches_its_own_server(scripted):
     work, ports, key = scripted
     c = client(work, ports["router"], key)
@@ -190,8 +230,7 @@ def test_no_key_appears_in_rendered_files_router_logs_or_metrics(scripted):
     logs = compose(work, "--profile", "*", "logs", "--no-color").stdout
     metrics = router_metrics(work, ports["router"])
     assert 'haproxy_backend_http_responses_total{proxy="glm45-scripted-tools",code="2xx"}' in metrics
-    lines = [json.loads(line.split("| ", 1)[1]) for line in compose(work, "logs", "--no-color", "router").stdout.splitlines()
-             if '| {"key"' in line]
+    lines = router_log(work)
     tools_ok = [x for x in lines if x["key"] == "ROUTER_KEY_TOOLS" and x["model"] == "glm45-scripted-tools" and x["status"] == 200]
     assert len(tools_ok) >= 3 and {x["server"] for x in tools_ok} == {"glm45-tools"}, lines[-10:]
     seen = (work / "compose.yaml").read_text() + logs + metrics
@@ -262,6 +301,28 @@ def test_streamed_chunks_arrive_as_the_server_sends_them(scripted):
           f"median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
     # Spread out: the first token long before the last, and most chunks in a read of their own.
     assert arrivals[0] < 0.5 * total and sum(g > 0.002 for g in gaps) >= 0.8 * len(gaps), arrivals
+
+
+def test_a_rotated_key_works_and_the_old_one_is_refused_after_the_recreate(scripted):
+    """`vllm-deploy rotate-keys --key ROUTER_KEY_TOOLS`, then exactly the command it prints: the new key reaches
+    its model through the router, the old one gets 401; the other keys and the env file's mode are untouched."""
+    work, ports, key = scripted
+    old = api_key(work, "ROUTER_KEY_TOOLS")
+    ask = lambda k: client(work, ports["router"], k).chat.completions.create(  # noqa: E731
+        model="glm45-scripted-tools", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    ask(old)
+    r = subprocess.run([sys.executable, "-m", "deploy", "rotate-keys", str(work / "scripted-cpu.yaml"), "--dir",
+                        str(work), "--key", "ROUTER_KEY_TOOLS"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    new = api_key(work, "ROUTER_KEY_TOOLS")
+    assert new != old and api_key(work) == key and (work / "secrets.env").stat().st_mode & 0o777 == 0o600
+    assert new not in r.stdout + r.stderr and old not in r.stdout + r.stderr
+    recreate = r.stderr.split("docker compose ", 1)[1].split(";", 1)[0].split()
+    assert recreate[:3] == ["up", "-d", "--force-recreate"] and "router" in recreate, r.stderr
+    compose(work, *recreate[:3], "--wait", *recreate[3:])
+    assert ask(new).choices
+    with pytest.raises(openai.AuthenticationError):
+        ask(old)
 
 
 def test_router_restarts_with_its_ca_and_keeps_serving(scripted):
@@ -350,6 +411,80 @@ def test_every_dashboard_panel_shows_data_from_the_live_stack(scripted):
 
 
 # ------------------------------------------------------------------ last: stops a server
+
+
+class _Cells(html.parser.HTMLParser):
+    """{server: {column: text}} from the console page's <tr data-service> / <td data-column> cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: dict[str, dict[str, str]] = {}
+        self._row = self._col = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and "data-service" in a:
+            self._row = self.rows.setdefault(a["data-service"], {})
+        elif tag == "td" and "data-column" in a and self._row is not None:
+            self._col = a["data-column"]
+            self._row[self._col] = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._col = None
+
+    def handle_data(self, data):
+        if self._col is not None:
+            self._row[self._col] += data.strip()
+
+
+def chromium(*args: str, volume: str | None = None) -> str:
+    """Debian's headless Chromium in a container (tests/fixtures/chromium), on the host's network."""
+    base = os.environ.get("VLLM_COMPOSE_BASE_IMAGE", "python:3.11-slim-bookworm")
+    subprocess.run(["docker", "build", "-q", "-t", CHROMIUM, "--build-arg", f"BASE_IMAGE={base}",
+                    str(ROOT / "tests/fixtures/chromium")], check=True, capture_output=True, timeout=900)
+    mount = ["-v", volume] if volume else []
+    r = subprocess.run(["docker", "run", "--rm", "--network", "host", *mount, CHROMIUM, *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_the_prometheus_console_page_shows_the_same_numbers_as_the_api(scripted, tmp_path):
+    """Prometheus's own console page (deploy/dashboards.py: the dashboard's queries, one row per server), loaded
+    by headless Chromium from the live stack: a row for every server, and each number equal to the API's answer
+    to the same query — the finished-requests counter between an API read before and one after the page.
+    VLLM_COMPOSE_SCREENSHOT=docs/prometheus-console.png also saves a screenshot of the page there."""
+    _, ports, _ = scripted
+    url = f"http://127.0.0.1:{ports['prometheus']}/consoles/{dashboards.CONSOLE}"
+
+    def api(expr: str) -> dict[str, float]:
+        q = "/api/v1/query?query=" + urllib.parse.quote(expr)
+        return {r["metric"]["service"]: float(r["value"][1]) for r in prom(ports["prometheus"], q)["result"]}
+
+    before = api(dashboards.FINISHED)
+    rows = _Cells()
+    rows.feed(chromium("--dump-dom", url))
+    after = api(dashboards.FINISHED)
+    assert set(rows.rows) == set(SERVED), rows.rows
+    for service, cells in rows.rows.items():
+        assert before[service] <= float(cells["finished"]) <= after[service], (service, cells, before, after)
+    assert float(rows.rows["smollm2"]["finished"]) > 0  # the earlier tests' requests
+    # Gauges and 1m rates move a little between two reads while the liveness probes run: equal within a step.
+    step = {"running": 1, "waiting": 1, "KV cache used": 0.05, "generated tok/s": 1.0, "prompt tok/s": 5.0,
+            "TTFT p50 s": 0.5}
+    assert set(step) == {h for h, *_ in dashboards.CONSOLE_COLUMNS}
+    for heading, title, legend, _ in dashboards.CONSOLE_COLUMNS:
+        now = api(dashboards.console_query(title, legend))
+        for service, cells in rows.rows.items():
+            page, there = cells[heading], now.get(service)
+            if page in ("–", "NaN"):  # no series, or no observation in the window (histogram_quantile's NaN)
+                assert there is None or math.isnan(there), (heading, service, page, now)
+            else:
+                assert there is not None and abs(float(page) - there) <= step[heading], (heading, service, page, now)
+    if shot := os.environ.get("VLLM_COMPOSE_SCREENSHOT"):
+        chromium("--screenshot=/out/console.png", "--window-size=1400,360", url, volume=f"{tmp_path}:/out")
+        shutil.copy(tmp_path / "console.png", ROOT / shot)
 
 
 def test_a_stopped_server_gets_a_503_naming_it_at_once(scripted):

@@ -1,0 +1,52 @@
+"""`vllm-deploy bench` without Docker: which address and key it picks, what the one-off container runs, what it
+refuses. The run itself (through the router, against real vLLM) is tests/test_stack_scripted.py's."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy import bench, load
+from support import ROOT
+
+SCRIPTED = ROOT / "tests/stacks/scripted-cpu.yaml"
+VISION = ROOT / "tests/stacks/vision-cpu.yaml"
+
+
+def test_through_the_router_with_the_key_that_may_use_the_model():
+    d = load(SCRIPTED)
+    assert bench.target(d, "smollm2", None) == ("https://router:4000", "VLLM_API_KEY", True)
+    assert bench.target(d, "glm45-tools", "ROUTER_KEY_TOOLS") == ("https://router:4000", "ROUTER_KEY_TOOLS", True)
+    with pytest.raises(bench.BenchError, match=r"--key ROUTER_KEY_TOOLS may not use 'smollm2-135m-instruct'"):
+        bench.target(d, "smollm2", "ROUTER_KEY_TOOLS")
+
+
+def test_straight_to_the_server_without_a_router():
+    d = load(VISION)
+    (name,) = [s.name for s in d.services]
+    assert bench.target(d, name, None) == (f"http://{name}:8000", "VLLM_API_KEY", False)
+    with pytest.raises(bench.BenchError, match="without a router the servers take only VLLM_API_KEY"):
+        bench.target(d, name, "OTHER")
+
+
+def test_the_container_reads_the_key_from_its_env_and_runs_one_benchmark_per_level():
+    d = load(SCRIPTED)
+    sh = bench.script(d, "smollm2", "https://router:4000", "VLLM_API_KEY", True, [1, 16], None, 1024, 256, 0)
+    assert 'export OPENAI_API_KEY="$(printenv VLLM_API_KEY)"' in sh  # a name, never a value
+    assert f"export SSL_CERT_FILE={bench.CA_IN_CONTAINER}" in sh
+    assert sh.count(bench.MARK) == 2 and "--max-concurrency 16" in sh and "--num-prompts 64" in sh
+    assert "--tokenizer /models/" in sh and "--temperature 0" in sh and "--ignore-eos" in sh
+    images = bench.script(d, "smollm2", "https://router:4000", None, True, [4], 8, 128, 128, 2)
+    assert "--dataset-name random-mm" in images and "--random-mm-base-items-per-request 2" in images
+    assert "OPENAI_API_KEY" not in images
+
+
+@pytest.mark.parametrize("text", ["", "0", "1,x", "-4", "1,,2"])
+def test_bad_concurrency_names_the_option_and_the_fix(text):
+    with pytest.raises(bench.BenchError, match=r"--concurrency .* Fix: e.g. --concurrency 1,16,64"):
+        bench.levels(text)
+
+
+def test_images_to_a_text_model_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(bench.BenchError, match="smollm2 takes no images"):
+        bench.main(load(SCRIPTED), str(SCRIPTED), "smollm2", tmp_path, None, "1", None, 16, 4, 2, None)
+    assert not any(tmp_path.iterdir())
