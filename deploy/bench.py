@@ -124,6 +124,10 @@ def main(d: Deployment, spec_path: str, service: str, workdir: Path, key: str | 
     if service not in names:
         raise BenchError(f"no service {service!r}. Services: {', '.join(names)}.")
     conc = levels(conc_text)
+    for option, value, least in (("--num-prompts", prompts, 1), ("--input-len", input_len, 1),
+                                 ("--output-len", output_len, 1), ("--images", images, 0)):
+        if value is not None and value < least:
+            raise BenchError(f"{option} {value} is below {least}. Fix: pass a whole number of at least {least}.")
     if images and not d.service(service).limit_mm_per_prompt:
         raise BenchError(f"--images {images}: {service} takes no images (no limit_mm_per_prompt). Fix: leave --images out.")
     base_url, key_var, tls = target(d, service, key)

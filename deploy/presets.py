@@ -103,8 +103,8 @@ PRESETS: dict[str, Preset] = {
                 max_model_len=25000,
                 # Four API server processes, not the tutorial's one: measured on one H200 at full shape (vLLM 0.26,
                 # docs/gpu-runs/2026-12-02-h200-glm41v-tune.json, 3 runs each): text 1024/256 at concurrency 256
-                # 8220-12320 out tok/s vs the tutorial's 3387-4070 (≥ 2.0×), at 64 1.38×, images 1.07-1.12× at 64,
-                # equal at 1 and 16. The engine, the numerics and the GPU memory are unchanged; the single API
+                # 8220-12320 out tok/s vs the tutorial's 3387-4070 (≥ 2.0×), at 64 1.38× (one run), images 1.05-1.07×
+                # at 64 (the preset without it: 0.89× on 8 images), equal at 1 and 16. The engine, the numerics and the GPU memory are unchanged; the single API
                 # process (tokenize, image preprocessing, detokenize, SSE) was the bottleneck.
                 api_server_count=4,
                 limit_mm_per_prompt=(("image", 32), ("video", 1)),

@@ -50,3 +50,10 @@ def test_images_to_a_text_model_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(bench.BenchError, match="smollm2 takes no images"):
         bench.main(load(SCRIPTED), str(SCRIPTED), "smollm2", tmp_path, None, "1", None, 16, 4, 2, None)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("field,args", [("--num-prompts", (0, 16, 4, 0)), ("--input-len", (None, 0, 4, 0)),
+                                        ("--output-len", (None, 16, -1, 0)), ("--images", (None, 16, 4, -2))])
+def test_bad_sizes_name_the_option(field, args, tmp_path):
+    with pytest.raises(bench.BenchError, match=f"{field} .* Fix: pass a whole number"):
+        bench.main(load(SCRIPTED), str(SCRIPTED), "smollm2", tmp_path, None, "1", *args, None)
