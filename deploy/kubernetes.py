@@ -153,6 +153,12 @@ def _wait_for_weights(d: Deployment, s: Service) -> dict[str, Any]:
             "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}]}
 
 
+def _pod_security() -> dict[str, Any]:
+    """The servers' uid, as in compose (gid 0 like vLLM's own non-root image); the volumes writable by it."""
+    uid, gid = map(int, SERVER_USER.split(":"))
+    return {"runAsUser": uid, "runAsGroup": gid, "fsGroup": uid, "runAsNonRoot": True}
+
+
 def _pod_volumes(s: Service, gpus_here: int) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "models", "persistentVolumeClaim": {"claimName": f"{object_name(s)}-models"}},
@@ -173,10 +179,8 @@ def _pod(d: Deployment, s: Service, gpus_here: int, extra: list[str], probes: bo
     media = s.media_dir and probes  # the API server's pod (a headless worker reads no request)
     if not media:
         server["volumeMounts"] = [m for m in server["volumeMounts"] if m["name"] != "media"]
-    uid, gid = map(int, SERVER_USER.split(":"))
     spec: dict[str, Any] = {
-        # The servers' uid, as in compose (gid 0 like vLLM's own non-root image); the volumes writable by it.
-        "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": uid, "runAsNonRoot": True},
+        "securityContext": _pod_security(),
         "containers": [server],
         "terminationGracePeriodSeconds": s.shutdown_timeout + STOP_GRACE_MARGIN,
         "volumes": [v for v in _pod_volumes(s, gpus_here) if media or v["name"] != "media"],
@@ -265,8 +269,7 @@ def batch_objects(d: Deployment, s: Service) -> list[dict[str, Any]]:
     volumes.append({"name": "batch", "persistentVolumeClaim": {"claimName": name}})
     if not s.media_dir:
         volumes = [v for v in volumes if v["name"] != "media"]
-    uid, gid = map(int, SERVER_USER.split(":"))
-    security = {"runAsUser": uid, "runAsGroup": gid, "fsGroup": uid, "runAsNonRoot": True}
+    security = _pod_security()
     # The claim's input/ and output/ made by the job's own user (a subPath the kubelet makes would be root's).
     folders = {"name": "batch-folders", "image": d.image("model_fetch"), "command": ["python3", "-c",
                "import os\nfor p in ('/batch/input', '/batch/output'):\n    os.makedirs(p, exist_ok=True)\n"],

@@ -43,6 +43,23 @@ GLM45_SAMPLING = (("temperature", 0.6), ("top_p", 0.95), ("top_k", 20), ("min_p"
 # (not readable here: the hubs are unreachable from these machines).
 GLM41V_SAMPLING = (("temperature", 1.0), ("repetition_penalty", 1.0))
 
+
+def zhipu(repo: str) -> dict[str, Any]:
+    """A GLM checkpoint's sources: ModelScope's ZhipuAI/ mirror first (reachable from China), then Hugging Face's
+    zai-org/ as the fallback."""
+    return {"model": f"modelscope:ZhipuAI/{repo}", "fallback_sources": (f"hf:zai-org/{repo}",)}
+
+
+def parsers(tool: str | None, reasoning: str) -> dict[str, Any]:
+    """The GLM parser flags; with a tool parser, auto tool choice on (as every GLM recipe has it)."""
+    return ({"tool_call_parser": tool, "enable_auto_tool_choice": True} if tool else {}) | {"reasoning_parser": reasoning}
+
+
+# Images and video as GLM-4.1V's tutorial and the GLM-V README allow (32 images or 1 video per prompt), read from a
+# dedicated folder mounted at /media, never `/`.
+GLM_MEDIA = {"limit_mm_per_prompt": (("image", 32), ("video", 1)), "allowed_local_media_path": "/media",
+             "media_dir": "./media"}
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -56,13 +73,10 @@ PRESETS: dict[str, Preset] = {
             multimodal=False,
             download_gb=221,  # 110.5 B parameters (106 B + the MTP layer) × 2 bytes
             values=dict(
-                model="modelscope:ZhipuAI/GLM-4.5-Air",
-                fallback_sources=("hf:zai-org/GLM-4.5-Air",),
+                **zhipu("GLM-4.5-Air"),
                 served_model_name="glm-4.5-air",
                 tensor_parallel_size=4,
-                tool_call_parser="glm45",
-                reasoning_parser="glm45",
-                enable_auto_tool_choice=True,
+                **parsers("glm45", "glm45"),
                 sampling=GLM45_SAMPLING,
                 health_start_period=1800,  # ~200 GB of weights to load onto 4 GPUs
             ),
@@ -74,13 +88,10 @@ PRESETS: dict[str, Preset] = {
             multimodal=False,
             download_gb=113,  # FP8 experts and attention, BF16 norms and embeddings
             values=dict(
-                model="modelscope:ZhipuAI/GLM-4.5-Air-FP8",
-                fallback_sources=("hf:zai-org/GLM-4.5-Air-FP8",),
+                **zhipu("GLM-4.5-Air-FP8"),
                 served_model_name="glm-4.5-air-fp8",
                 tensor_parallel_size=2,
-                tool_call_parser="glm45",
-                reasoning_parser="glm45",
-                enable_auto_tool_choice=True,
+                **parsers("glm45", "glm45"),
                 sampling=GLM45_SAMPLING,
                 health_start_period=1200,
             ),
@@ -97,19 +108,17 @@ PRESETS: dict[str, Preset] = {
             multimodal=True,
             download_gb=21,  # 10.3 B parameters × 2 bytes
             values=dict(
-                model="modelscope:ZhipuAI/GLM-4.1V-9B-Thinking",
-                fallback_sources=("hf:zai-org/GLM-4.1V-9B-Thinking",),
+                **zhipu("GLM-4.1V-9B-Thinking"),
                 served_model_name="glm-4.1v-9b-thinking",
                 max_model_len=25000,
                 # Four API server processes, not the tutorial's one: measured on one H200 at full shape (vLLM 0.26,
                 # docs/gpu-runs/2026-12-02-h200-glm41v-tune.json, 3 runs each): text 1024/256 at concurrency 256
                 # 8220-12320 out tok/s vs the tutorial's 3387-4070 (≥ 2.0×), at 64 1.38× (one run), images 1.05-1.07×
-                # at 64 (the preset without it: 0.89× on 8 images), equal at 1 and 16. The engine, the numerics and the GPU memory are unchanged; the single API
-                # process (tokenize, image preprocessing, detokenize, SSE) was the bottleneck.
+                # at 64 (the preset without it: 0.89× on 8 images), equal at 1 and 16. The engine, the numerics and
+                # the GPU memory are unchanged; the single API process (tokenize, image preprocessing, detokenize,
+                # SSE, the reasoning parser) was the bottleneck.
                 api_server_count=4,
-                limit_mm_per_prompt=(("image", 32), ("video", 1)),
-                allowed_local_media_path="/media",
-                media_dir="./media",
+                **GLM_MEDIA,
                 reasoning_parser="glm45",
                 sampling=GLM41V_SAMPLING,
                 health_start_period=900,
@@ -138,17 +147,12 @@ PRESETS: dict[str, Preset] = {
             download_gb=gb,
             min_vllm="0.12.0", min_vllm_why="the recipe's min_vllm_version", gpu_memory_gb=vram,
             values=dict(
-                model=f"modelscope:ZhipuAI/{repo}",
-                fallback_sources=(f"hf:zai-org/{repo}",),
+                **zhipu(repo),
                 served_model_name=name,
                 tensor_parallel_size=tp,
                 max_model_len=65536,
-                tool_call_parser="glm45",
-                reasoning_parser="glm45",
-                enable_auto_tool_choice=True,
-                limit_mm_per_prompt=(("image", 32), ("video", 1)),
-                allowed_local_media_path="/media",
-                media_dir="./media",
+                **parsers("glm45", "glm45"),
+                **GLM_MEDIA,
                 extra_args=("--mm-encoder-tp-mode", "data", "--mm-processor-cache-type", "shm"),
                 health_start_period=1800,
             ),
@@ -166,16 +170,11 @@ PRESETS: dict[str, Preset] = {
             download_gb=21,  # ~10.3 B parameters (GLM-4.1V-9B's) × 2 bytes
             min_vllm="0.12.0", min_vllm_why="GLM-4.6V's recipe min_vllm_version (same processor)",
             values=dict(
-                model="modelscope:ZhipuAI/GLM-4.6V-Flash",
-                fallback_sources=("hf:zai-org/GLM-4.6V-Flash",),
+                **zhipu("GLM-4.6V-Flash"),
                 served_model_name="glm-4.6v-flash",
                 max_model_len=65536,
-                tool_call_parser="glm45",
-                reasoning_parser="glm45",
-                enable_auto_tool_choice=True,
-                limit_mm_per_prompt=(("image", 32), ("video", 1)),
-                allowed_local_media_path="/media",
-                media_dir="./media",
+                **parsers("glm45", "glm45"),
+                **GLM_MEDIA,
                 health_start_period=900,
             ),
         ),
@@ -190,13 +189,10 @@ PRESETS: dict[str, Preset] = {
             download_gb=62,  # ~31 B parameters × 2 bytes
             min_vllm="0.15.0", min_vllm_why="Glm4MoeLiteForCausalLM is registered from vLLM 0.15.0",
             values=dict(
-                model="modelscope:ZhipuAI/GLM-4.7-Flash",
-                fallback_sources=("hf:zai-org/GLM-4.7-Flash",),
+                **zhipu("GLM-4.7-Flash"),
                 served_model_name="glm-4.7-flash",
                 max_model_len="auto",
-                tool_call_parser="glm47",
-                reasoning_parser="glm45",
-                enable_auto_tool_choice=True,
+                **parsers("glm47", "glm45"),
                 health_start_period=900,
             ),
         ),
@@ -214,17 +210,12 @@ PRESETS: dict[str, Preset] = {
             min_vllm="0.30.0", min_vllm_why="Glm5NextForConditionalGeneration is registered from vLLM 0.30.0",
             gpu_memory_gb=386,
             values=dict(
-                model="modelscope:ZhipuAI/GLM-5.3-Flash",
-                fallback_sources=("hf:zai-org/GLM-5.3-Flash",),
+                **zhipu("GLM-5.3-Flash"),
                 served_model_name="glm-5.3-flash",
                 tensor_parallel_size=4,
                 max_model_len=131072,
-                tool_call_parser="glm47",
-                reasoning_parser="glm47",
-                enable_auto_tool_choice=True,
-                limit_mm_per_prompt=(("image", 32), ("video", 1)),
-                allowed_local_media_path="/media",
-                media_dir="./media",
+                **parsers("glm47", "glm47"),
+                **GLM_MEDIA,
                 extra_args=("--no-enable-flashinfer-autotune",),
                 env=(("VLLM_ENGINE_READY_TIMEOUT_S", "3600"),),
                 health_start_period=3600,
@@ -242,14 +233,11 @@ PRESETS: dict[str, Preset] = {
             min_vllm="0.14.0", min_vllm_why="the glm47 tool-call parser appears in vLLM 0.14.0",
             gpu_memory_gb=430,
             values=dict(
-                model="modelscope:ZhipuAI/GLM-4.7-FP8",
-                fallback_sources=("hf:zai-org/GLM-4.7-FP8",),
+                **zhipu("GLM-4.7-FP8"),
                 served_model_name="glm-4.7-fp8",
                 tensor_parallel_size=8,
                 max_model_len=65536,
-                tool_call_parser="glm47",
-                reasoning_parser="glm45",
-                enable_auto_tool_choice=True,
+                **parsers("glm47", "glm45"),
                 health_start_period=3600,
             ),
         ),
@@ -265,14 +253,11 @@ PRESETS: dict[str, Preset] = {
             min_vllm="0.24.0", min_vllm_why="the glm47 reasoning parser (the recipe's min_vllm_version)",
             gpu_memory_gb=893,
             values=dict(
-                model="modelscope:ZhipuAI/GLM-5.1-FP8",
-                fallback_sources=("hf:zai-org/GLM-5.1-FP8",),
+                **zhipu("GLM-5.1-FP8"),
                 served_model_name="glm-5.1-fp8",
                 tensor_parallel_size=8,
                 max_model_len=65536,
-                tool_call_parser="glm47",
-                reasoning_parser="glm47",
-                enable_auto_tool_choice=True,
+                **parsers("glm47", "glm47"),
                 chat_template_content_format="string",
                 health_start_period=3600,
             ),
