@@ -16,21 +16,7 @@ import yaml
 
 from . import container, dashboards, monitoring, router, runtime
 from . import images as project_images
-from .container import (  # noqa: F401  (re-exported: the targets' shared facts, used as render.X)
-    BATCH,
-    BATCH_DIRS,
-    ENTRYPOINT,
-    FETCH_ENTRYPOINT,
-    LIVENESS,
-    ROUTER_START,
-    SERVER_HOME,
-    SERVER_USER,
-    STOP_GRACE_MARGIN,
-    Container,
-    server_argv,
-    server_env,
-    vllm_flags,
-)
+from .container import LIVENESS, ROUTER_START, Container, vllm_flags
 from .resolve import GRAFANA, PROMETHEUS, Deployment, Service, batch_name, fetch_name
 from .runtime import liveness
 from .versions import VllmVersion

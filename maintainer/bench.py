@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import deploy  # noqa: E402
-from deploy import cli, envfile, pins, render  # noqa: E402
+from deploy import cli, container, envfile, pins  # noqa: E402
 
 SERVICE = "smollm2-cpu"
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -92,7 +92,7 @@ def main() -> None:
 
     d = deploy.load(str(ROOT / "deploy/stacks/default.yaml"))
     svc = d.service(SERVICE)
-    flags = render.vllm_flags(svc, d.vllm_version)
+    flags = container.vllm_flags(svc, d.vllm_version)
     py = ensure_venv(a.venv)
     results = {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from deploy import doctor, render, resolve
+from deploy import container, doctor, resolve
 from deploy.runtime import batch, liveness
 from support import ROOT, readme_block
 
@@ -26,9 +26,9 @@ def test_the_batch_default_is_one_number():
 
 
 def test_images_run_as_the_servers_user_with_the_servers_folders():
-    """The project's images make the uid every server runs as (render.SERVER_USER) and own the model and
+    """The project's images make the uid every server runs as (container.SERVER_USER) and own the model and
     compile-cache folders the services mount."""
-    uid = render.SERVER_USER.split(":")[0]
+    uid = container.SERVER_USER.split(":")[0]
     for name in ("vllm-cpu", "model-fetch", "router"):
         assert f"--uid {uid} " in DOCKERFILES[name], f"images/{name}/Dockerfile: no user {uid}"
     for name in ("vllm-cpu", "model-fetch"):

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deploy
-from deploy import cli, pins, render, router, runtime, spec, write
+from deploy import cli, container, pins, render, router, runtime, spec, write
 from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
 from deploy.versions import VllmVersion
@@ -202,9 +202,9 @@ def test_servers_drain_and_carry_the_liveness_check():
     svc = render.compose(d)["services"]["s"]
     assert svc["command"][svc["command"].index("--shutdown-timeout") + 1] == "120"
     assert svc["stop_grace_period"] == "135s"
-    assert svc["healthcheck"]["test"] == ["CMD", "python3", render.LIVENESS]
+    assert svc["healthcheck"]["test"] == ["CMD", "python3", container.LIVENESS]
     doc = render.compose(d)
-    assert {"source": "script-liveness", "target": render.LIVENESS} in svc["configs"]
+    assert {"source": "script-liveness", "target": container.LIVENESS} in svc["configs"]
     assert doc["configs"]["script-liveness"]["content"] == runtime.script_text("liveness.py").replace("$", "$$")
     old = render.compose(deployment("vllm_version: 0.26.0\nservices:\n  s:\n    preset: glm-4.5-air\n"))["services"]["s"]
     assert "--shutdown-timeout" not in old["command"] and "stop_grace_period" not in old  # not read before 0.32.0
@@ -215,7 +215,7 @@ def test_extra_args_go_last_verbatim_and_booleans_render_both_ways():
         "services:\n  s:\n    model: hf:a/b\n    trust_remote_code: false\n    enable_auto_tool_choice: true\n"
         "    tool_call_parser: hermes\n    extra_args: ['--max-num-seqs', '8', '--foo=a b']\n"
     )
-    argv = render.server_argv(d.services[0], d.vllm_version)
+    argv = container.server_argv(d.services[0], d.vllm_version)
     assert argv[-3:] == ["--max-num-seqs", "8", "--foo=a b"]
     assert "--no-trust-remote-code" in argv and "--enable-auto-tool-choice" in argv
 
@@ -283,8 +283,8 @@ def test_router_is_the_only_published_port_and_its_config_names_no_key():
     assert doc["services"]["router"]["ports"] == ["127.0.0.1:4000:4000"]
     configs = {c: doc["configs"][c]["content"] for c in doc["configs"] if c.startswith("router-")}
     assert [c["target"] for c in doc["services"]["router"]["configs"]] == [
-        render.ROUTER_START, *(f"/etc/router/{f}" for f in router.CONFIGS)]
-    assert doc["services"]["router"]["entrypoint"] == ["python3", render.ROUTER_START]
+        container.ROUTER_START, *(f"/etc/router/{f}" for f in router.CONFIGS)]
+    assert doc["services"]["router"]["entrypoint"] == ["python3", container.ROUTER_START]
     cfg = configs["router-haproxy"]
     # Each served name to its own service; the servers' key from the environment, never its value.
     assert configs["router-backends"] == "glm-4.5-air glm-4.5-air\nglm-4.1v-9b-thinking glm-4.1v-9b-thinking\n"
@@ -370,7 +370,7 @@ def test_reasoning_field_name_by_version(version, fields):
 
 def test_limit_mm_renders_as_json():
     d = deployment("vllm_version: 0.10.0\nservices:\n  v:\n    preset: glm-4.1v-9b-thinking\n")
-    argv = render.server_argv(d.services[0], d.vllm_version)
+    argv = container.server_argv(d.services[0], d.vllm_version)
     assert argv[argv.index("--limit-mm-per-prompt") + 1] == '{"image":32,"video":1}'
 
 
@@ -545,7 +545,7 @@ def test_batch_job_is_the_server_container_run_once_with_the_same_argv():
     doc = render.compose(d)["services"]
     server, job = doc["air"], doc["air-batch"]
     argv = job["command"][job["command"].index("--") + 1:]
-    assert argv[:3] == render.ENTRYPOINT and argv[3:] == [
+    assert argv[:3] == container.ENTRYPOINT and argv[3:] == [
         "127.0.0.1" if a == "0.0.0.0" else a for a in server["command"]]  # same flags, bound inside the container
     assert job["deploy"] == server["deploy"] and job["image"] == server["image"] and job["profiles"] == ["batch"]
     assert "ports" not in job and "env_file" not in job and job["restart"] == "no"
@@ -710,7 +710,7 @@ def test_mtp_is_off_unless_asked_and_renders_as_the_recipes_write_it():
 
     assert all("speculative_config" not in p.values for p in PRESETS.values())
     d = deployment("services:\n  s:\n    preset: glm-4.7-flash\n    speculative_config: {method: mtp, num_speculative_tokens: 3}\n")
-    argv = render.server_argv(d.service("s"), d.vllm_version)
+    argv = container.server_argv(d.service("s"), d.vllm_version)
     assert argv[argv.index("--speculative-config") + 1] == '{"method":"mtp","num_speculative_tokens":3}'
 
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 import deploy
-from deploy import cli, kubernetes, pins, render
+from deploy import cli, container, kubernetes, pins
 from deploy.images import catalog
 from deploy.versions import VllmVersion
 from support import ROOT, venv_tool
@@ -56,7 +56,7 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
     for spec in ("deploy/stacks/default.yaml", "tests/stacks/scripted-cpu.yaml", "tests/stacks/gpu/glm-2026.yaml"):
         d = deploy.load(str(ROOT / spec))
         for s in d.services:
-            argvs[f"{spec}:{s.name}"] = render.server_argv(s, d.vllm_version)
+            argvs[f"{spec}:{s.name}"] = container.server_argv(s, d.vllm_version)
     # The Kubernetes multi-node pods' argv, with the LeaderWorkerSet's variables as the kubelet fills them in.
     d = deploy.load(str(ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"))
     lws = next(o for o in kubernetes.manifests(d, 8)["glm-4.5-air.yaml"] if o["kind"] == "LeaderWorkerSet")
@@ -111,18 +111,18 @@ def test_compose_builds_the_model_fetch_image(docker, tmp_path):
                 "import huggingface_hub, modelscope, deploy.runtime.fetch; print(huggingface_hub.__version__)")
     pinned = re.search(r"^huggingface_hub==(\S+)", (ROOT / "constraints.txt").read_text(), re.M | re.I).group(1)
     assert r.stdout.strip().splitlines()[-1] == pinned
-    # The GPU server runs as render.SERVER_USER in the upstream image (root unless told): the compile-cache
+    # The GPU server runs as container.SERVER_USER in the upstream image (root unless told): the compile-cache
     # volume must be writable by it. Its first mount, by the fetch service, makes it the fetch image's.
     compose(tmp_path, "run", "--rm", "--no-deps", "--entrypoint", "true", "glm-4.5-air-fetch")
     fetch_image = compose(tmp_path, "config", "--format", "json").stdout
     fetch_image = json.loads(fetch_image)["services"]["glm-4.5-air-fetch"]["image"]
     try:  # the fetch service made the volume (else `docker run` below would, from the same image)
         assert subprocess.run(["docker", "volume", "inspect", f"{project}_vllm-cache"], capture_output=True).returncode == 0
-        r = subprocess.run(["docker", "run", "--rm", "--user", render.SERVER_USER, "-e", f"HOME={render.SERVER_HOME}",
+        r = subprocess.run(["docker", "run", "--rm", "--user", container.SERVER_USER, "-e", f"HOME={container.SERVER_HOME}",
                             "-v", f"{project}_vllm-cache:/cache/vllm", "--entrypoint", "python3", fetch_image,
                             "-c", "import os, pathlib; h = pathlib.Path(os.environ['HOME']); h.mkdir(); "
                             "(h / 'x').write_text('1'); print(os.getuid(), os.getgid())"],
                            capture_output=True, text=True)
-        assert r.returncode == 0 and r.stdout.split() == render.SERVER_USER.split(":"), r.stderr
+        assert r.returncode == 0 and r.stdout.split() == container.SERVER_USER.split(":"), r.stderr
     finally:
         compose(tmp_path, "down", "--volumes", check=False)

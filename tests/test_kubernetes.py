@@ -81,10 +81,10 @@ def test_the_server_runs_the_compose_argv_with_gpus_probes_and_the_key_from_a_se
     [pvc, deployment_obj, svc] = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)["glm-4.5-air.yaml"]
     pod = deployment_obj["spec"]["template"]["spec"]
     [server] = pod["containers"]
-    assert server["command"] + server["args"] == render.ENTRYPOINT + render.server_argv(air, d.vllm_version)
+    assert server["command"] + server["args"] == container.ENTRYPOINT + container.server_argv(air, d.vllm_version)
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 4 and deployment_obj["spec"]["strategy"]["type"] == "Recreate"
     assert server["startupProbe"]["failureThreshold"] * server["startupProbe"]["periodSeconds"] >= air.health_start_period
-    assert server["livenessProbe"]["exec"]["command"] == ["python3", render.LIVENESS]
+    assert server["livenessProbe"]["exec"]["command"] == ["python3", container.LIVENESS]
     key = next(e for e in server["env"] if e["name"] == "VLLM_API_KEY")
     assert key == {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": kubernetes.SECRET, "key": "VLLM_API_KEY"}}}
     [fetch] = pod["initContainers"]
