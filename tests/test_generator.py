@@ -735,6 +735,33 @@ def test_monitoring_brings_grafana_with_its_dashboard_and_a_generated_password(t
     assert cli.main(["check", str(spec)]) == 1
 
 
+@pytest.mark.parametrize("routed", [False, True])
+def test_every_dashboard_field_is_one_of_grafanas_dashboard_model(routed):
+    """The dashboard read into grafana-foundation-sdk's Dashboard model (Grafana's own schema, as code) and written
+    back loses nothing: a misspelt or unknown field anywhere (a panel's `titel`, a unit's key) would be dropped."""
+    sdk = pytest.importorskip("grafana_foundation_sdk.models.dashboard",
+                              reason="grafana-foundation-sdk needs Python 3.11 (pip install -e '.[test]' on 3.11+)")
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+
+    from deploy import dashboards
+
+    ours = json.loads(dashboards.dashboard(routed=routed))
+    back = json.loads(json.dumps(sdk.Dashboard.from_json(ours), cls=JSONEncoder))
+
+    def lost(a, b, path="dashboard"):
+        if isinstance(a, dict):
+            return [p for k, v in a.items() for p in ([f"{path}.{k}"] if k not in b else lost(v, b[k], f"{path}.{k}"))]
+        if isinstance(a, list):
+            return [p for i, (x, y) in enumerate(zip(a, b, strict=True)) for p in lost(x, y, f"{path}[{i}]")]
+        return [] if a == b else [f"{path} ({a!r} became {b!r})"]
+
+    assert lost(ours, back) == []
+    assert len(back["panels"]) == len(dashboards.panels(routed))
+    typo = json.loads(dashboards.dashboard(routed=routed))
+    typo["panels"][0]["titel"] = "x"  # the check itself: an unknown field is found
+    assert lost(typo, json.loads(json.dumps(sdk.Dashboard.from_json(typo), cls=JSONEncoder))) == ["dashboard.panels[0].titel"]
+
+
 def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(tmp_path, capsys):
     """After a leak (the LiteLLM 1.107.0 incident's advice: rotate every secret the proxy saw): new generated keys in
     the env file this tool made, mode and other lines kept, the services to recreate named; a file the user wrote
