@@ -51,6 +51,10 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     "served_model_name": lambda s: _default_served_name(s.get("model")),
 }
 
+# Spec fields whose value is added to the preset's rather than replacing it: the recipe's own flags and variables
+# must not vanish when a user adds one of theirs.
+ADDED_TO_PRESET = ("extra_args", "env")
+
 SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY)", re.I)
 # The same words as whole parts of a flag (--hf-token, --api-key; not --tokenizer, --max-num-batched-tokens).
 SECRET_FLAG = re.compile(r"^--(.*-)?(token|secret|password|api-key|access-key)(-.*)?$", re.I)
@@ -360,7 +364,14 @@ def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images:
         if f.name == "preset":
             continue
         user = getattr(spec, f.name)
-        if user is not None:
+        if user is not None and preset and f.name in ADDED_TO_PRESET and f.name in preset.values:
+            # The preset's recipe flags and variables stay; the user's come after (a flag given twice: the later
+            # wins in vLLM's parser; a variable: the user's value).
+            mine = dict(user) if f.name == "env" else None
+            merged = (tuple((k, v) for k, v in preset.values[f.name] if k not in mine) + tuple(user) if mine is not None
+                      else tuple(preset.values[f.name]) + tuple(user))
+            values[f.name], sources[f.name] = merged, f"preset {preset.name} + user"
+        elif user is not None:
             values[f.name], sources[f.name] = user, "user"
         elif preset and f.name in preset.values:
             if f.name == "fallback_sources" and spec.model is not None:

@@ -260,8 +260,8 @@ class ServiceSpec:
     profiles: tuple | None = _f(string_list, "compose profiles")
     include: tuple | None = _f(string_list, "file patterns to download")
     exclude: tuple | None = _f(string_list, "file patterns to skip")
-    extra_args: tuple | None = _f(string_list, "extra vLLM arguments, passed verbatim and last")
-    env: tuple | None = _f(string_map, "extra environment variables")
+    extra_args: tuple | None = _f(string_list, "extra vLLM arguments, passed verbatim and last (after a preset's own)")
+    env: tuple | None = _f(string_map, "extra environment variables (added to a preset's; yours win)")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ when a later one fails:
   vision         the glm-4.1v-9b-thinking preset: smoke checks (images, video, limits), 32 images in one
                  request, one video, and an image + text throughput run
   ep             air.ep: the preset + --enable-expert-parallel, same benchmark as air.preset
+  glm46v         on nvidia-h200-x4: the glm-4.6v preset at TP 4 (tests/stacks/gpu/glm46v-full.yaml) cold then
+                 warm, smoke checks, 32 images, a video, GPU memory, text and image benchmarks; the recipe's command
+                 (expert parallel, encoder data parallel, shm cache) and the preset + 4 API servers, same
+                 benchmarks; then glm-4.6v-fp8 at TP 2 on two of the GPUs, the same checks and benchmarks
   fp8            on nvidia-h200-x2: the preset at TP 2 (tests/stacks/gpu/glm-air-full-tp2.yaml) in bfloat16, then
                  with online FP8 (--quantization fp8): speed only, dummy weights say nothing about quality;
                  concurrency 1, 16, 64
@@ -42,12 +46,14 @@ AIR_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full.yaml")
 AIR_TP2_SPEC = str(ROOT / "tests/stacks/gpu/glm-air-full-tp2.yaml")
 VISION_SPEC = str(ROOT / "tests/stacks/gpu/glm41v-full.yaml")
 FLASH_SPEC = str(ROOT / "tests/stacks/gpu/glm-flash-full.yaml")
+GLM46V_SPEC = str(ROOT / "tests/stacks/gpu/glm46v-full.yaml")
 CONCURRENCY = {1: 4, 16: 32, 64: 128, 256: 512}  # max concurrency → number of prompts
 FUSION_OFF = ["--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}']
 
 
 def fixtures() -> None:
-    for kind, name in (("air", "glm-4.5-air-full"), ("vision", "glm-4.1v-full"), ("flash47", "glm-4.7-flash-full")):
+    for kind, name in (("air", "glm-4.5-air-full"), ("vision", "glm-4.1v-full"), ("flash47", "glm-4.7-flash-full"),
+                       ("glm46v", "glm-4.6v-full"), ("glm46v-fp8", "glm-4.6v-fp8-full")):
         if not (FIX / name / "config.json").exists():
             subprocess.run([sys.executable, str(ROOT / "tests/fixtures/glm_full_shape.py"), kind, str(FIX / name)], check=True)
     Path("/var/stage/media").mkdir(parents=True, exist_ok=True)
@@ -202,6 +208,38 @@ def flash() -> None:
                do_bench=False, checks=gpu_memory)
 
 
+def glm46v() -> None:
+    """GLM-4.6V at TP 4 and GLM-4.6V-FP8 at TP 2, each with exactly its preset's argv (the GLM-4.6V issue)."""
+    from gpu_tune import run_cell
+
+    import deploy
+    from deploy import render
+
+    def images(s: Server, res: dict) -> None:
+        gpu_memory(s, res)
+        vision_checks(s, res)
+        res["cells"] = {c: [run_cell(s, c, 100 * i + r, f"{s.name}.{c}.r{r}") for r in range(3 if c == "img8.c64" else 1)]
+                        for i, c in enumerate(("img1.c16", "img1.c64", "img8.c16", "img8.c64"))}
+
+    d = deploy.load(GLM46V_SPEC)
+    svc = d.service("glm-4.6v")
+    cache = "/var/stage/cache-glm46v"
+    shutil.rmtree(cache, ignore_errors=True)
+    run_server("glm46v.preset", GLM46V_SPEC, "glm-4.6v", cache, do_smoke=True, checks=images)
+    run_server("glm46v.warm", GLM46V_SPEC, "glm-4.6v", cache, do_bench=False)
+    # recipes models/zai-org/GLM-4.6V.yaml: base args --enable-expert-parallel --allowed-local-media-path /
+    #   --mm-encoder-tp-mode data --mm-processor-cache-type shm, TP 4, glm45 parsers with auto tool choice
+    recipe = ["vllm", "serve", svc.model, "--tensor-parallel-size", "4", "--tool-call-parser", "glm45",
+              "--reasoning-parser", "glm45", "--enable-auto-tool-choice", "--enable-expert-parallel",
+              "--allowed-local-media-path", "/", "--mm-encoder-tp-mode", "data", "--mm-processor-cache-type", "shm",
+              "--served-model-name", svc.served_model_name, "--load-format", "dummy", *FUSION_OFF]
+    run_server("glm46v.recipe", GLM46V_SPEC, "glm-4.6v", cache, argv=recipe, checks=images)
+    _, preset = render.host_command(svc, d.vllm_version)
+    run_server("glm46v.api4", GLM46V_SPEC, "glm-4.6v", cache, argv=[*preset, "--api-server-count", "4"], checks=images)
+    run_server("glm46v-fp8.preset", GLM46V_SPEC, "glm-4.6v-fp8", "/var/stage/cache-glm46v-fp8", do_smoke=True,
+               checks=images)
+
+
 def vision() -> None:
     run_server("vision.preset", VISION_SPEC, "glm-4.1v", "/var/stage/cache-vision", do_smoke=True, do_bench=False,
                checks=vision_checks)
@@ -212,7 +250,7 @@ if __name__ == "__main__":
     fixtures()
     for step in sys.argv[1:] or ["air", "vision", "ep"]:
         try:
-            {"air": air, "vision": vision, "ep": ep, "fp8": fp8, "flash": flash}[step]()
+            {"air": air, "vision": vision, "ep": ep, "fp8": fp8, "flash": flash, "glm46v": glm46v}[step]()
         except Exception as e:  # keep what was measured; say what broke
             log(f"{step} failed: {type(e).__name__}: {e}")
             record(f"{step}.error", f"{type(e).__name__}: {e}")

@@ -798,3 +798,23 @@ def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(
     env.write_text("VLLM_API_KEY=sk-mine-mine-mine-mine-mine\n")
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 1
     assert "left alone" in capsys.readouterr().err and env.read_text() == "VLLM_API_KEY=sk-mine-mine-mine-mine-mine\n"
+
+
+def test_extra_args_and_env_add_to_the_presets_own():
+    """A user's extra_args come after the preset's recipe flags (which stay), and their env adds to the preset's
+    (the user's value wins for the same variable): adding `--load-format dummy` must not drop
+    `--mm-encoder-tp-mode data`."""
+    from deploy import container
+    from deploy import spec as spec_mod
+    from deploy.resolve import resolve
+
+    text = ("vllm_version: 0.32.0\nservices:\n  v:\n    preset: glm-4.6v\n    extra_args: ['--max-num-seqs', '64']\n"
+            "  f:\n    preset: glm-5.3-flash-fp8\n    gpus: [4, 5, 6, 7]\n    port: 8001\n"
+            "    env: {VLLM_ENGINE_READY_TIMEOUT_S: '7200', MY_VAR: '1'}\n")
+    stack, c = spec_mod.loads(text)
+    d = resolve(stack, c)
+    c.raise_if_errors("s.yaml")
+    argv = container.server_argv(d.service("v"), d.vllm_version)
+    tail = argv[argv.index("--mm-encoder-tp-mode"):]
+    assert tail == ["--mm-encoder-tp-mode", "data", "--mm-processor-cache-type", "shm", "--max-num-seqs", "64"]
+    assert dict(d.service("f").env) == {"VLLM_ENGINE_READY_TIMEOUT_S": "7200", "MY_VAR": "1"}
