@@ -141,12 +141,13 @@ def cmd_rotate_keys(a) -> int:
         print(f"{a.spec}: {e}", file=sys.stderr)
         return 1
     # The containers that read the rotated variables pick them up only when recreated: the servers their key,
-    # the router every key (it checks clients' keys and passes the servers' on), Grafana its password.
+    # the router every key (it checks clients' keys and passes the servers' on), Grafana its password. --no-deps:
+    # only those (without it compose recreates what they depend on too: every server behind the router).
     readers = ([s.name for s in d.services if s.api_key] if "VLLM_API_KEY" in names else []) + \
               (["router"] if d.router and set(names) - {GRAFANA_PASSWORD} else []) + \
               (["grafana"] if GRAFANA_PASSWORD in names else [])
     print(f"new {', '.join(names)} in {env} (the old ones stop working once the services are recreated): "
-          f"docker compose up -d --force-recreate {' '.join(readers)}; then give clients the new keys from {env}",
+          f"docker compose up -d --force-recreate --no-deps {' '.join(readers)}; then give clients the new keys from {env}",
           file=sys.stderr)
     if GRAFANA_PASSWORD in names:
         # Grafana reads the variable only when its database is new; the volume keeps the old password.

@@ -781,9 +781,9 @@ def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(
     after, err = envfile.read(env), capsys.readouterr().err
     assert after["ROUTER_KEY_A"] != before["ROUTER_KEY_A"] and after["VLLM_API_KEY"] == before["VLLM_API_KEY"]
     assert after["OTHER"] == "1" and "# mine" in env.read_text() and oct(env.stat().st_mode & 0o777) == "0o600"
-    assert after["ROUTER_KEY_A"] not in err and "--force-recreate router;" in err  # a router key: the router only
+    assert after["ROUTER_KEY_A"] not in err and "--force-recreate --no-deps router;" in err  # a router key: the router only
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 0
-    assert "--force-recreate a router;" in capsys.readouterr().err  # the servers' key too: the servers as well
+    assert "--force-recreate --no-deps a router;" in capsys.readouterr().err  # the servers' key too: the servers as well
     assert all(envfile.read(env)[k] != after[k] for k in ("VLLM_API_KEY", "ROUTER_KEY_A"))
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path), "--key", "NOPE"]) == 1
     graf = tmp_path / "g"
@@ -793,7 +793,7 @@ def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(
     capsys.readouterr()
     assert cli.main(["rotate-keys", str(graf / "s.yaml"), "--dir", str(graf), "--key", "GF_SECURITY_ADMIN_PASSWORD"]) == 0
     err = capsys.readouterr().err  # Grafana's stored password is reset from the variable, never printed
-    assert "--force-recreate grafana;" in err and "reset-admin-password \"$GF_SECURITY_ADMIN_PASSWORD\"" in err
+    assert "--force-recreate --no-deps grafana;" in err and "reset-admin-password \"$GF_SECURITY_ADMIN_PASSWORD\"" in err
     assert envfile.read(graf / "secrets.env")["GF_SECURITY_ADMIN_PASSWORD"] not in err
     env.write_text("VLLM_API_KEY=sk-mine-mine-mine-mine-mine\n")
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 1
