@@ -15,7 +15,7 @@ from . import pins, render, spec, versions
 from .errors import Collector, Problem, SpecError
 from .kubernetes import DROPPABLE as DROPPABLE_K8S
 from .presets import PRESETS
-from .resolve import GRAFANA_PASSWORD, Deployment, resolve
+from .resolve import GRAFANA, GRAFANA_PASSWORD, ROUTER, Deployment, resolve
 from .write import WriteError, atomic_write, header, rotate_keys, shown, write_compose
 
 # The checkout this package runs from: compose builds the project's images from its images/.
@@ -144,8 +144,8 @@ def cmd_rotate_keys(a) -> int:
     # the router every key (it checks clients' keys and passes the servers' on), Grafana its password. --no-deps:
     # only those (without it compose recreates what they depend on too: every server behind the router).
     readers = ([s.name for s in d.services if s.api_key] if "VLLM_API_KEY" in names else []) + \
-              (["router"] if d.router and set(names) - {GRAFANA_PASSWORD} else []) + \
-              (["grafana"] if GRAFANA_PASSWORD in names else [])
+              ([ROUTER] if d.router and set(names) - {GRAFANA_PASSWORD} else []) + \
+              ([GRAFANA] if GRAFANA_PASSWORD in names else [])
     print(f"new {', '.join(names)} in {env} (the old ones stop working once the services are recreated): "
           f"docker compose up -d --force-recreate --no-deps {' '.join(readers)}; then give clients the new keys from {env}",
           file=sys.stderr)

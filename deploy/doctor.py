@@ -19,8 +19,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import pins, render
-from .resolve import Deployment, Service
+from . import envfile, pins, render
+from .resolve import Deployment, Service, floating
 from .versions import VllmVersion
 
 CPU_DEMO = "docker compose --profile cpu up -d --wait smollm2-cpu"
@@ -265,12 +265,9 @@ IMAGE_VARIABLES = ("VLLM_COMPOSE_BASE_IMAGE", "VLLM_COMPOSE_VLLM_IMAGE")  # comp
 def check_images(d: Deployment, folder: Path) -> list[Line]:
     """Every image the stack pulls or builds on, from the spec and from the environment (or the folder's .env,
     which compose reads): a moving tag is a warning, with the fix."""
-    from .envfile import read as read_env
-    from .resolve import floating
-
     refs = {f"images.{role}": ref for role, ref in d.images}
     dotenv = folder / ".env"
-    env = {**(read_env(dotenv) if dotenv.is_file() else {}), **os.environ}
+    env = {**(envfile.read(dotenv) if dotenv.is_file() else {}), **os.environ}
     refs |= {var: env[var] for var in IMAGE_VARIABLES if env.get(var)}
     lines = [Line(True, "images", f"{where} = {ref} {why}.", "pin a version or a digest (REPOSITORY@sha256:…).", warn=True)
              for where, ref in refs.items() if (why := floating(ref))]

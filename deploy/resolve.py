@@ -367,10 +367,10 @@ def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images:
         if user is not None and preset and f.name in ADDED_TO_PRESET and f.name in preset.values:
             # The preset's recipe flags and variables stay; the user's come after (a flag given twice: the later
             # wins in vLLM's parser; a variable: the user's value).
-            mine = dict(user) if f.name == "env" else None
-            merged = (tuple((k, v) for k, v in preset.values[f.name] if k not in mine) + tuple(user) if mine is not None
-                      else tuple(preset.values[f.name]) + tuple(user))
-            values[f.name], sources[f.name] = merged, f"preset {preset.name} + user"
+            kept = preset.values[f.name]
+            if f.name == "env":
+                kept = [(k, v) for k, v in kept if k not in dict(user)]
+            values[f.name], sources[f.name] = (*kept, *user), f"preset {preset.name} + user"
         elif user is not None:
             values[f.name], sources[f.name] = user, "user"
         elif preset and f.name in preset.values:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "maintainer"))
 
-from gpu_fullshape import VISION_SPEC, fixtures  # noqa: E402
+from gpu_fullshape import VISION_SPEC, fixtures, run_server  # noqa: E402
 from gpu_verify import OUT, Server, log, record  # noqa: E402
 
 SERVICE = "glm-4.1v"
@@ -134,21 +134,17 @@ def roofline() -> None:
 
 def run_variant(name: str, argv: list[str]) -> None:
     tag = f"tune.{name}"
-    s = Server(VISION_SPEC, SERVICE, {"VLLM_CACHE_ROOT": CACHE}, argv=argv)
-    s.name = tag
-    with s:
-        try:
-            took = s.wait(timeout=900)
-        except RuntimeError as e:
-            record(tag, {"error": str(e)[-3000:], "argv": s.argv})
-            return
-        res = {"startup_s": round(took, 1), "argv": s.argv, "cells": {}}
+
+    def cells(s: Server, res: dict) -> None:
         # first requests of a fresh server (text and images) warm what it builds lazily; not counted
         res["warmup"] = [run_cell(s, c, 999_000 + i, f"{tag}.warmup.{c}") for i, c in enumerate(("text.c16", "img8.c16"))]
+        res["cells"] = {}
         for i, cell in enumerate(CELLS):
             runs = REPEATS if cell in DECISIVE else 1
             res["cells"][cell] = [run_cell(s, cell, 1000 * i + r, f"{tag}.{cell}.r{r}") for r in range(runs)]
-            record(tag, res)
+            record(tag, res)  # each cell kept as it ends
+
+    run_server(tag, VISION_SPEC, SERVICE, CACHE, argv=argv, do_bench=False, checks=cells)
 
 
 if __name__ == "__main__":
