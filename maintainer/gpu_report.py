@@ -81,64 +81,110 @@ def dense_bytes_per_token(c: dict) -> tuple[float, str]:
     return 2 * params, text
 
 
+def mla_moe_bytes_per_token(c: dict) -> tuple[float, str]:
+    """Bytes of weights one decoded token reads for an MLA + MoE decoder (GLM-4.7-Flash's, BF16): the low-rank
+    query and key/value projections, the routed experts a token picks plus the shared one, the LM head."""
+    h, heads = c["hidden_size"], c["num_attention_heads"]
+    qk = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
+    attn = (h * c["q_lora_rank"] + c["q_lora_rank"] * heads * qk  # q_a, q_b
+            + h * (c["kv_lora_rank"] + c["qk_rope_head_dim"])  # kv_a (with the shared rope key)
+            + c["kv_lora_rank"] * heads * (c["qk_nope_head_dim"] + c["v_head_dim"])  # kv_b
+            + heads * c["v_head_dim"] * h)  # o
+    layers, dense = c["num_hidden_layers"], c["first_k_dense_replace"]
+    expert = 3 * h * c["moe_intermediate_size"]
+    picked = c["num_experts_per_tok"] + c["n_shared_experts"]
+    mlp_dense, head = 3 * h * c["intermediate_size"], c["vocab_size"] * h
+    params = layers * attn + dense * mlp_dense + (layers - dense) * picked * expert + head
+    text = (f"{layers} × MLA attention {attn / 1e6:.1f} M + {dense} dense MLP {mlp_dense / 1e6:.1f} M + {layers - dense} × "
+            f"({c['num_experts_per_tok']} routed + {c['n_shared_experts']} shared experts × {expert / 1e6:.2f} M) + LM head "
+            f"{head / 1e6:.0f} M = {params / 1e9:.2f} B parameters read × 2 bytes = {2 * params / 1e9:.2f} GB per token")
+    return 2 * params, text
+
+
 def _mean(runs: list[dict], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else None
 
 
-def tune(data: dict) -> list[str]:
-    """GLM-4.1V at full shape on one H200: the tutorial's command vs the preset vs tuned variants."""
-    from glm_full_shape import VISION
+def _ok(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if "error" not in r]
 
-    names = [k for k in data if k.startswith("tune.") and "cells" in data[k]]
-    base = data.get("tune.tutorial", {}).get("cells", {})
-    lines = ["GLM-4.1V-9B-Thinking at full shape (dummy weights), one H200, vLLM 0.26, one run of "
-             "`maintainer/gpu_tune.py`: every variant on the same host, the same seeded prompts and images; greedy "
-             "(temperature 0), EOS ignored. text = random 1024 tokens in / 256 out; imgN = N images (224² or 672², half "
-             "each) + 128 text tokens, 128 out; img32 = one request of 32 images of 672² at a time (TTFT). Cells with "
-             "a range ran 3 times (each with its own seed): mean, and min–max in brackets. Ratio = output tok/s ÷ the "
-             "tutorial's (img32: the tutorial's TTFT ÷ this TTFT; above 1 is better).", "",
+
+def tune_models(data: dict) -> dict[str, list[str]]:
+    """The tuning runs in DATA by model (entries before the model was recorded are GLM-4.1V's), variants in order."""
+    models: dict[str, list[str]] = {}
+    for name, r in data.items():
+        if name.startswith("tune.") and "cells" in r:
+            models.setdefault(r.get("model", "glm-4.1v"), []).append(name)
+    return models
+
+
+def tune(data: dict, model: str, names: list[str]) -> list[str]:
+    """One model at full shape on one H200: the tutorial's command vs the preset vs tuned variants."""
+    from glm_full_shape import FLASH47, VISION
+
+    title, shape, bytes_per_token = {
+        "glm-4.1v": ("GLM-4.1V-9B-Thinking", VISION, dense_bytes_per_token),
+        "glm-4.6v-flash": ("GLM-4.6V-Flash (GLM-4.1V-9B's shape)", VISION, dense_bytes_per_token),
+        "glm-4.7-flash": ("GLM-4.7-Flash", FLASH47, mla_moe_bytes_per_token)}[model]
+    variant = lambda n: data[n].get("variant", n.removeprefix("tune."))  # noqa: E731
+    tutorial = next((n for n in names if variant(n) == "tutorial"), None)
+    base = data[tutorial]["cells"] if tutorial else {}
+    lines = [f"{title} at full shape (dummy weights), one H200, vLLM 0.26, one run of `maintainer/gpu_tune.py`: every "
+             "variant on the same host, the same seeded prompts and images; greedy (temperature 0), EOS ignored. "
+             "text = random 1024 tokens in / 256 out; imgN = N images (224² or 672², half each) + 128 text tokens, 128 "
+             "out; img32 = one request of 32 images of 672² at a time (TTFT). Cells with a range ran more than once "
+             "(each with its own seed): mean, and min–max in brackets. Ratio = output tok/s ÷ the tutorial's (img32: "
+             "the tutorial's TTFT ÷ this TTFT; above 1 is better).", "",
              "| cell | variant | req/s | output tok/s | mean TTFT ms | mean TPOT ms | ratio to tutorial |",
              "|---|---|---|---|---|---|---|"]
     for cell in base:
         for name in names:
-            runs = [r for r in data[name]["cells"].get(cell, []) if "error" not in r]
+            runs = _ok(data[name]["cells"].get(cell, []))
             if not runs:
                 continue
             out, ttft = _mean(runs, "output_throughput"), _mean(runs, "mean_ttft_ms")
             spread = (f" ({min(r['output_throughput'] for r in runs):.0f}–{max(r['output_throughput'] for r in runs):.0f})"
                       if len(runs) > 1 else "")
-            b = [r for r in base.get(cell, []) if "error" not in r]
+            b = _ok(base.get(cell, []))
             if cell == "img32":
                 ratio = f"{_mean(b, 'mean_ttft_ms') / ttft:.2f}" if b else "–"
             else:
                 ratio = f"{out / _mean(b, 'output_throughput'):.2f}" if b else "–"
-            lines.append(f"| {cell} | {name.removeprefix('tune.')} | {_mean(runs, 'request_throughput'):.2f} | "
+            lines.append(f"| {cell} | {variant(name)} | {_mean(runs, 'request_throughput'):.2f} | "
                          f"{out:.0f}{spread} | {ttft:.0f} | {_mean(runs, 'mean_tpot_ms'):.2f} | {ratio} |")
     lines.append("")
     hbm = data.get("tune.hbm", {})
-    per_token, arithmetic = dense_bytes_per_token(VISION)
-    c1 = [r for r in base.get("text.c1", []) if "error" not in r]
+    per_token, arithmetic = bytes_per_token(shape)
+    c1, c16 = _ok(base.get("text.c1", [])), _ok(base.get("text.c16", []))
     if c1:
         tpot = _mean(c1, "mean_tpot_ms")
         peak = H200_TBPS * 1e12 / per_token
-        lines += [f"Roofline at batch 1: {arithmetic}. At the data sheet's {H200_TBPS} TB/s: {peak:.0f} tok/s "
-                  f"({per_token / H200_TBPS / 1e9:.2f} ms per token). Measured: TPOT {tpot:.2f} ms = {1000 / tpot:.0f} "
-                  f"tok/s, {1000 / tpot / peak:.0%} of that roofline."]
+        lines += [f"Roofline at batch 1 (the tutorial's text.c1): {arithmetic}. At the data sheet's {H200_TBPS} TB/s: "
+                  f"{peak:.0f} tok/s ({per_token / H200_TBPS / 1e9:.2f} ms per token). Measured: TPOT {tpot:.2f} ms = "
+                  f"{1000 / tpot:.0f} tok/s, {1000 / tpot / peak:.0%} of that roofline."]
         if hbm.get("achieved_tb_s"):
-            real = hbm["achieved_tb_s"] * 1e12 / per_token
+            stream = per_token / hbm["achieved_tb_s"] / 1e9
             lines += [f"A plain device-to-device copy of 4 GiB on the same GPU reached {hbm['achieved_tb_s']} TB/s "
-                      f"(read + write counted), so the reachable roofline is {real:.0f} tok/s "
-                      f"({per_token / hbm['achieved_tb_s'] / 1e9:.2f} ms): decode runs at {1000 / tpot / real:.0%} of "
-                      f"it."]
-        c16 = [r for r in base.get("text.c16", []) if "error" not in r]
-        if c16:
-            lines += [f"Where the rest goes (a timing breakdown, not a profile): a step of 16 sequences takes "
-                      f"{_mean(c16, 'mean_tpot_ms'):.2f} ms against {tpot:.2f} ms for one, so the "
-                      f"{tpot - per_token / hbm['achieved_tb_s'] / 1e9:.2f} ms a step spends beyond streaming the "
-                      f"weights is a fixed cost per step, not per sequence: the kernels between the GEMVs (norms, "
-                      f"rotary, activations, attention over a short KV cache), sampling and the step's scheduling, "
-                      f"with CUDA graphs and async scheduling on in every variant. Not profiled further."]
+                      f"(read + write counted), so the reachable roofline is {1000 / stream:.0f} tok/s "
+                      f"({stream:.2f} ms): decode runs at {stream / tpot:.0%} of it."]
+            if c16 and bytes_per_token is dense_bytes_per_token:
+                lines += [f"Where the rest goes (a timing breakdown, not a profile): a step of 16 sequences takes "
+                          f"{_mean(c16, 'mean_tpot_ms'):.2f} ms against {tpot:.2f} ms for one, so the "
+                          f"{tpot - stream:.2f} ms a step spends beyond streaming the weights is a fixed cost per "
+                          f"step, not per sequence: the kernels between the GEMVs (norms, rotary, activations, "
+                          f"attention over a short KV cache), sampling and the step's scheduling, with CUDA graphs and "
+                          f"async scheduling on in every variant. Not profiled further."]
+            elif c16:
+                layers = shape["num_hidden_layers"]
+                lines += [f"Where the rest goes (a timing breakdown, not a profile): {tpot:.2f} ms over {layers} layers "
+                          f"is {1000 * tpot / layers:.0f} µs a layer, of which streaming its weights takes "
+                          f"{1000 * stream / layers:.0f} µs; the other {1000 * (tpot - stream) / layers:.0f} µs is the "
+                          f"latency of the many small kernels of an MLA + MoE layer at batch 1 (low-rank projections, "
+                          f"norms, router and top-k, the fused-MoE launch), inside CUDA graphs. A step of 16 sequences "
+                          f"takes {_mean(c16, 'mean_tpot_ms'):.2f} ms though it reads up to 16 × "
+                          f"{shape['num_experts_per_tok']} of the {shape['n_routed_experts']} experts a layer. Not "
+                          f"profiled further."]
         lines.append("")
     return lines
 
@@ -168,8 +214,8 @@ def main() -> None:
              "(written by `maintainer/gpu_verify.py` on the `device` machine). Procedure: README, “GPU verification”.", ""]
     for path in sorted(RUNS.glob("*.json")):
         data = json.loads(path.read_text())
-        lines += [f"## {path.stem}", ""]
-        serves = {k: v for k, v in data.items() if "argv" in v or "error" in v}
+        lines += [f"## {path.stem}", ""] + ([f"Run: {data['_source']}", ""] if "_source" in data else [])
+        serves = {k: v for k, v in data.items() if isinstance(v, dict) and ("argv" in v or "error" in v)}
         if serves:
             lines += ["| server | GPUs | start-up s | smoke suite | argv (as `deploy args` renders it, + host/port) |",
                       "|---|---|---|---|---|"]
@@ -183,8 +229,8 @@ def main() -> None:
                       if "run_as" in r] + [""] * any("run_as" in r for r in serves.values())
         if "air.preset" in data:
             lines += fullshape(data)
-        if "tune.tutorial" in data:
-            lines += tune(data)
+        for model, names in tune_models(data).items():
+            lines += tune(data, model, names)
         if "air.tp2.bf16" in data:
             lines += fp8(data)
         for name, b in data.items():
