@@ -283,8 +283,10 @@ def test_bodies_the_router_cannot_route_get_a_400_that_says_why(scripted):
 
 
 def test_streamed_chunks_arrive_as_the_server_sends_them(scripted):
-    """SSE through the router, not buffered: the tokens of a 48-token stream arrive spread over its duration
-    (a buffering proxy would deliver them in one burst at the end)."""
+    """SSE through the router, not buffered: the chunks of a 48-token stream (~12 KB) arrive spread over its
+    duration, in many separate reads. A proxy that buffers the response delivers it in one burst at the end; one
+    that buffers 4-8 KB delivers two or three bursts. The server itself may bunch chunks when CI's two cores are
+    busy (a 2 s stall, then 30 chunks in one read, was seen), so the bar is bursts, not per-chunk gaps."""
     work, ports, key = scripted
     c = client(work, ports["router"], key)
     t0 = time.monotonic()
@@ -297,10 +299,11 @@ def test_streamed_chunks_arrive_as_the_server_sends_them(scripted):
     total = arrivals[-1]
     assert len(arrivals) >= 40, arrivals
     gaps = [arrivals[i + 1] - arrivals[i] for i in range(len(arrivals) - 1)]
-    print(f"\nstream through the router: {len(arrivals)} chunks, first at {arrivals[0]:.3f}s, last at {total:.3f}s, "
-          f"median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
-    # Spread out: the first token long before the last, and most chunks in a read of their own.
-    assert arrivals[0] < 0.5 * total and sum(g > 0.002 for g in gaps) >= 0.8 * len(gaps), arrivals
+    bursts = 1 + sum(g > 0.002 for g in gaps)  # runs of chunks read within 2 ms of each other
+    print(f"\nstream through the router: {len(arrivals)} chunks in {bursts} bursts, first at {arrivals[0]:.3f}s, "
+          f"last at {total:.3f}s, median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
+    assert arrivals[0] < 0.5 * total, arrivals
+    assert bursts >= 8, arrivals
 
 
 def test_a_rotated_key_works_and_the_old_one_is_refused_after_the_recreate(scripted):
