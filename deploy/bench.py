@@ -2,21 +2,23 @@
 
 It runs in a one-off container of the service itself (`docker compose run --no-deps`: the service's image, so
 the benchmark is the pinned vLLM's; its models volume, so the tokenizer is the served one; its network, so it
-reaches the router or the server by name), through the router when the stack has one. The key comes from the
-stack's env file inside that container (`OPENAI_API_KEY`, which the benchmark sends): it is never an argument,
-never printed. One `vllm bench serve` per concurrency level, in that one container; vLLM's own report of each
+reaches the router or the server by name), through the router when the stack has one. The key is read from the
+env file that holds it and reaches that container in `OPENAI_API_KEY` (which the benchmark sends), passed by
+name from our environment (`docker compose run -e OPENAI_API_KEY`): it is never an argument, never printed. One `vllm bench serve` per concurrency level, in that one container; vLLM's own report of each
 level streams to stderr as it ends, our table of all of them goes to stdout and the figures to a JSON file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from . import envfile
 from . import router as router_mod
 from .resolve import CONTAINER_PORT, ROUTER, Deployment
 from .write import atomic_write, shown
@@ -71,7 +73,20 @@ def target(d: Deployment, service: str, key: str | None) -> tuple[str, str | Non
     return f"{'https' if tls else 'http'}://{ROUTER}:{router_mod.PORT}", key, tls
 
 
-def script(d: Deployment, service: str, base_url: str, key_var: str | None, tls: bool, conc: list[int],
+def key_env(d: Deployment, workdir: Path, key_var: str | None) -> dict[str, str]:
+    """OPENAI_API_KEY for the one-off container: KEY_VAR's value from the env file holding it (a server's own
+    environment has only VLLM_API_KEY, not the router's keys)."""
+    if not key_var:
+        return {}
+    path = workdir / next(f for f, names, _ in d.env_files() if key_var in names)
+    value = envfile.read(path).get(key_var) if path.is_file() else None
+    if not value:
+        raise BenchError(f"{shown(str(path))} holds no {key_var}. Fix: render the spec into {shown(str(workdir))} "
+                         "(it makes the env files) and start the stack, or pass --dir.")
+    return {"OPENAI_API_KEY": value}
+
+
+def script(d: Deployment, service: str, base_url: str, tls: bool, conc: list[int],
            prompts: int | None, input_len: int, output_len: int, images: int) -> str:
     """The shell the one-off container runs: one `vllm bench serve` per level, each result printed after MARK."""
     s = d.service(service)
@@ -87,8 +102,6 @@ def script(d: Deployment, service: str, base_url: str, key_var: str | None, tls:
         work = ["--backend", "vllm", "--dataset-name", "random"]
     work += ["--random-input-len", str(input_len), "--random-output-len", str(output_len)]
     lines = ["set -e"]
-    if key_var:  # the variable's value, read from the container's own environment (the env file)
-        lines.append(f'export OPENAI_API_KEY="$(printenv {key_var})"')
     if tls:
         lines.append(f"export SSL_CERT_FILE={CA_IN_CONTAINER}")
     for c in conc:
@@ -140,14 +153,16 @@ def main(d: Deployment, spec_path: str, service: str, workdir: Path, key: str | 
     if tls and not ca.is_file():
         raise BenchError(f"{shown(str(ca))} is missing (the router makes it at its first start). Fix: start the router.")
     out = Path(output) if output else workdir / "bench" / f"{service}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    run = ["docker", "compose", "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh"]
+    key = key_env(d, workdir, key_var)
+    run = ["docker", "compose", "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", *(["-e", "OPENAI_API_KEY"] if key else [])]
     if tls:
         run += ["-v", f"{ca.resolve()}:{CA_IN_CONTAINER}:ro"]
-    sh = script(d, service, base_url, key_var, tls, conc, prompts, input_len, output_len, images)
+    sh = script(d, service, base_url, tls, conc, prompts, input_len, output_len, images)
     print(f"benchmarking {service} ({d.service(service).served_name}) through {base_url}, concurrency "
           f"{', '.join(map(str, conc))}: vllm bench serve in a one-off {service} container", file=sys.stderr)
     results: dict[int, dict] = {}
-    with subprocess.Popen([*run, service, "-c", sh], cwd=workdir, stdout=subprocess.PIPE, text=True) as p:
+    with subprocess.Popen([*run, service, "-c", sh], cwd=workdir, stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, **key}) as p:
         for line in p.stdout:
             if line.startswith(MARK):
                 _, level, payload = line.split(" ", 2)

@@ -15,7 +15,7 @@ from . import pins, render, spec, versions
 from .errors import Collector, Problem, SpecError
 from .kubernetes import DROPPABLE as DROPPABLE_K8S
 from .presets import PRESETS
-from .resolve import GRAFANA, GRAFANA_PASSWORD, ROUTER, Deployment, resolve
+from .resolve import GRAFANA, GRAFANA_PASSWORD, Deployment, resolve
 from .write import WriteError, atomic_write, header, rotate_keys, shown, write_compose
 
 # The checkout this package runs from: compose builds the project's images from its images/.
@@ -102,8 +102,10 @@ def render_kubernetes(d: Deployment, a) -> int:
         body = "---\n".join(render.dump_yaml(o) for o in objects)
         atomic_write(out / name, head + body)
     atomic_write(out / "kustomization.yaml", head + kubernetes.kustomization(list(files)))
+    # The Secret from each env file a pod reads (this target renders no Grafana, so not its password's).
+    envs = " ".join(f"--from-env-file={f}" for f, _, readers in d.env_files() if readers != (GRAFANA,))
     print(f"wrote {', '.join(files)} and kustomization.yaml to {out}. Before `kubectl apply -k {out}`: kubectl create "
-          f"secret generic {kubernetes.SECRET} --from-env-file={d.env_file}", file=sys.stderr)
+          f"secret generic {kubernetes.SECRET} {envs}", file=sys.stderr)
     return 0
 
 
@@ -134,21 +136,21 @@ def cmd_rotate_keys(a) -> int:
         print(f"{a.spec}: {', '.join(unknown)} is no key of this stack (it has {', '.join(d.key_names())}). "
               "Fix: pass one of those with --key.", file=sys.stderr)
         return 1
-    env = Path(a.dir) / d.env_file
+    # Each file holding a rotated variable, and the containers that read it: they pick the new value up only when
+    # recreated (--no-deps: only those; without it compose recreates what they depend on too, every server behind
+    # the router).
+    groups = [(Path(a.dir) / f, tuple(n for n in held if n in names), readers) for f, held, readers in d.env_files()]
+    groups = [g for g in groups if g[1]]
     try:
-        rotate_keys(env, names)
+        rotate_keys([(path, rotated) for path, rotated, _ in groups])
     except WriteError as e:
         print(f"{a.spec}: {e}", file=sys.stderr)
         return 1
-    # The containers that read the rotated variables pick them up only when recreated: the servers their key,
-    # the router every key (it checks clients' keys and passes the servers' on), Grafana its password. --no-deps:
-    # only those (without it compose recreates what they depend on too: every server behind the router).
-    readers = ([s.name for s in d.services if s.api_key] if "VLLM_API_KEY" in names else []) + \
-              ([ROUTER] if d.router and set(names) - {GRAFANA_PASSWORD} else []) + \
-              ([GRAFANA] if GRAFANA_PASSWORD in names else [])
-    print(f"new {', '.join(names)} in {env} (the old ones stop working once the services are recreated): "
-          f"docker compose up -d --force-recreate --no-deps {' '.join(readers)}; then give clients the new keys from {env}",
-          file=sys.stderr)
+    readers = dict.fromkeys(r for _, _, rs in groups for r in rs)
+    where = ", ".join(str(path) for path, _, _ in groups)
+    print(f"new {', '.join(names)} in {where} (the old ones stop working once the services are recreated): "
+          f"docker compose up -d --force-recreate --no-deps {' '.join(readers)}; then give clients the new keys from "
+          f"{where}", file=sys.stderr)
     if GRAFANA_PASSWORD in names:
         # Grafana reads the variable only when its database is new; the volume keeps the old password.
         print("Grafana keeps its admin password in its volume; after the recreate set it from the new variable: "
@@ -268,20 +270,20 @@ def parser() -> argparse.ArgumentParser:
     dr.add_argument("spec")
     dr.add_argument("--service", action="append", help="check this service (repeatable; default: the services "
                     "`docker compose up` starts, those without a profile)")
-    dr.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env file (default: .)")
+    dr.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env files (default: .)")
     add("presets", "list the presets", "python -m deploy presets", cmd_presets)
     rk = add("rotate-keys", "replace the stack's keys in its env file with new generated ones (all, or --key NAME), "
              "e.g. after a leak; prints what to recreate", "python -m deploy rotate-keys deploy/stacks/default.yaml",
              cmd_rotate_keys)
     rk.add_argument("spec")
     rk.add_argument("--key", action="append", help="only this variable (repeatable; default: every key of the stack)")
-    rk.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env file (default: .)")
+    rk.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env files (default: .)")
     be = add("bench", "measure a running service with vLLM's own `vllm bench serve`, run from the service's image "
              "through the router if there is one: a table of req/s, tok/s, TTFT and TPOT per concurrency, and a JSON file",
              "python -m deploy bench deploy/stacks/default.yaml --service glm-4.5-air --concurrency 1,16,64", cmd_bench)
     be.add_argument("spec")
     be.add_argument("--service", required=True, help="the service to measure")
-    be.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env file (default: .)")
+    be.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env files (default: .)")
     be.add_argument("--concurrency", default="1,16,64,256", help="levels, comma-separated (default: 1,16,64,256)")
     be.add_argument("--num-prompts", type=int, help="requests per level (default: 4 × the level, at least 8)")
     be.add_argument("--input-len", type=int, default=1024, help="random prompt tokens (default: 1024)")

@@ -211,21 +211,22 @@ def check_ports(d: Deployment, services: list[Service]) -> list[Line]:
 
 
 def check_env_file(d: Deployment, services: list[Service], folder: Path, spec_path: str) -> list[Line]:
-    if not d.key_names():
+    if not d.env_files():
         return [Line(True, "secrets", "no service or router asks for an API key")]
-    env = folder / d.env_file
     render_cmd = f"python -m deploy render {spec_path} -o {folder / 'compose.yaml'} (creates it)"
-    if not env.is_file():
-        return [Line(False, "secrets", f"{env} is missing; compose refuses to start without it.", render_cmd + ".")]
-    mode = stat.S_IMODE(env.stat().st_mode)
-    if mode & 0o077:
-        return [Line(False, "secrets", f"{env} has mode {mode:o}: others can read the API key.", f"chmod 600 {env}.")]
-    text = env.read_text(encoding="utf-8", errors="replace")
-    for name in d.key_names():
-        if f"{name}=" not in text:
-            return [Line(False, "secrets", f"{env} holds no {name}= line.",
-                         f"add `{name}=sk-<random>` to it (or remove it, then {render_cmd}).")]
-    return [Line(True, "secrets", f"{env} present, mode 600")]
+    for name, names, _ in d.env_files():
+        env = folder / name
+        if not env.is_file():
+            return [Line(False, "secrets", f"{env} is missing; compose refuses to start without it.", render_cmd + ".")]
+        mode = stat.S_IMODE(env.stat().st_mode)
+        if mode & 0o077:
+            return [Line(False, "secrets", f"{env} has mode {mode:o}: others can read its keys.", f"chmod 600 {env}.")]
+        held = envfile.read(env)
+        for n in names:
+            if not held.get(n):
+                return [Line(False, "secrets", f"{env} holds no value for {n}.",
+                             f"add `{n}=sk-<random>` to it (or remove it, then {render_cmd}).")]
+    return [Line(True, "secrets", f"{', '.join(str(folder / f) for f, _, _ in d.env_files())} present, mode 600")]
 
 
 def check_shm(services: list[Service]) -> list[Line]:

@@ -12,8 +12,8 @@ LeaderWorkerSet following vLLM's multi-node recipe (`--nnodes`, `--node-rank`, `
 environment, workers `--headless`, the group recreated when one pod restarts), and a Service. Probes: a
 startupProbe covering the model load (the spec's health_start_period), readiness on /health, liveness by
 deploy/runtime/liveness.py (a hung engine fails it; the script comes in a ConfigMap, as compose's config). Keys come from a Secret the
-user creates from secrets.env; no manifest holds one. The router, monitoring and batch jobs render too
-(router_objects, monitoring_objects, batch_objects); what this target cannot express is refused with the fix.
+user creates from the env files render makes (secrets.env, router-keys.env); no manifest holds one. The router,
+monitoring and batch jobs render too (router_objects, monitoring_objects, batch_objects); what this target cannot express is refused with the fix.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .versions import VllmVersion
 
 KUBERNETES_VERSION = "1.30.0"  # the schemas the manifests are checked against (kubernetes-validate)
 LWS_API = "leaderworkerset.x-k8s.io/v1"
-SECRET = "vllm-compose-keys"  # kubectl create secret generic vllm-compose-keys --from-env-file=secrets.env
+SECRET = "vllm-compose-keys"  # kubectl create secret generic vllm-compose-keys --from-env-file=F for each env file
 HUB_SECRET = "vllm-compose-hub"  # optional: hub.env (tokens, mirrors) for the fetch
 SCRIPTS = "vllm-compose-scripts"  # ConfigMap with the runtime scripts the pods run (deploy/runtime/)
 VOLUMES = {"models": "models", "compile_cache": "cache"}  # a container's volume roles → the pod's volumes

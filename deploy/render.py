@@ -17,11 +17,10 @@ import yaml
 from . import container, dashboards, monitoring, router, runtime
 from . import images as project_images
 from .container import LIVENESS, ROUTER_START, Container, vllm_flags
-from .resolve import GRAFANA, PROMETHEUS, Deployment, Service, batch_name, fetch_name
+from .resolve import GRAFANA, HUB_ENV_FILE, PROMETHEUS, ROUTER, Deployment, Service, batch_name, fetch_name
 from .runtime import liveness
 from .versions import VllmVersion
 
-HUB_ENV_FILE = "hub.env"  # optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
 PROMETHEUS_VOLUME = "prometheus-data"
 GRAFANA_VOLUME = "grafana-data"
 CONFIG_HASH_LABEL = "io.vllm-compose.config-hash"
@@ -99,7 +98,7 @@ def _service(d: Deployment, c: Container, context: str) -> dict[str, Any]:
     if c.stop_grace is not None:
         svc["stop_grace_period"] = f"{c.stop_grace}s"
     if c.api_key:
-        svc["env_file"] = [{"path": d.env_file, "required": True}]
+        svc["env_file"] = _env_files(d, c.service)
     elif c.hub_env:
         # Hub tokens and mirror settings (HF_ENDPOINT, MODELSCOPE_ENDPOINT) for gated or blocked hubs.
         svc["env_file"] = [{"path": HUB_ENV_FILE, "required": False}]
@@ -176,7 +175,7 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
             "environment": {"GF_AUTH_ANONYMOUS_ENABLED": "false", "GF_USERS_ALLOW_SIGN_UP": "false",
                             "GF_ANALYTICS_REPORTING_ENABLED": "false", "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
                             "GF_PLUGINS_PLUGIN_ADMIN_ENABLED": "false"},
-            "env_file": [{"path": d.env_file, "required": True}],
+            "env_file": _env_files(d, GRAFANA),
             "ports": [f"{d.bind_address}:{d.grafana_port}:3000"],
             "volumes": [f"{GRAFANA_VOLUME}:/var/lib/grafana"],
             "depends_on": {PROMETHEUS: {"condition": "service_started"}},
@@ -197,6 +196,10 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
                 digest = hashlib.sha256("".join(configs[name]["content"] for name in used).encode()).hexdigest()
                 svc["labels"] = {CONFIG_HASH_LABEL: digest[:16]}
     return doc
+
+
+def _env_files(d: Deployment, service: str) -> list[dict[str, Any]]:
+    return [{"path": f, "required": True} for f in d.env_files_of(service)]
 
 
 def _script(name: str) -> dict[str, str]:
@@ -225,8 +228,8 @@ def _router_service(d: Deployment, context: str) -> dict[str, Any]:
         "command": router.argv(d),
         "configs": [_script("router_start.py"),
                     *({"source": _router_config(f), "target": f"{router.CONFIG_DIR}/{f}"} for f in router.CONFIGS)],
-        # The keys (VLLM_API_KEY, the router's) come from the same env file as the servers'.
-        "env_file": [{"path": d.env_file, "required": True}],
+        # The servers' key (it passes it on) and its own keys for clients, from their env files.
+        "env_file": _env_files(d, ROUTER),
         "ports": [f"{d.bind_address}:{d.router.port}:{router.PORT}"],
         "restart": "unless-stopped",
         "healthcheck": {

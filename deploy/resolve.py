@@ -16,6 +16,7 @@ from . import images as project_images
 from . import pins
 from .errors import Collector, did_you_mean
 from .presets import PRESETS
+from .runtime.router_start import ROUTER_ENV_FILE
 from .runtime.source import FORMS, Source
 from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
 from .versions import FLAGS, NEWEST, OLDEST, VllmVersion
@@ -23,7 +24,12 @@ from .versions import FLAGS, NEWEST, OLDEST, VllmVersion
 CONTAINER_PORT = 8000
 # The services the generator adds beside the user's (compose service names, also host names on the stack's network).
 ROUTER, PROMETHEUS, GRAFANA = "router", "prometheus", "grafana"
-GRAFANA_PASSWORD = "GF_SECURITY_ADMIN_PASSWORD"  # Grafana's admin password, generated into the env file
+GRAFANA_PASSWORD = "GF_SECURITY_ADMIN_PASSWORD"  # Grafana's admin password, generated into its env file
+# The generated secrets, one env file per set of readers beside compose.yaml (Deployment.env_files): compose
+# recreates every service whose env file changed, and a container sees only the keys it uses. The router's keys
+# other than VLLM_API_KEY go to ROUTER_ENV_FILE (router-keys.env, named where the router's start script can say it).
+GRAFANA_ENV_FILE = "grafana.env"  # Grafana's admin password: Grafana alone reads it
+HUB_ENV_FILE = "hub.env"  # the user's own, optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
 
 
 def fetch_name(service: str) -> str:
@@ -210,11 +216,25 @@ class Deployment:
 
     grafana_port: int | None = None  # Grafana's host port (with monitoring)
 
+    def env_files(self) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
+        """(file, the variables it holds, the services that read it) for each generated env file: the servers' key
+        in env_file (the servers, and the router, which passes it on), the router's other keys in ROUTER_ENV_FILE,
+        Grafana's password in GRAFANA_ENV_FILE. Apart so that rotating a client key or the password recreates
+        neither a server (a GPU server would reload its weights) nor shows it to a server's process."""
+        servers = tuple(s.name for s in self.services if s.api_key)
+        server_key = ("VLLM_API_KEY",) if servers else ()
+        files = [(self.env_file, server_key, servers + ((ROUTER,) if self.router else ())),
+                 (ROUTER_ENV_FILE, tuple(n for n, _ in self.router.keys if n not in server_key) if self.router else (),
+                  (ROUTER,)),
+                 (GRAFANA_ENV_FILE, (GRAFANA_PASSWORD,) if self.grafana_port else (), (GRAFANA,))]
+        return tuple(f for f in files if f[1])
+
+    def env_files_of(self, service: str) -> list[str]:
+        return [f for f, _, readers in self.env_files() if service in readers]
+
     def key_names(self) -> tuple[str, ...]:
-        """The variables env_file must hold: the servers' key, the router's keys, Grafana's admin password."""
-        names = ["VLLM_API_KEY"] if any(s.api_key for s in self.services) else []
-        names += [name for name, _ in (self.router.keys if self.router else ())]
-        return tuple(dict.fromkeys(names + ([GRAFANA_PASSWORD] if self.grafana_port else [])))
+        """Every generated variable: the servers' key, the router's keys, Grafana's admin password."""
+        return tuple(n for _, names, _ in self.env_files() for n in names)
 
     def image(self, role: str) -> str:
         return dict(self.images)[role]
@@ -258,6 +278,8 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
     env_file = spec.env_file or "secrets.env"
     if "/" in env_file or env_file.startswith(".") or not VOLUME_RE.fullmatch(env_file):
         c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
+    elif env_file in (ROUTER_ENV_FILE, GRAFANA_ENV_FILE, HUB_ENV_FILE):
+        c.error("env_file", f"{env_file!r} is the name of another env file of the stack. Fix: such as secrets.env.")
     services = tuple(filter(None, (_resolve_service(name, s, version, images, c, spec.router is not None)
                                    for name, s in spec.services)))
     _check_across(services, c, routed=spec.router is not None)

@@ -173,7 +173,8 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         "  http-request use-service prometheus-exporter if { path /metrics }",
         f"  http-request set-var(txn.keyname) req.hdr(authorization),regsub(\"^Bearer +\",\"\"),sha2(256),hex,lower,map({RUN_DIR}/keys.map)",
         "  http-request return status 401 content-type application/json string " + _quoted(_error(
-            401, "invalid or missing API key: send one of the keys in secrets.env as `Authorization: Bearer KEY`",
+            401, "invalid or missing API key: send one of the stack's keys (secrets.env, router-keys.env) as "
+            "`Authorization: Bearer KEY`",
             "invalid_request_error", "invalid_api_key", "Authorization")) + " if !{ var(txn.keyname) -m found }",
         f"  http-request return status 200 content-type application/json lf-string \"%[var(txn.keyname),map({c}/models.map)]\""
         " if METH_GET { path /v1/models }",

@@ -1,8 +1,9 @@
 """Stage 4 — write: the only stage that touches disk.
 
 Files are written atomically (temp file + rename), so a failed run leaves the
-old file or nothing. The API keys live in an env file created with mode 0600,
-next to compose.yaml, and are never printed or written anywhere else.
+old file or nothing. The API keys and Grafana's password live in env files created
+with mode 0600 next to compose.yaml, one per set of readers (Deployment.env_files),
+and are never printed or written anywhere else.
 """
 
 from __future__ import annotations
@@ -49,8 +50,14 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
-ENV_HEADER = "# API keys for the vLLM servers and the router; clients send one as a Bearer token.\n"
-OLD_HEADER = "# API key for the vLLM servers; clients send it as a Bearer token.\n"
+ENV_HEADER = "# Secrets made by `python -m deploy render` (mode 0600); clients send an API key as a Bearer token.\n"
+OLD_HEADERS = ("# API keys for the vLLM servers and the router; clients send one as a Bearer token.\n",
+               "# API key for the vLLM servers; clients send it as a Bearer token.\n")
+
+
+def ours(text: str) -> bool:
+    """Whether an env file's text is one this tool made (only those does it change)."""
+    return text.startswith((ENV_HEADER, *OLD_HEADERS))
 
 
 def new_key() -> str:
@@ -60,65 +67,91 @@ def new_key() -> str:
     return key
 
 
-def ensure_env_file(path: Path, names: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Give the env file a generated key for each of NAMES it lacks. Returns (added, missing).
+def ensure_env_file(path: Path, names: tuple[str, ...], known: dict[str, str] | None = None
+                    ) -> tuple[list[str], list[str], list[str]]:
+    """Give the env file a value for each of NAMES it lacks: KNOWN's (a key the stack already has elsewhere, which
+    clients may hold), else a generated key. Returns (generated, taken from KNOWN, missing).
 
     A missing file is created with mode 0600. A file we created (it starts with our header) gets the
     missing variables appended, its other lines and mode unchanged: its keys may be in clients' hands
     already. Any other file is left alone, and the names it lacks come back as `missing`.
     """
+    known = known or {}
+    lines = lambda ns: "".join(f"{n}={known.get(n) or new_key()}\n" for n in ns)  # noqa: E731
     if not path.exists():
-        atomic_write(path, ENV_HEADER + "".join(f"{n}={new_key()}\n" for n in names), 0o600)
-        return list(names), []
-    text = path.read_text(encoding="utf-8")
-    have = envfile.read(path)
-    lacking = [n for n in names if n not in have]
-    if not lacking:
-        return [], []
-    if not text.startswith((ENV_HEADER, OLD_HEADER)):
-        return [], lacking
-    atomic_write(path, text + ("" if text.endswith("\n") else "\n") + "".join(f"{n}={new_key()}\n" for n in lacking),
-                 path.stat().st_mode & 0o777)
-    return lacking, []
+        atomic_write(path, ENV_HEADER + lines(names), 0o600)
+        lacking = list(names)
+    else:
+        text = path.read_text(encoding="utf-8")
+        lacking = [n for n in names if n not in envfile.read(path)]
+        if not lacking:
+            return [], [], []
+        if not ours(text):
+            return [], [], lacking
+        atomic_write(path, text + ("" if text.endswith("\n") else "\n") + lines(lacking), path.stat().st_mode & 0o777)
+    return [n for n in lacking if not known.get(n)], [n for n in lacking if known.get(n)], []
 
 
-def rotate_keys(path: Path, names: tuple[str, ...]) -> None:
-    """Give each of NAMES a new generated key in the env file at PATH, in place (written whole, mode kept); every
-    other line unchanged. Only a file this tool made is touched. Raises WriteError naming the fix."""
-    if not path.is_file():
-        raise WriteError(f"{path} does not exist. Fix: render the spec first (it creates the env file), or pass --dir.")
-    text = path.read_text(encoding="utf-8")
-    if not text.startswith((ENV_HEADER, OLD_HEADER)):
-        raise WriteError(f"{path} was not made by this tool, so it is left alone. Fix: replace the keys in it yourself "
-                         "(each `NAME=sk-...`, 20 characters or more).")
-    if missing := [n for n in names if n not in envfile.read(path)]:
-        raise WriteError(f"{path} has no {', '.join(missing)}. Fix: render the spec again (it adds missing keys).")
-    lines = [f"{line.partition('=')[0]}={new_key()}" if line.partition("=")[0].strip() in names
-             and not line.lstrip().startswith("#") else line for line in text.splitlines()]
-    atomic_write(path, "\n".join(lines) + "\n", path.stat().st_mode & 0o777)
+def _assigns(line: str, names) -> bool:
+    return not line.lstrip().startswith("#") and line.partition("=")[0].strip() in names
+
+
+def rotate_keys(files: list[tuple[Path, tuple[str, ...]]]) -> None:
+    """Give each of the NAMES of each env file a new generated key, in place (written whole, mode kept); every other
+    line unchanged. Only files this tool made are touched, and none unless all can be. Raises WriteError naming
+    the fix."""
+    for path, names in files:
+        if not path.is_file():
+            raise WriteError(f"{path} does not exist. Fix: render the spec first (it creates the env files), or pass --dir.")
+        if not ours(path.read_text(encoding="utf-8")):
+            raise WriteError(f"{path} was not made by this tool, so it is left alone. Fix: replace the keys in it "
+                             "yourself (each `NAME=sk-...`, 20 characters or more).")
+        if missing := [n for n in names if n not in envfile.read(path)]:
+            raise WriteError(f"{path} has no {', '.join(missing)}. Fix: render the spec again (it adds missing keys).")
+    for path, names in files:
+        lines = [f"{line.partition('=')[0]}={new_key()}" if _assigns(line, names) else line
+                 for line in path.read_text(encoding="utf-8").splitlines()]
+        atomic_write(path, "\n".join(lines) + "\n", path.stat().st_mode & 0o777)
 
 
 def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
-    """compose.yaml at OUT, the env file beside it (keys it lacks, if this tool made it), and the host folders
+    """compose.yaml at OUT, the env files beside it (keys they lack, in those this tool made), and the host folders
     the services mount that are missing (made by the user who renders, so that the containers' user can read
     and write them: Docker would create them owned by root). Returns what to tell the user."""
-    env = out.parent / d.env_file
-    if env.resolve() == out.resolve():
-        raise WriteError(f"env_file {d.env_file} would overwrite the output {out}. Fix: choose another -o or env_file.")
-    if env.exists() and not env.is_file():
-        raise WriteError(f"{env} exists and is not a file. Fix: move it away or set env_file.")
+    files = [(out.parent / f, names) for f, names, _ in d.env_files()]
+    for env, _ in files:
+        if env.resolve() == out.resolve():
+            raise WriteError(f"env file {env.name} would overwrite the output {out}. Fix: choose another -o or env_file.")
+        if env.exists() and not env.is_file():
+            raise WriteError(f"{env} exists and is not a file. Fix: move it away or set env_file.")
     atomic_write(out, text)
     notes = []
-    existed = env.exists()
-    added, missing = ensure_env_file(env, d.key_names()) if d.key_names() else ([], [])
-    if added:
-        notes.append(f"{'added to' if existed else 'created'} {env} (mode 0600): new key(s) {', '.join(added)}; "
-                     "clients read them from there")
-    if missing:
-        notes.append(f"warning: {env} lacks {', '.join(missing)}, and it is not a file this tool made, so it was left "
-                     "alone. Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)")
-    if existed and env.stat().st_mode & 0o077:
-        notes.append(f"warning: {env} can be read by other users. Fix: chmod 600 {env}")
+    main = out.parent / d.env_file
+    # Before the keys were split by reader, env_file held them all: a key found there keeps its value.
+    older = envfile.read(main) if main.is_file() else {}
+    moved: list[str] = []
+    for env, names in files:
+        existed = env.exists()
+        added, carried, missing = ensure_env_file(env, names, older if env != main else None)
+        moved += carried
+        if added or carried:
+            notes.append(f"{'added to' if existed else 'created'} {env} (mode 0600): "
+                         + "; ".join(([f"new key(s) {', '.join(added)}"] if added else [])
+                                     + ([f"{', '.join(carried)} from {main.name}, same value(s)"] if carried else []))
+                         + "; clients read them from there")
+        if missing:
+            notes.append(f"warning: {env} lacks {', '.join(missing)}, and it is not a file this tool made, so it was "
+                         "left alone. Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)")
+        if existed and env.stat().st_mode & 0o077:
+            notes.append(f"warning: {env} can be read by other users. Fix: chmod 600 {env}")
+    if moved and ours(main.read_text(encoding="utf-8")):
+        kept = [line for line in main.read_text(encoding="utf-8").splitlines() if not _assigns(line, moved)]
+        atomic_write(main, "\n".join(kept) + "\n", main.stat().st_mode & 0o777)
+        notes.append(f"removed {', '.join(moved)} from {main}: each container now sees only the keys it uses (the "
+                     "servers restart once at the next `docker compose up -d`)")
+    elif moved:
+        notes.append(f"warning: {main} still holds {', '.join(moved)}, now read from its own env file. Fix: remove "
+                     f"those lines from {main} (the servers need only VLLM_API_KEY)")
     notes.append(f"wrote {out}")
     for s in d.services:
         folders = [(s.batch.input, f"batch input of {s.name}"), (s.batch.output, f"batch output of {s.name}")] if s.batch else []

@@ -28,16 +28,25 @@ def test_straight_to_the_server_without_a_router():
         bench.target(d, name, "OTHER")
 
 
-def test_the_container_reads_the_key_from_its_env_and_runs_one_benchmark_per_level():
+def test_the_key_comes_from_the_env_file_holding_it_and_one_benchmark_runs_per_level(tmp_path):
+    """The router's keys are in router-keys.env, which no server reads: the one-off container gets the key's
+    value in OPENAI_API_KEY from us, and the script it runs names no key at all."""
     d = load(SCRIPTED)
-    sh = bench.script(d, "smollm2", "https://router:4000", "VLLM_API_KEY", True, [1, 16], None, 1024, 256, 0)
-    assert 'export OPENAI_API_KEY="$(printenv VLLM_API_KEY)"' in sh  # a name, never a value
+    (tmp_path / "secrets.env").write_text("VLLM_API_KEY=sk-server-0000000000000000\n")
+    (tmp_path / "router-keys.env").write_text("ROUTER_KEY_TOOLS=sk-tools-00000000000000000\n")
+    assert bench.key_env(d, tmp_path, "ROUTER_KEY_TOOLS") == {"OPENAI_API_KEY": "sk-tools-00000000000000000"}
+    assert bench.key_env(d, tmp_path, "VLLM_API_KEY") == {"OPENAI_API_KEY": "sk-server-0000000000000000"}
+    assert bench.key_env(d, tmp_path, None) == {}
+    (tmp_path / "router-keys.env").unlink()
+    with pytest.raises(bench.BenchError, match=r"router-keys.env holds no ROUTER_KEY_TOOLS. Fix: render the spec"):
+        bench.key_env(d, tmp_path, "ROUTER_KEY_TOOLS")
+    sh = bench.script(d, "smollm2", "https://router:4000", True, [1, 16], None, 1024, 256, 0)
+    assert "sk-" not in sh and "API_KEY" not in sh
     assert f"export SSL_CERT_FILE={bench.CA_IN_CONTAINER}" in sh
     assert sh.count(bench.MARK) == 2 and "--max-concurrency 16" in sh and "--num-prompts 64" in sh
     assert "--tokenizer /models/" in sh and "--temperature 0" in sh and "--ignore-eos" in sh
-    images = bench.script(d, "smollm2", "https://router:4000", None, True, [4], 8, 128, 128, 2)
+    images = bench.script(d, "smollm2", "https://router:4000", True, [4], 8, 128, 128, 2)
     assert "--dataset-name random-mm" in images and "--random-mm-base-items-per-request 2" in images
-    assert "OPENAI_API_KEY" not in images
 
 
 @pytest.mark.parametrize("text", ["", "0", "1,x", "-4", "1,,2"])

@@ -71,6 +71,28 @@ def test_taken_port_and_open_secrets_are_reported(tmp_path):
     assert f"127.0.0.1:{port} for demo is taken" in r.stdout and "chmod 600" in r.stdout
 
 
+def test_every_env_file_of_a_routed_stack_is_checked(tmp_path):
+    """A router stack reads secrets.env and router-keys.env: the one missing, open or lacking a key is named."""
+    from deploy import cli, load
+    from deploy import doctor as doc
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("router: {keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}}\n"
+                    "services:\n  a:\n    preset: smollm2-135m-cpu\n    served_model_name: a\n")
+    assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0
+    d = load(spec)
+    check = lambda: doc.check_env_file(d, list(d.services), tmp_path, str(spec))[0]  # noqa: E731
+    assert check().ok and "router-keys.env" in check().text
+    keys = tmp_path / "router-keys.env"
+    keys.chmod(0o640)
+    assert not check().ok and f"{keys} has mode 640" in check().text
+    keys.chmod(0o600)
+    keys.write_text("ROUTER_KEY_A=\n")
+    assert not check().ok and "holds no value for ROUTER_KEY_A" in check().text
+    keys.unlink()
+    assert not check().ok and f"{keys} is missing" in check().text and "render" in check().fix
+
+
 @pytest.mark.parametrize("ref,moving", [
     ("vllm/vllm-openai:latest", True), ("vllm/vllm-openai", True), ("ghcr.io/berriai/litellm:main-stable", True),
     ("localhost:5000/vllm", True), ("vllm/vllm-openai:v0.32.0", False), ("localhost:5000/vllm:v0.32.0", False),

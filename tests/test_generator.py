@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deploy
-from deploy import cli, container, pins, render, router, runtime, spec, write
+from deploy import cli, container, envfile, pins, render, router, runtime, spec, write
 from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
 from deploy.versions import VllmVersion
@@ -332,19 +332,56 @@ def test_a_changed_config_changes_the_service_so_compose_recreates_it():
 
 
 def test_render_adds_new_router_keys_to_its_own_env_file_only(tmp_path, monkeypatch, capsys):
+    """The router's keys go to router-keys.env, which only the router reads: adding or rotating one changes no file
+    a server reads (compose would recreate every server, and each would reload its weights). A file the user wrote
+    is never touched."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.yaml").write_text("services:\n  air:\n    preset: glm-4.5-air\n")
     (tmp_path / "b.yaml").write_text(ROUTED)
     assert cli.main(["render", "a.yaml", "-o", "compose.yaml"]) == 0
-    env = tmp_path / "secrets.env"
+    env, keys = tmp_path / "secrets.env", tmp_path / "router-keys.env"
     first = env.read_text()
     assert cli.main(["render", "b.yaml", "-o", "compose.yaml"]) == 0
-    assert env.read_text().startswith(first) and "\nROUTER_KEY_V=sk-" in env.read_text()
-    assert stat.S_IMODE(env.stat().st_mode) == 0o600
-    env.write_text("VLLM_API_KEY=sk-mine-0000000000000000\n")  # the user's own file: never touched
+    assert env.read_text() == first and set(envfile.read(keys)) == {"ROUTER_KEY_V"}
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    services = yaml.safe_load((tmp_path / "compose.yaml").read_text())["services"]
+    assert services["air"]["env_file"] == services["v"]["env_file"] == [{"path": "secrets.env", "required": True}]
+    assert [f["path"] for f in services["router"]["env_file"]] == ["secrets.env", "router-keys.env"]
+    keys.write_text("ROUTER_KEY_X=sk-mine-0000000000000000\n")  # the user's own file: never touched
     assert cli.main(["render", "b.yaml", "-o", "compose.yaml"]) == 0
-    assert env.read_text() == "VLLM_API_KEY=sk-mine-0000000000000000\n"
+    assert keys.read_text() == "ROUTER_KEY_X=sk-mine-0000000000000000\n"
     assert "lacks ROUTER_KEY_V" in capsys.readouterr().err
+
+
+def test_render_moves_keys_an_older_version_kept_in_one_file_and_keeps_their_values(tmp_path, monkeypatch, capsys):
+    """Before the split every key lived in secrets.env and clients may hold them: render moves the router's key
+    and Grafana's password into their own files with the same values, and out of the file the servers read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b.yaml").write_text("monitoring: true\n" + ROUTED)
+    env = tmp_path / "secrets.env"
+    env.write_text(write.OLD_HEADERS[0] + "VLLM_API_KEY=sk-server-000000000000000\n# a note\n"
+                   "ROUTER_KEY_V=sk-client-000000000000000\nGF_SECURITY_ADMIN_PASSWORD=sk-grafana-00000000000000\n")
+    env.chmod(0o600)
+    assert cli.main(["render", "b.yaml", "-o", "compose.yaml"]) == 0
+    err = capsys.readouterr().err
+    assert envfile.read(env) == {"VLLM_API_KEY": "sk-server-000000000000000"} and "# a note" in env.read_text()
+    assert envfile.read(tmp_path / "router-keys.env") == {"ROUTER_KEY_V": "sk-client-000000000000000"}
+    assert envfile.read(tmp_path / "grafana.env") == {"GF_SECURITY_ADMIN_PASSWORD": "sk-grafana-00000000000000"}
+    assert "removed ROUTER_KEY_V, GF_SECURITY_ADMIN_PASSWORD from" in err and "sk-" not in err
+    # A secrets.env the user wrote keeps its lines: the copy is made, and the warning says what to remove.
+    (tmp_path / "router-keys.env").unlink()
+    env.write_text("VLLM_API_KEY=sk-server-000000000000000\nROUTER_KEY_V=sk-client-000000000000000\n")
+    assert cli.main(["render", "b.yaml", "-o", "compose.yaml"]) == 0
+    assert envfile.read(tmp_path / "router-keys.env") == {"ROUTER_KEY_V": "sk-client-000000000000000"}
+    assert "ROUTER_KEY_V" in envfile.read(env) and "still holds ROUTER_KEY_V" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["router-keys.env", "grafana.env", "hub.env"])
+def test_env_file_may_not_take_another_env_files_name(name):
+    with pytest.raises(SpecError) as e:
+        deployment(f"env_file: {name}\nservices:\n  a:\n    preset: smollm2-135m-cpu\n")
+    [p] = e.value.problems
+    assert p.path == "env_file" and "another env file of the stack" in p.message and "Fix:" in p.message
 
 
 # ------------------------------------------------------------ versions
@@ -725,7 +762,9 @@ def test_monitoring_brings_grafana_with_its_dashboard_and_a_generated_password(t
     assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0
     doc = yaml.safe_load((tmp_path / "compose.yaml").read_text())
     g = doc["services"]["grafana"]
-    password = (tmp_path / "secrets.env").read_text().split("GF_SECURITY_ADMIN_PASSWORD=")[1].split()[0]
+    password = envfile.read(tmp_path / "grafana.env")["GF_SECURITY_ADMIN_PASSWORD"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in envfile.read(tmp_path / "secrets.env")  # the servers' file
+    assert g["env_file"] == [{"path": "grafana.env", "required": True}]
     assert g["image"] == pins.GRAFANA_IMAGE and g["ports"] == ["127.0.0.1:3300:3000"] and g["profiles"] == ["monitoring"]
     assert g["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and password not in (tmp_path / "compose.yaml").read_text()
     assert "http://prometheus:9090" in doc["configs"]["grafana-datasource"]["content"]
@@ -764,27 +803,26 @@ def test_every_dashboard_field_is_one_of_grafanas_dashboard_model(routed):
 
 def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(tmp_path, capsys):
     """After a leak (the LiteLLM 1.107.0 incident's advice: rotate every secret the proxy saw): new generated keys in
-    the env file this tool made, mode and other lines kept, the services to recreate named; a file the user wrote
-    is left alone."""
-    from deploy import envfile
-
+    the env files this tool made, mode and other lines kept, the services to recreate named; a router key's rotation
+    leaves the servers' file as it was (so no later `up` recreates them); a file the user wrote is left alone."""
     spec = tmp_path / "s.yaml"
     spec.write_text("router: {keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}}\nservices:\n  a:\n    preset: smollm2-135m-cpu\n"
                     "    served_model_name: a\n")
     assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0
-    env = tmp_path / "secrets.env"
-    with env.open("a") as f:
+    env, keys = tmp_path / "secrets.env", tmp_path / "router-keys.env"
+    with keys.open("a") as f:
         f.write("# mine\nOTHER=1\n")
-    before = envfile.read(env)
+    servers_file, server_key, before = env.read_bytes(), envfile.read(env)["VLLM_API_KEY"], envfile.read(keys)
     capsys.readouterr()
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path), "--key", "ROUTER_KEY_A"]) == 0
-    after, err = envfile.read(env), capsys.readouterr().err
-    assert after["ROUTER_KEY_A"] != before["ROUTER_KEY_A"] and after["VLLM_API_KEY"] == before["VLLM_API_KEY"]
-    assert after["OTHER"] == "1" and "# mine" in env.read_text() and oct(env.stat().st_mode & 0o777) == "0o600"
+    after, err = envfile.read(keys), capsys.readouterr().err
+    assert after["ROUTER_KEY_A"] != before["ROUTER_KEY_A"] and env.read_bytes() == servers_file
+    assert after["OTHER"] == "1" and "# mine" in keys.read_text() and oct(keys.stat().st_mode & 0o777) == "0o600"
     assert after["ROUTER_KEY_A"] not in err and "--force-recreate --no-deps router;" in err  # a router key: the router only
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 0
     assert "--force-recreate --no-deps a router;" in capsys.readouterr().err  # the servers' key too: the servers as well
-    assert all(envfile.read(env)[k] != after[k] for k in ("VLLM_API_KEY", "ROUTER_KEY_A"))
+    assert envfile.read(env)["VLLM_API_KEY"] != server_key
+    assert envfile.read(keys)["ROUTER_KEY_A"] != after["ROUTER_KEY_A"]
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path), "--key", "NOPE"]) == 1
     graf = tmp_path / "g"
     graf.mkdir()
@@ -794,10 +832,13 @@ def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(
     assert cli.main(["rotate-keys", str(graf / "s.yaml"), "--dir", str(graf), "--key", "GF_SECURITY_ADMIN_PASSWORD"]) == 0
     err = capsys.readouterr().err  # Grafana's stored password is reset from the variable, never printed
     assert "--force-recreate --no-deps grafana;" in err and "reset-admin-password \"$GF_SECURITY_ADMIN_PASSWORD\"" in err
-    assert envfile.read(graf / "secrets.env")["GF_SECURITY_ADMIN_PASSWORD"] not in err
+    assert envfile.read(graf / "grafana.env")["GF_SECURITY_ADMIN_PASSWORD"] not in err
+    # One file the user wrote: nothing is rotated, in it or in the others.
     env.write_text("VLLM_API_KEY=sk-mine-mine-mine-mine-mine\n")
+    mine = keys.read_text()
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 1
     assert "left alone" in capsys.readouterr().err and env.read_text() == "VLLM_API_KEY=sk-mine-mine-mine-mine-mine\n"
+    assert keys.read_text() == mine
 
 
 def test_extra_args_and_env_add_to_the_presets_own():

@@ -157,8 +157,13 @@ def test_router_monitoring_and_jobs_render_unless_dropped(tmp_path, capsys):
     spec.write_text("monitoring: true\nrouter:\n  keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}\n"
                     "services:\n  a:\n    preset: smollm2-135m-cpu\n    served_model_name: a\n    batch: true\n")
     out = tmp_path / "out"
+    capsys.readouterr()
     assert cli.main(["render", str(spec), "--target", "kubernetes", "-o", str(out)]) == 0
     assert {p.name for p in out.rglob("*.yaml")} >= {"router.yaml", "monitoring.yaml", "a-batch.yaml"}
+    # The one Secret holds the variables of every env file a pod reads: the servers' key, the router's (no Grafana
+    # renders here, so not its password).
+    assert ("kubectl create secret generic vllm-compose-keys --from-env-file=secrets.env "
+            "--from-env-file=router-keys.env\n") in capsys.readouterr().err
     assert cli.main(["render", str(spec), "--target", "kubernetes", "--drop", "router", "--drop", "monitoring",
                      "--drop", "batch", "-o", str(tmp_path / "bare")]) == 0
     assert "# Left out on request (--drop batch --drop monitoring --drop router)" in (tmp_path / "bare/a.yaml").read_text()

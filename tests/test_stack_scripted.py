@@ -30,8 +30,8 @@ import openai
 import pytest
 from openai import DefaultHttpxClient, OpenAI
 
-from deploy import dashboards, envfile, monitoring, router
-from support import ROOT, api_key, compose, rendered_stack, run_smoke, with_ports
+from deploy import dashboards, monitoring, router
+from support import ROOT, api_key, compose, env_secrets, rendered_stack, run_smoke, with_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 SPEC = ROOT / "tests/stacks/scripted-cpu.yaml"
@@ -224,8 +224,12 @@ def test_no_key_appears_in_rendered_files_router_logs_or_metrics(scripted):
     scoped = client(work, ports["router"], api_key(work, "ROUTER_KEY_TOOLS"))
     for _ in range(3):
         scoped.chat.completions.create(model="glm45-scripted-tools", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
-    secrets = envfile.read(work / "secrets.env")  # the keys and Grafana's password: none may show up anywhere
+    secrets = env_secrets(work)  # the keys and Grafana's password: none may show up anywhere
     assert set(secrets) == {"VLLM_API_KEY", "ROUTER_KEY_TOOLS", "GF_SECURITY_ADMIN_PASSWORD"}
+    # Each container holds only the secrets it uses: a server the servers' key, not the clients' or Grafana's.
+    seen_by_server = compose(work, "exec", "-T", "smollm2", "env").stdout
+    assert secrets["VLLM_API_KEY"] in seen_by_server
+    assert secrets["ROUTER_KEY_TOOLS"] not in seen_by_server and secrets["GF_SECURITY_ADMIN_PASSWORD"] not in seen_by_server
     keys = list(secrets.values())
     logs = compose(work, "--profile", "*", "logs", "--no-color").stdout
     metrics = router_metrics(work, ports["router"])
@@ -308,9 +312,12 @@ def test_streamed_chunks_arrive_as_the_server_sends_them(scripted):
 
 def test_a_rotated_key_works_and_the_old_one_is_refused_after_the_recreate(scripted):
     """`vllm-deploy rotate-keys --key ROUTER_KEY_TOOLS`, then exactly the command it prints: the new key reaches
-    its model through the router, the old one gets 401; the other keys and the env file's mode are untouched."""
+    its model through the router, the old one gets 401; the other keys and the env file's mode are untouched. And a
+    later plain `docker compose up -d` recreates nothing (compose's dry run): the servers' env file did not change,
+    so no server restarts to reload its weights for a client key."""
     work, ports, key = scripted
     old = api_key(work, "ROUTER_KEY_TOOLS")
+    servers_file = (work / "secrets.env").read_bytes()
     ask = lambda k: client(work, ports["router"], k).chat.completions.create(  # noqa: E731
         model="glm45-scripted-tools", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     ask(old)
@@ -318,12 +325,15 @@ def test_a_rotated_key_works_and_the_old_one_is_refused_after_the_recreate(scrip
                         str(work), "--key", "ROUTER_KEY_TOOLS"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     new = api_key(work, "ROUTER_KEY_TOOLS")
-    assert new != old and api_key(work) == key and (work / "secrets.env").stat().st_mode & 0o777 == 0o600
+    assert new != old and api_key(work) == key and (work / "router-keys.env").stat().st_mode & 0o777 == 0o600
+    assert (work / "secrets.env").read_bytes() == servers_file
     assert new not in r.stdout + r.stderr and old not in r.stdout + r.stderr
     recreate = r.stderr.split("docker compose ", 1)[1].split(";", 1)[0].split()
     assert recreate == ["up", "-d", "--force-recreate", "--no-deps", "router"], r.stderr  # the router alone
     compose(work, *recreate[:4], "--wait", *recreate[4:])
     assert ask(new).choices
+    later = compose(work, "--dry-run", "up", "-d", *SERVED, "router")
+    assert "Recreate" not in later.stdout + later.stderr, later.stderr
     with pytest.raises(openai.AuthenticationError):
         ask(old)
 

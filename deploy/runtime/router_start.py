@@ -36,6 +36,7 @@ LEAF_DAYS, CA_DAYS, RENEW_DAYS = 397, 3650, 30
 # The sk- form (as OpenAI's) tells a key from other secrets in logs and scanners; the length makes it unguessable.
 KEY_PREFIX = "sk-"
 MIN_KEY_LEN = 20
+ROUTER_ENV_FILE = "router-keys.env"  # where render puts the router's keys other than VLLM_API_KEY (only it reads them)
 
 
 def fail(message: str) -> None:
@@ -49,7 +50,8 @@ def check_keys(names: list[str]) -> dict[str, str]:
     for name in names:
         value = os.environ.get(name, "")
         if not value:
-            fail(f"{name} is not set. Fix: add `{name}=sk-...` to the stack's env file (secrets.env), "
+            where = "the stack's env_file (secrets.env)" if name == "VLLM_API_KEY" else ROUTER_ENV_FILE
+            fail(f"{name} is not set. Fix: add `{name}=sk-...` to {where} beside compose.yaml, "
                  "e.g. rendering again adds a generated one, then `docker compose up -d router`.")
         if not value.startswith(KEY_PREFIX) or len(value) < MIN_KEY_LEN:
             fail(f"{name} must start with {KEY_PREFIX} and be at least {MIN_KEY_LEN} characters. Fix: set it to {KEY_PREFIX} "

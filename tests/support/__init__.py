@@ -181,7 +181,14 @@ def junit_outcomes(junit: Path) -> dict[str, str]:
     return out
 
 
-def api_key(work: Path, name: str = "VLLM_API_KEY") -> str:
+def env_secrets(work: Path) -> dict[str, str]:
+    """Every generated secret of the stack in WORK: the servers' key, the router's keys, Grafana's password."""
     from deploy import envfile
+    from deploy.resolve import GRAFANA_ENV_FILE, ROUTER_ENV_FILE
 
-    return envfile.read(work / "secrets.env")[name]
+    files = [work / f for f in ("secrets.env", ROUTER_ENV_FILE, GRAFANA_ENV_FILE)]
+    return {k: v for f in files if f.is_file() for k, v in envfile.read(f).items()}
+
+
+def api_key(work: Path, name: str = "VLLM_API_KEY") -> str:
+    return env_secrets(work)[name]
