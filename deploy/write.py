@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from . import envfile
-from .resolve import Deployment
+from .resolve import GRAFANA, Deployment
 from .runtime.router_start import KEY_PREFIX, MIN_KEY_LEN
 
 
@@ -118,8 +118,8 @@ def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
     """compose.yaml at OUT, the env files beside it (keys they lack, in those this tool made), and the host folders
     the services mount that are missing (made by the user who renders, so that the containers' user can read
     and write them: Docker would create them owned by root). Returns what to tell the user."""
-    files = [(out.parent / f, names) for f, names, _ in d.env_files()]
-    for env, _ in files:
+    files = [(out.parent / f, names, readers) for f, names, readers in d.env_files()]
+    for env, _, _ in files:
         if env.resolve() == out.resolve():
             raise WriteError(f"env file {env.name} would overwrite the output {out}. Fix: choose another -o or env_file.")
         if env.exists() and not env.is_file():
@@ -130,7 +130,7 @@ def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
     # Before the keys were split by reader, env_file held them all: a key found there keeps its value.
     older = envfile.read(main) if main.is_file() else {}
     moved: list[str] = []
-    for env, names in files:
+    for env, names, readers in files:
         existed = env.exists()
         added, carried, missing = ensure_env_file(env, names, older if env != main else None)
         moved += carried
@@ -138,7 +138,7 @@ def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
             notes.append(f"{'added to' if existed else 'created'} {env} (mode 0600): "
                          + "; ".join(([f"new key(s) {', '.join(added)}"] if added else [])
                                      + ([f"{', '.join(carried)} from {main.name}, same value(s)"] if carried else []))
-                         + "; clients read them from there")
+                         + ("; log in to Grafana as admin with it" if readers == (GRAFANA,) else "; clients read them from there"))
         if missing:
             notes.append(f"warning: {env} lacks {', '.join(missing)}, and it is not a file this tool made, so it was "
                          "left alone. Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)")
