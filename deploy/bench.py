@@ -4,8 +4,9 @@ It runs in a one-off container of the service itself (`docker compose run --no-d
 the benchmark is the pinned vLLM's; its models volume, so the tokenizer is the served one; its network, so it
 reaches the router or the server by name), through the router when the stack has one. The key is read from the
 env file that holds it and reaches that container in `OPENAI_API_KEY` (which the benchmark sends), passed by
-name from our environment (`docker compose run -e OPENAI_API_KEY`): it is never an argument, never printed. One `vllm bench serve` per concurrency level, in that one container; vLLM's own report of each
-level streams to stderr as it ends, our table of all of them goes to stdout and the figures to a JSON file.
+name from our environment (`docker compose run -e OPENAI_API_KEY`): it is never an argument, never printed.
+One `vllm bench serve` per concurrency level, in that one container; vLLM's own report of each level streams
+to stderr as it ends, our table of all of them goes to stdout and the figures to a JSON file.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def main(d: Deployment, spec_path: str, service: str, workdir: Path, key: str | 
         raise BenchError(f"{shown(str(ca))} is missing (the router makes it at its first start). Fix: start the router.")
     out = Path(output) if output else workdir / "bench" / f"{service}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     key = key_env(d, workdir, key_var)
-    run = ["docker", "compose", "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh", *(["-e", "OPENAI_API_KEY"] if key else [])]
+    run = ["docker", "compose", "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh",
+           *(["-e", "OPENAI_API_KEY"] if key else [])]
     if tls:
         run += ["-v", f"{ca.resolve()}:{CA_IN_CONTAINER}:ro"]
     sh = script(d, service, base_url, tls, conc, prompts, input_len, output_len, images)

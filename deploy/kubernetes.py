@@ -13,7 +13,8 @@ environment, workers `--headless`, the group recreated when one pod restarts), a
 startupProbe covering the model load (the spec's health_start_period), readiness on /health, liveness by
 deploy/runtime/liveness.py (a hung engine fails it; the script comes in a ConfigMap, as compose's config). Keys come from a Secret the
 user creates from the env files render makes (secrets.env, router-keys.env); no manifest holds one. The router,
-monitoring and batch jobs render too (router_objects, monitoring_objects, batch_objects); what this target cannot express is refused with the fix.
+monitoring and batch jobs render too (router_objects, monitoring_objects, batch_objects); what this target
+cannot express is refused with the fix.
 """
 
 from __future__ import annotations
