@@ -211,10 +211,11 @@ def check_ports(d: Deployment, services: list[Service]) -> list[Line]:
 
 
 def check_env_file(d: Deployment, services: list[Service], folder: Path, spec_path: str) -> list[Line]:
-    if not d.env_files():
+    files = d.env_files()
+    if not files:
         return [Line(True, "secrets", "no service or router asks for an API key")]
     render_cmd = f"python -m deploy render {spec_path} -o {folder / 'compose.yaml'} (creates it)"
-    for name, names, _ in d.env_files():
+    for name, names, _ in files:
         env = folder / name
         if not env.is_file():
             return [Line(False, "secrets", f"{env} is missing; compose refuses to start without it.", render_cmd + ".")]
@@ -226,7 +227,7 @@ def check_env_file(d: Deployment, services: list[Service], folder: Path, spec_pa
             if not held.get(n):
                 return [Line(False, "secrets", f"{env} holds no value for {n}.",
                              f"add `{n}=sk-<random>` to it (or remove it, then {render_cmd}).")]
-    return [Line(True, "secrets", f"{', '.join(str(folder / f) for f, _, _ in d.env_files())} present, mode 600")]
+    return [Line(True, "secrets", f"{', '.join(str(folder / f) for f, _, _ in files)} present, mode 600")]
 
 
 def check_shm(services: list[Service]) -> list[Line]:

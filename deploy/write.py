@@ -92,10 +92,6 @@ def ensure_env_file(path: Path, names: tuple[str, ...], known: dict[str, str] | 
     return [n for n in lacking if not known.get(n)], [n for n in lacking if known.get(n)], []
 
 
-def _assigns(line: str, names) -> bool:
-    return not line.lstrip().startswith("#") and line.partition("=")[0].strip() in names
-
-
 def rotate_keys(files: list[tuple[Path, tuple[str, ...]]]) -> None:
     """Give each of the NAMES of each env file a new generated key, in place (written whole, mode kept); every other
     line unchanged. Only files this tool made are touched, and none unless all can be. Raises WriteError naming
@@ -109,7 +105,7 @@ def rotate_keys(files: list[tuple[Path, tuple[str, ...]]]) -> None:
         if missing := [n for n in names if n not in envfile.read(path)]:
             raise WriteError(f"{path} has no {', '.join(missing)}. Fix: render the spec again (it adds missing keys).")
     for path, names in files:
-        lines = [f"{line.partition('=')[0]}={new_key()}" if _assigns(line, names) else line
+        lines = [f"{line.partition('=')[0]}={new_key()}" if envfile.name(line) in names else line
                  for line in path.read_text(encoding="utf-8").splitlines()]
         atomic_write(path, "\n".join(lines) + "\n", path.stat().st_mode & 0o777)
 
@@ -144,8 +140,9 @@ def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
                          "left alone. Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)")
         if existed and env.stat().st_mode & 0o077:
             notes.append(f"warning: {env} can be read by other users. Fix: chmod 600 {env}")
-    if moved and ours(main.read_text(encoding="utf-8")):
-        kept = [line for line in main.read_text(encoding="utf-8").splitlines() if not _assigns(line, moved)]
+    main_text = main.read_text(encoding="utf-8") if moved else ""
+    if moved and ours(main_text):
+        kept = [line for line in main_text.splitlines() if envfile.name(line) not in moved]
         atomic_write(main, "\n".join(kept) + "\n", main.stat().st_mode & 0o777)
         notes.append(f"removed {', '.join(moved)} from {main}: each container now sees only the keys it uses (the "
                      "servers restart once at the next `docker compose up -d`)")
