@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from . import envfile
-from . import router as router_mod
-from .resolve import CONTAINER_PORT, ROUTER, Deployment
+from .facts import ROUTER, ROUTER_PORT, SERVER_PORT
+from .resolve import Deployment
 from .write import atomic_write, shown
 
 MARK = "@@vllm-deploy-bench"
@@ -61,7 +61,7 @@ def target(d: Deployment, service: str, key: str | None) -> tuple[str, str | Non
     if d.router is None:
         if key and key != "VLLM_API_KEY":
             raise BenchError(f"--key {key}: without a router the servers take only VLLM_API_KEY. Fix: leave --key out.")
-        return f"http://{service}:{CONTAINER_PORT}", "VLLM_API_KEY" if s.api_key else None, False
+        return f"http://{service}:{SERVER_PORT}", "VLLM_API_KEY" if s.api_key else None, False
     allowed = [name for name, scope in d.router.keys if scope == "*" or s.served_name in scope]
     if key is None:
         if not allowed:
@@ -71,7 +71,7 @@ def target(d: Deployment, service: str, key: str | None) -> tuple[str, str | Non
         raise BenchError(f"--key {key} may not use {s.served_name!r} (keys that may: {', '.join(allowed) or 'none'}). "
                          "Fix: pass one of those.")
     tls = d.router.tls is not None
-    return f"{'https' if tls else 'http'}://{ROUTER}:{router_mod.PORT}", key, tls
+    return f"{'https' if tls else 'http'}://{ROUTER}:{ROUTER_PORT}", key, tls
 
 
 def key_env(d: Deployment, workdir: Path, key_var: str | None) -> dict[str, str]:

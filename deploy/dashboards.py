@@ -14,10 +14,11 @@ import re
 
 import yaml
 
+from .facts import GRAFANA_DATA, PROMETHEUS_DIR
+
 DATASOURCE_UID = "vllm-prometheus"
 DASHBOARD_UID = "vllm-compose"
-DASHBOARD_DIR = "/var/lib/grafana/dashboards"
-PROVISIONING = "/etc/grafana/provisioning"
+DASHBOARD_DIR = f"{GRAFANA_DATA}/dashboards"
 RATE = "$__rate_interval"  # Grafana's window for rate(); the live test puts 1m in its place
 SERVICE = 'service=~"$service"'  # the dashboard's server picker
 
@@ -100,7 +101,7 @@ def provider_yaml() -> str:
 # ---------------------------------------------------------------- Prometheus console page
 
 CONSOLE = "vllm.html"  # served by Prometheus at /consoles/vllm.html
-CONSOLE_DIR = "/etc/prometheus/consoles"
+CONSOLE_DIR = f"{PROMETHEUS_DIR}/consoles"
 CONSOLE_WINDOW = "1m"  # the page's rate() window, in place of Grafana's $__rate_interval
 # The page's columns: (heading, dashboard panel title, legend of that panel's query, printf format). The
 # queries are the dashboard's own, without the server picker: one fact, two pictures.

@@ -19,8 +19,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import envfile, pins, render
+from . import envfile, pins
 from .resolve import Deployment, Service, floating
+from .targets import compose
 from .versions import VllmVersion
 
 CPU_DEMO = "docker compose --profile cpu up -d --wait smollm2-cpu"
@@ -255,7 +256,7 @@ def check_compose_file(d: Deployment, folder: Path, spec_path: str) -> list[Line
         return "\n".join(line for line in text.splitlines() if not line.startswith("#")
                          and not line.strip().startswith("context:"))
 
-    if body(path.read_text(encoding="utf-8")) != body(render.compose_yaml(d)):
+    if body(path.read_text(encoding="utf-8")) != body(compose.compose_yaml(d)):
         return [Line(False, "compose.yaml", f"{path} differs from what {spec_path} renders (edited, or the spec changed).",
                      f"python -m deploy render {spec_path} -o {path}.")]
     return [Line(True, "compose.yaml", f"{path} matches the spec")]

@@ -12,11 +12,11 @@ import re
 
 import yaml
 
-from . import router
-from .resolve import CONTAINER_PORT, Deployment
+from .facts import PROMETHEUS_DIR, ROUTER, ROUTER_PORT, SERVER_PORT
+from .resolve import Deployment
 
 SCRAPE_INTERVAL = "5s"
-ROUTER_CA = "/etc/prometheus/router-ca.crt"
+ROUTER_CA = f"{PROMETHEUS_DIR}/router-ca.crt"
 
 # (name, expression, for, summary). Thresholds: a KV cache above 90 % for 5 min means preemptions soon;
 # a waiting queue that only grows for 10 min means the server is under-provisioned.
@@ -55,22 +55,22 @@ def metric_names(exporter: str = "vllm") -> set[str]:
 def prometheus_yaml(d: Deployment) -> str:
     doc = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "rule_files": ["/etc/prometheus/alerts.yml"],
+        "rule_files": [f"{PROMETHEUS_DIR}/alerts.yml"],
         "scrape_configs": [{
             "job_name": "vllm",
-            "static_configs": [{"targets": [f"{s.name}:{CONTAINER_PORT}"], "labels": {"service": s.name}}
+            "static_configs": [{"targets": [f"{s.name}:{SERVER_PORT}"], "labels": {"service": s.name}}
                                for s in d.services],
         }],
     }
     if d.router:
         # HAProxy's exporter on the router's port: per model (backend) requests by status class, times, in flight.
-        job = {"job_name": "router", "metrics_path": "/metrics", "static_configs": [{"targets": [f"{router.NAME}:{router.PORT}"]}]}
+        job = {"job_name": "router", "metrics_path": "/metrics", "static_configs": [{"targets": [f"{ROUTER}:{ROUTER_PORT}"]}]}
         if d.router.tls:
             job["scheme"] = "https"
             # The self-signed certificate names the service; the user's names the public host, so inside the
             # compose network only encryption is asked of it.
             job["tls_config"] = ({"insecure_skip_verify": True} if d.router.tls.cert
-                                 else {"ca_file": ROUTER_CA, "server_name": router.NAME})
+                                 else {"ca_file": ROUTER_CA, "server_name": ROUTER})
         doc["scrape_configs"].append(job)
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -104,7 +104,7 @@ def kubernetes_prometheus_yaml(servers: list[str], routed: bool, tls: bool) -> s
         if scheme == "https":
             out["tls_config"] = {"insecure_skip_verify": True}  # the router's certificate names its public host
         return out
-    jobs = [job("vllm", servers)] + ([job("router", [router.NAME], "https" if tls else "http")] if routed else [])
+    jobs = [job("vllm", servers)] + ([job("router", [ROUTER], "https" if tls else "http")] if routed else [])
     doc = {"global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-           "rule_files": ["/etc/prometheus/alerts.yml"], "scrape_configs": jobs}
+           "rule_files": [f"{PROMETHEUS_DIR}/alerts.yml"], "scrape_configs": jobs}
     return yaml.safe_dump(doc, sort_keys=False)

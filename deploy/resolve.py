@@ -15,41 +15,36 @@ from typing import Any
 from . import images as project_images
 from . import pins
 from .errors import Collector, did_you_mean
+from .facts import (
+    DEFAULT_VOLUMES,
+    GRAFANA,
+    GRAFANA_ENV_FILE,
+    GRAFANA_PASSWORD,
+    GRAFANA_PORT,
+    HUB_ENV_FILE,
+    MODELS_DIR,
+    PROMETHEUS,
+    PROMETHEUS_PORT,
+    ROUTER,
+    ROUTER_ENV_FILE,
+    ROUTER_PORT,
+    SECRETS_ENV_FILE,
+    SERVER_KEY,
+    SERVER_PORT,
+    batch_name,
+    fetch_name,
+)
 from .presets import PRESETS
-from .runtime.router_start import ROUTER_ENV_FILE
 from .runtime.source import FORMS, Source
 from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
 from .versions import FLAGS, NEWEST, OLDEST, VllmVersion
-
-CONTAINER_PORT = 8000
-# The services the generator adds beside the user's (compose service names, also host names on the stack's network).
-ROUTER, PROMETHEUS, GRAFANA = "router", "prometheus", "grafana"
-GRAFANA_PASSWORD = "GF_SECURITY_ADMIN_PASSWORD"  # Grafana's admin password, generated into its env file
-# The generated secrets, one env file per set of readers beside compose.yaml (Deployment.env_files): compose
-# recreates every service whose env file changed, and a container sees only the keys it uses. The router's keys
-# other than VLLM_API_KEY go to ROUTER_ENV_FILE (router-keys.env, named where the router's start script can say it).
-GRAFANA_ENV_FILE = "grafana.env"  # Grafana's admin password: Grafana alone reads it
-HUB_ENV_FILE = "hub.env"  # the user's own, optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
-
-
-def fetch_name(service: str) -> str:
-    return f"{service}-fetch"
-
-
-def batch_name(service: str) -> str:
-    return f"{service}-batch"
-
-
-MODELS_DIR = "/models"
-CACHE_DIR = "/cache/vllm"
-DEFAULT_VOLUMES = {"models": "models", "compile_cache": "vllm-cache"}
 
 # Defaults for fields neither the user nor a preset set. Callables see the values so far.
 SERVICE_DEFAULTS: dict[str, Any] = {
     "device": "gpu",
     "tensor_parallel_size": 1,
     "pipeline_parallel_size": 1,
-    "port": CONTAINER_PORT,
+    "port": SERVER_PORT,
     "api_key": True,
     "health_start_period": lambda s: 600 if s["device"] == "cpu" else 900,
     "shutdown_timeout": 60,
@@ -143,7 +138,7 @@ class Service:
     allowed_local_media_path: str | None = None
     media_dir: str | None = None
     trust_remote_code: bool | None = None
-    port: int | None = None  # None: behind the router, no host port (SERVICE_DEFAULTS gives 8000 otherwise)
+    port: int | None = None  # None: behind the router, no host port (SERVICE_DEFAULTS gives SERVER_PORT otherwise)
     api_key: bool = True
     cpu_kvcache_space: int | None = None
     health_start_period: int = 900
@@ -197,8 +192,8 @@ class Tls:
 class Router:
     """The one endpoint in front of every server; servers then publish no host port."""
 
-    port: int = 4000
-    keys: tuple[tuple[str, str | tuple[str, ...]], ...] = (("VLLM_API_KEY", "*"),)  # env name → served names or "*"
+    port: int = ROUTER_PORT  # the host port
+    keys: tuple[tuple[str, str | tuple[str, ...]], ...] = ((SERVER_KEY, "*"),)  # env name → served names or "*"
     tls: Tls | None = None
     policy: str = "leastconn"
 
@@ -222,7 +217,7 @@ class Deployment:
         Grafana's password in GRAFANA_ENV_FILE. Apart so that rotating a client key or the password recreates
         neither a server (a GPU server would reload its weights) nor shows it to a server's process."""
         servers = tuple(s.name for s in self.services if s.api_key)
-        server_key = ("VLLM_API_KEY",) if servers else ()
+        server_key = (SERVER_KEY,) if servers else ()
         files = [(self.env_file, server_key, servers + ((ROUTER,) if self.router else ())),
                  (ROUTER_ENV_FILE, tuple(n for n, _ in self.router.keys if n not in server_key) if self.router else (),
                   (ROUTER,)),
@@ -275,7 +270,7 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
         if not VOLUME_RE.fullmatch(name):
             c.error(f"volumes.{role}", f"{name[:60]!r} is not a volume name compose accepts. Fix: letters, digits, '_', '.', '-'.")
         volumes[role] = name
-    env_file = spec.env_file or "secrets.env"
+    env_file = spec.env_file or SECRETS_ENV_FILE
     if "/" in env_file or env_file.startswith(".") or not VOLUME_RE.fullmatch(env_file):
         c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
     elif env_file in (ROUTER_ENV_FILE, GRAFANA_ENV_FILE, HUB_ENV_FILE):
@@ -286,7 +281,7 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
     router = _resolve_router(spec, services, c) if spec.router is not None else None
     monitoring_port = grafana_port = None
     if spec.monitoring is not None:
-        monitoring_port = spec.monitoring.port or 9090
+        monitoring_port = spec.monitoring.port or PROMETHEUS_PORT
         if used := next((s.name for s in services if s.port == monitoring_port), None):
             c.error("monitoring.port", f"host port {monitoring_port} is already used by service {used!r}. "
                     "Fix: give Prometheus another port.")
@@ -294,7 +289,7 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
             c.error(f"services.{PROMETHEUS}", "collides with the monitoring service. Fix: rename it.")
         if router and router.port == monitoring_port:
             c.error("monitoring.port", f"host port {monitoring_port} is already the router's. Fix: give Prometheus another port.")
-        grafana_port = spec.monitoring.grafana_port or 3000
+        grafana_port = spec.monitoring.grafana_port or GRAFANA_PORT
         taken = {s.port: f"service {s.name!r}" for s in services} | ({router.port: "the router's"} if router else {})
         taken[monitoring_port] = "Prometheus's"
         if grafana_port in taken:

@@ -17,14 +17,10 @@ from __future__ import annotations
 import json
 import re
 
-from .resolve import CONTAINER_PORT, ROUTER, Deployment
+from .facts import ROUTER_CONFIG_DIR, ROUTER_PORT, ROUTER_RUN_DIR, ROUTER_TLS_DIR, SERVER_PORT
+from .resolve import Deployment
 
-NAME = ROUTER  # the compose service, also the host name in the self-signed certificate
-PORT = 4000  # inside the container
-CONFIG_DIR = "/etc/router"  # haproxy.cfg and the maps, compose configs
 CONFIGS = ("haproxy.cfg", "backends.map", "scopes.map", "models.map", "lists.map")
-RUN_DIR = "/run/router"  # written by router_start.py at start: keys.map (hashes), router.pem (certificate + key)
-TLS_DIR = "/tls"  # ./tls on the host: the self-signed CA and pair, or the user's files mounted read-only
 HEALTH = "/health"  # answered by the router itself
 
 # The spec's policy (spec.ROUTING_POLICIES) → HAProxy's `balance` algorithm across the servers of one served name.
@@ -106,18 +102,18 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
     resolver = "cluster" if kubernetes else "docker"
 
     def server(s) -> str:  # HAProxy expands ${POD_NAMESPACE} (the Deployment sets it) inside double quotes
-        return f'"{address(s)}.${{POD_NAMESPACE}}.svc.cluster.local:{CONTAINER_PORT}"' if kubernetes \
-            else f"{address(s)}:{CONTAINER_PORT}"
+        return f'"{address(s)}.${{POD_NAMESPACE}}.svc.cluster.local:{SERVER_PORT}"' if kubernetes \
+            else f"{address(s)}:{SERVER_PORT}"
 
     def check(servers) -> str:
         if kubernetes:
             return f"kubectl get pods -l 'app.kubernetes.io/name in ({','.join(address(s) for s in servers)})'"
         return f"docker compose ps {' '.join(s.name for s in servers)}"
     r = d.router
-    c = CONFIG_DIR
+    c = ROUTER_CONFIG_DIR
     var = "%[var(txn.model),bytes(0,100),json(utf8s)]"  # the client's model, cut and escaped for JSON
     names = f"%[var(txn.keyname),map({c}/lists.map)]"
-    bind = f"bind :{PORT}" + (f" ssl crt {RUN_DIR}/router.pem ssl-min-ver TLSv1.2" if r.tls else "")
+    bind = f"bind :{ROUTER_PORT}" + (f" ssl crt {ROUTER_RUN_DIR}/router.pem ssl-min-ver TLSv1.2" if r.tls else "")
     lines = [
         "# Rendered by vllm-deploy from the spec's `router:` section (deploy/router.py). HAProxy 2.6, Debian bookworm.",
         "global",
@@ -171,7 +167,7 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         f"  http-request return status 200 content-type application/json string {_quoted(json.dumps({'status': 'ok'}))} if {{ path {HEALTH} }}",
         "  # Open like vLLM's own /metrics: per model (backend) requests by status class, times, in flight.",
         "  http-request use-service prometheus-exporter if { path /metrics }",
-        f"  http-request set-var(txn.keyname) req.hdr(authorization),regsub(\"^Bearer +\",\"\"),sha2(256),hex,lower,map({RUN_DIR}/keys.map)",
+        f"  http-request set-var(txn.keyname) req.hdr(authorization),regsub(\"^Bearer +\",\"\"),sha2(256),hex,lower,map({ROUTER_RUN_DIR}/keys.map)",
         "  http-request return status 401 content-type application/json string " + _quoted(_error(
             401, "invalid or missing API key: send one of the stack's keys (secrets.env, router-keys.env) as "
             "`Authorization: Bearer KEY`",
@@ -230,7 +226,7 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
 
 
 def configs(d: Deployment, kubernetes: bool = False, address=lambda s: s.name) -> dict[str, str]:
-    """Every file of the router's config (compose configs, a ConfigMap), by file name (mounted in CONFIG_DIR)."""
+    """Every file of the router's config (compose configs, a ConfigMap), by file name (mounted in ROUTER_CONFIG_DIR)."""
     return {"haproxy.cfg": haproxy_cfg(d, kubernetes, address), **maps(d)}
 
 
@@ -240,5 +236,5 @@ def argv(d: Deployment) -> list[str]:
     tls = d.router.tls
     out = [f"--key={name}" for name, _ in d.router.keys]
     if tls is not None:
-        out += ["--tls-dir", TLS_DIR] + (["--own-cert"] if tls.cert else [f"--host={h}" for h in tls.hosts])
+        out += ["--tls-dir", ROUTER_TLS_DIR] + (["--own-cert"] if tls.cert else [f"--host={h}" for h in tls.hosts])
     return out

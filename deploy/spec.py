@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import Collector, Problem, SpecError, did_you_mean
+from .facts import GRAFANA_PORT, PROMETHEUS_PORT, ROUTER_PORT, SERVER_KEY
 from .versions import REMOVED
 
 # Patterns are used with fullmatch: `$` would let a trailing newline through.
@@ -277,11 +278,11 @@ class Images:
 @dataclass(frozen=True)
 class MonitoringSpec:
     # (grafana_port first: inside the class body, `port` below would name the field, not the check)
-    grafana_port: int | None = _f(port, "host port of Grafana, its dashboards (default 3000)")
-    port: int | None = _f(port, "host port of Prometheus (default 9090)")
+    grafana_port: int | None = _f(port, f"host port of Grafana, its dashboards (default {GRAFANA_PORT})")
+    port: int | None = _f(port, f"host port of Prometheus (default {PROMETHEUS_PORT})")
 
 
-monitoring = true_or_record(MonitoringSpec, "{port: 9090}")
+monitoring = true_or_record(MonitoringSpec, f"{{port: {PROMETHEUS_PORT}}}")
 
 
 def key_scopes(v, path, c):
@@ -342,7 +343,7 @@ def policy(v, path, c):
 
 @dataclass(frozen=True)
 class RouterSpec:
-    port: int | None = _f(port, "host port of the one endpoint (default 4000)")
+    port: int | None = _f(port, f"host port of the one endpoint (default {ROUTER_PORT})")
     keys: tuple | None = _f(key_scopes, "API keys: ENV_NAME (a variable in env_file) → the served names it may use, "
                                         "or \"*\" (default {VLLM_API_KEY: \"*\"})")
     tls: TlsSpec | None = _f(tls, "HTTPS: self-signed (a local CA in ./tls) or {cert: FILE, key: FILE}")
@@ -350,7 +351,7 @@ class RouterSpec:
                                     "roundrobin or random")
 
 
-router = true_or_record(RouterSpec, "{port: 4000, keys: {VLLM_API_KEY: '*'}, tls: self-signed}")
+router = true_or_record(RouterSpec, f"{{port: {ROUTER_PORT}, keys: {{{SERVER_KEY}: '*'}}, tls: self-signed}}")
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def _claims_from_spec(path: str, service: str | None) -> dict:
     from deploy.errors import SpecError
 
     try:
-        d = deploy.load(path)
+        d, _ = deploy.load(path)
     except SpecError as e:
         raise pytest.UsageError(f"--spec {path} is not a valid deployment:\n{e}") from None
     names = [x.name for x in d.services]

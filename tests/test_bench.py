@@ -13,7 +13,7 @@ VISION = ROOT / "tests/stacks/vision-cpu.yaml"
 
 
 def test_through_the_router_with_the_key_that_may_use_the_model():
-    d = load(SCRIPTED)
+    d = load(SCRIPTED)[0]
     assert bench.target(d, "smollm2", None) == ("https://router:4000", "VLLM_API_KEY", True)
     assert bench.target(d, "glm45-tools", "ROUTER_KEY_TOOLS") == ("https://router:4000", "ROUTER_KEY_TOOLS", True)
     with pytest.raises(bench.BenchError, match=r"--key ROUTER_KEY_TOOLS may not use 'smollm2-135m-instruct'"):
@@ -21,7 +21,7 @@ def test_through_the_router_with_the_key_that_may_use_the_model():
 
 
 def test_straight_to_the_server_without_a_router():
-    d = load(VISION)
+    d = load(VISION)[0]
     (name,) = [s.name for s in d.services]
     assert bench.target(d, name, None) == (f"http://{name}:8000", "VLLM_API_KEY", False)
     with pytest.raises(bench.BenchError, match="without a router the servers take only VLLM_API_KEY"):
@@ -31,7 +31,7 @@ def test_straight_to_the_server_without_a_router():
 def test_the_key_comes_from_the_env_file_holding_it_and_one_benchmark_runs_per_level(tmp_path):
     """The router's keys are in router-keys.env, which no server reads: the one-off container gets the key's
     value in OPENAI_API_KEY from us, and the script it runs names no key at all."""
-    d = load(SCRIPTED)
+    d = load(SCRIPTED)[0]
     (tmp_path / "secrets.env").write_text("VLLM_API_KEY=sk-server-0000000000000000\n")
     (tmp_path / "router-keys.env").write_text("ROUTER_KEY_TOOLS=sk-tools-00000000000000000\n")
     assert bench.key_env(d, tmp_path, "ROUTER_KEY_TOOLS") == {"OPENAI_API_KEY": "sk-tools-00000000000000000"}
@@ -57,7 +57,7 @@ def test_bad_concurrency_names_the_option_and_the_fix(text):
 
 def test_images_to_a_text_model_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(bench.BenchError, match="smollm2 takes no images"):
-        bench.main(load(SCRIPTED), str(SCRIPTED), "smollm2", tmp_path, None, "1", None, 16, 4, 2, None)
+        bench.main(load(SCRIPTED)[0], str(SCRIPTED), "smollm2", tmp_path, None, "1", None, 16, 4, 2, None)
     assert not any(tmp_path.iterdir())
 
 
@@ -65,4 +65,4 @@ def test_images_to_a_text_model_are_refused_before_anything_runs(tmp_path):
                                         ("--output-len", (None, 16, -1, 0)), ("--images", (None, 16, 4, -2))])
 def test_bad_sizes_name_the_option(field, args, tmp_path):
     with pytest.raises(bench.BenchError, match=f"{field} .* Fix: pass a whole number"):
-        bench.main(load(SCRIPTED), str(SCRIPTED), "smollm2", tmp_path, None, "1", *args, None)
+        bench.main(load(SCRIPTED)[0], str(SCRIPTED), "smollm2", tmp_path, None, "1", *args, None)

@@ -80,7 +80,7 @@ def test_every_env_file_of_a_routed_stack_is_checked(tmp_path):
     spec.write_text("router: {keys: {VLLM_API_KEY: '*', ROUTER_KEY_A: [a]}}\n"
                     "services:\n  a:\n    preset: smollm2-135m-cpu\n    served_model_name: a\n")
     assert cli.main(["render", str(spec), "-o", str(tmp_path / "compose.yaml")]) == 0
-    d = load(spec)
+    d, _ = load(spec)
     check = lambda: doc.check_env_file(d, list(d.services), tmp_path, str(spec))[0]  # noqa: E731
     assert check().ok and "router-keys.env" in check().text
     keys = tmp_path / "router-keys.env"

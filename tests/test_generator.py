@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deploy
-from deploy import cli, container, envfile, pins, render, router, runtime, spec, write
+from deploy import cli, container, envfile, facts, pins, router, runtime, spec, write
 from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
+from deploy.targets import compose, header
 from deploy.versions import VllmVersion
-from deploy.write import header
 from support import ROOT, check_golden, without_checkout_paths
 
 SPECS = ROOT / "tests/specs"
@@ -39,8 +39,8 @@ def deployment(text: str):
 
 def rendered(path: Path) -> str:
     rel = str(path.relative_to(ROOT))
-    d = deploy.load(str(path))
-    return render.compose_yaml(d, header(rel))
+    d, _ = deploy.load(str(path))
+    return compose.compose_yaml(d, header(rel))
 
 
 # ------------------------------------------------------------------ goldens
@@ -182,7 +182,7 @@ def test_glm45_air_args_match_the_tutorial_corrected_for_the_version(capsys):
 
 def test_server_service_is_secure_by_default():
     d = deployment("services:\n  s:\n    preset: glm-4.1v-9b-thinking\n    gpus: [2]\n")
-    svc = render.compose(d)["services"]["s"]
+    svc = compose.compose(d)["services"]["s"]
     assert svc["ports"] == ["127.0.0.1:8000:8000"]
     assert svc["env_file"] == [{"path": "secrets.env", "required": True}]
     assert "VLLM_API_KEY" not in json.dumps(svc)
@@ -199,14 +199,14 @@ def test_server_service_is_secure_by_default():
 
 def test_servers_drain_and_carry_the_liveness_check():
     d = deployment("services:\n  s:\n    preset: glm-4.5-air\n    shutdown_timeout: 120\n")
-    svc = render.compose(d)["services"]["s"]
+    svc = compose.compose(d)["services"]["s"]
     assert svc["command"][svc["command"].index("--shutdown-timeout") + 1] == "120"
     assert svc["stop_grace_period"] == "135s"
     assert svc["healthcheck"]["test"] == ["CMD", "python3", container.LIVENESS]
-    doc = render.compose(d)
+    doc = compose.compose(d)
     assert {"source": "script-liveness", "target": container.LIVENESS} in svc["configs"]
     assert doc["configs"]["script-liveness"]["content"] == runtime.script_text("liveness.py").replace("$", "$$")
-    old = render.compose(deployment("vllm_version: 0.26.0\nservices:\n  s:\n    preset: glm-4.5-air\n"))["services"]["s"]
+    old = compose.compose(deployment("vllm_version: 0.26.0\nservices:\n  s:\n    preset: glm-4.5-air\n"))["services"]["s"]
     assert "--shutdown-timeout" not in old["command"] and "stop_grace_period" not in old  # not read before 0.32.0
 
 
@@ -222,13 +222,13 @@ def test_extra_args_go_last_verbatim_and_booleans_render_both_ways():
 
 def test_cpu_service_has_no_gpu_reservation():
     d = deployment("services:\n  c:\n    preset: smollm2-135m-cpu\n")
-    svc = render.compose(d)["services"]["c"]
+    svc = compose.compose(d)["services"]["c"]
     assert "deploy" not in svc and "ipc" not in svc
     assert svc["environment"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert svc["image"] == f"vllm-compose/vllm-cpu:{pins.VLLM}"
     # The fetch (a PyPI GGUF, converted in the CPU image) and the server run one image: a service of its own builds
     # it once, and both wait for that build.
-    services = render.compose(d)["services"]
+    services = compose.compose(d)["services"]
     assert services["vllm-cpu-image"]["build"]["dockerfile"] == "images/vllm-cpu/Dockerfile"
     for name in ("c-fetch", "c"):
         assert services[name]["pull_policy"] == "never" and "build" not in services[name]
@@ -241,11 +241,11 @@ def test_injection_through_a_model_name_stays_one_argument(tmp_path, capsys):
     pwned = tmp_path / "pwned"
     evil = f"./m; touch {pwned} $(touch {pwned})"
     d = deployment(f"services:\n  s:\n    model: '{evil}'\n    served_model_name: m\n    device: cpu\n")
-    fetch = render.compose(d)["services"]["s-fetch"]
+    fetch = compose.compose(d)["services"]["s-fetch"]
     # `$` doubled: compose hands the path to Docker unchanged instead of interpolating it.
     assert {"type": "bind", "source": evil.replace("$", "$$"), "target": "/source", "read_only": True} in fetch["volumes"]
-    env, argv = render.host_command(d.services[0], d.vllm_version)
-    line = render.format_command(env, argv)
+    env, argv = container.host_command(d.services[0], d.vllm_version)
+    line = container.format_command(env, argv)
     assert shlex.split(line)[-len(argv):] == argv
     printed = subprocess.run(["sh", "-c", "printf '%s\\n' " + line.replace("vllm serve", "", 1)],
                              capture_output=True, text=True)
@@ -278,7 +278,7 @@ ROUTED = ("router:\n  keys: {VLLM_API_KEY: '*', ROUTER_KEY_V: [glm-4.1v-9b-think
 
 def test_router_is_the_only_published_port_and_its_config_names_no_key():
     d = deployment(ROUTED)
-    doc = render.compose(d)
+    doc = compose.compose(d)
     assert "ports" not in doc["services"]["air"] and "ports" not in doc["services"]["v"]
     assert doc["services"]["router"]["ports"] == ["127.0.0.1:4000:4000"]
     configs = {c: doc["configs"][c]["content"] for c in doc["configs"] if c.startswith("router-")}
@@ -304,7 +304,7 @@ def test_router_is_the_only_published_port_and_its_config_names_no_key():
 
 @pytest.mark.parametrize("policy,balance", [("roundrobin", "roundrobin"), ("random", "random(1)")])
 def test_router_policy_is_haproxys_balance(policy, balance):
-    cfg = render.compose(deployment(ROUTED.replace("tls: self-signed", f"tls: self-signed\n  policy: {policy}")))
+    cfg = compose.compose(deployment(ROUTED.replace("tls: self-signed", f"tls: self-signed\n  policy: {policy}")))
     assert f"  balance {balance}\n" in cfg["configs"]["router-haproxy"]["content"]
 
 
@@ -324,7 +324,7 @@ def test_litellms_policy_names_are_refused_with_the_haproxy_one(old, fix):
 def test_a_changed_config_changes_the_service_so_compose_recreates_it():
     """compose does not recreate a container when only a config's content changes; the hash label does."""
     def labels(text):
-        services = render.compose(deployment("monitoring: true\n" + text))["services"]
+        services = compose.compose(deployment("monitoring: true\n" + text))["services"]
         return services["router"]["labels"], services["prometheus"]["labels"]
     router_a, prom_a = labels(ROUTED)
     router_b, prom_b = labels(ROUTED.replace("ROUTER_KEY_V: [glm-4.1v-9b-thinking]", "ROUTER_KEY_V: '*'"))
@@ -442,7 +442,7 @@ def test_loader_only_ever_raises_spec_error(data):
 
 def test_gpu_server_is_the_upstream_image_and_project_images_are_built():
     d = deployment("services:\n  air:\n    preset: glm-4.5-air\n")
-    doc = render.compose(d)["services"]
+    doc = compose.compose(d)["services"]
     assert doc["air"]["image"] == f"vllm/vllm-openai:v{pins.VLLM}" and "build" not in doc["air"]
     build = doc["air-fetch"]["build"]
     assert build["dockerfile"] == "images/model-fetch/Dockerfile" and build["context"] == "."
@@ -452,7 +452,7 @@ def test_gpu_server_is_the_upstream_image_and_project_images_are_built():
 def test_server_image_per_service_and_the_project_variant():
     d = deployment(f"images:\n  vllm: vllm-compose/vllm:{pins.VLLM}\nservices:\n  a:\n    preset: glm-4.5-air\n"
                    f"  b:\n    preset: glm-4.1v-9b-thinking\n    image: vllm/vllm-openai:v{pins.VLLM}-cu129\n    port: 8001\n")
-    doc = render.compose(d)["services"]
+    doc = compose.compose(d)["services"]
     assert doc["a"]["build"]["dockerfile"] == "images/vllm/Dockerfile"
     assert doc["b"]["image"].endswith("-cu129") and "build" not in doc["b"]
 
@@ -475,7 +475,7 @@ def test_version_strings_that_are_not_plain_releases_are_refused(version):
 
 def test_dollar_signs_reach_the_container_unchanged():
     d = deployment("services:\n  a:\n    model: hf:a/b\n    extra_args: ['--x=$HOME']\n    env: {A: '${B}'}\n")
-    svc = render.compose(d)["services"]["a"]
+    svc = compose.compose(d)["services"]["a"]
     assert svc["command"][-1] == "--x=$$HOME" and svc["environment"]["A"] == "$${B}"
 
 
@@ -553,7 +553,7 @@ def test_mutated_stacks_render_valid_compose_or_fail_cleanly(mutation):
     except SpecError as e:
         assert e.problems and all(p.message and len(p.message) <= 1000 for p in e.problems)
         return
-    jsonschema.Draft7Validator(SCHEMA).validate(render.compose(d))
+    jsonschema.Draft7Validator(SCHEMA).validate(compose.compose(d))
 
 
 # ------------------------------------------------------------------ batch jobs and sampling
@@ -568,18 +568,18 @@ def test_a_job_is_its_servers_container_with_only_the_job_fields_set():
 
     d = deployment("services:\n  s:\n    preset: glm-4.1v-9b-thinking\n    gpus: [1]\n    env: {A: b}\n    batch: true\n")
     s = d.service("s")
-    server, job = container.server(d, s, "s-fetch"), container.batch(d, s, "s-fetch")
+    server, job = container.server(d, s), container.batch(d, s)
     differs = {f.name for f in dataclasses.fields(container.Container) if getattr(server, f.name) != getattr(job, f.name)}
-    assert differs == {"role", "entrypoint", "args", "mounts", "api_key", "port", "health_start_period", "stop_grace",
-                       "restarts"}
-    assert job.env == server.env and job.gpu_ids == (1,) and job.user == container.SERVER_USER
+    assert differs == {"name", "role", "entrypoint", "args", "mounts", "env_files", "port", "published", "probe",
+                       "stop_grace", "restarts", "profiles"}
+    assert job.env == server.env and job.gpu_ids == (1,) and job.user == facts.SERVER_USER and not job.api_key
     assert [m.target for m in server.mounts if m not in job.mounts] == [container.LIVENESS]
     assert job.args[job.args.index("--") + 1:][:3] == tuple(container.ENTRYPOINT)
 
 
 def test_batch_job_is_the_server_container_run_once_with_the_same_argv():
     d = deployment("services:\n  air:\n    preset: glm-4.5-air\n    gpus: [0, 1, 2, 3]\n    batch: {concurrency: 64}\n")
-    doc = render.compose(d)["services"]
+    doc = compose.compose(d)["services"]
     server, job = doc["air"], doc["air-batch"]
     argv = job["command"][job["command"].index("--") + 1:]
     assert argv[:3] == container.ENTRYPOINT and argv[3:] == [
@@ -594,7 +594,7 @@ def test_batch_job_is_the_server_container_run_once_with_the_same_argv():
 
 def test_the_tutorials_sampling_reaches_server_and_job_as_one_flag():
     d = deployment("services:\n  air:\n    preset: glm-4.5-air\n    batch: true\n")
-    doc = render.compose(d)["services"]
+    doc = compose.compose(d)["services"]
     for name in ("air", "air-batch"):
         cmd = doc[name]["command"]
         assert json.loads(cmd[cmd.index("--override-generation-config") + 1]) == {
@@ -673,7 +673,7 @@ def test_batch_input_lines_are_checked_one_by_one():
 def test_monitoring_scrapes_every_server_by_service_name():
     d = deployment("monitoring: {port: 9191}\nservices:\n  air:\n    preset: glm-4.5-air\n"
                    "  v:\n    preset: glm-4.1v-9b-thinking\n    port: 8001\n    gpus: [4]\n")
-    doc = render.compose(d)
+    doc = compose.compose(d)
     prom = doc["services"]["prometheus"]
     assert prom["ports"] == ["127.0.0.1:9191:9090"] and prom["profiles"] == ["monitoring"] and "build" in prom
     scrape = yaml.safe_load(doc["configs"]["prometheus"]["content"])["scrape_configs"][0]["static_configs"]

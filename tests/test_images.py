@@ -10,8 +10,9 @@ import uuid
 import pytest
 
 import deploy
-from deploy import cli, container, kubernetes, pins
+from deploy import cli, container, pins
 from deploy.images import catalog
+from deploy.targets import kubernetes
 from deploy.versions import VllmVersion
 from support import ROOT, venv_tool
 
@@ -54,11 +55,11 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
     """Every service's flags, as rendered for the pinned vLLM, go through that vLLM's own parser."""
     argvs = {}
     for spec in ("deploy/stacks/default.yaml", "tests/stacks/scripted-cpu.yaml", "tests/stacks/gpu/glm-2026.yaml"):
-        d = deploy.load(str(ROOT / spec))
+        d, _ = deploy.load(str(ROOT / spec))
         for s in d.services:
             argvs[f"{spec}:{s.name}"] = container.server_argv(s, d.vllm_version)
     # The Kubernetes multi-node pods' argv, with the LeaderWorkerSet's variables as the kubelet fills them in.
-    d = deploy.load(str(ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"))
+    d, _ = deploy.load(str(ROOT / "tests/stacks/k8s/glm-air-multinode.yaml"))
     lws = next(o for o in kubernetes.manifests(d, 8)["glm-4.5-air.yaml"] if o["kind"] == "LeaderWorkerSet")
     for role in ("leader", "worker"):
         args = lws["spec"]["leaderWorkerTemplate"][f"{role}Template"]["spec"]["containers"][0]["args"]

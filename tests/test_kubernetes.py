@@ -19,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deploy
-from deploy import cli, container, kubernetes, monitoring, render, router
+from deploy import cli, container, facts, monitoring, targets
 from deploy.errors import SpecError
 from deploy.spec import loads
+from deploy.targets import kubernetes
 from support import ROOT, admission, api_key, check_golden
 
 STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml",
@@ -71,12 +72,12 @@ def test_manifests_pass_the_kubernetes_schemas_and_match_the_golden(stack, tmp_p
         for obj in objects:
             validate(obj)
     assert admission.problems([o for objects in files.values() for o in objects], OUTSIDE) == []
-    text = "".join(f"# ---- {name}\n" + render.dump_yaml(objects) for name, objects in files.items())
+    text = "".join(f"# ---- {name}\n" + targets.dump_yaml(objects) for name, objects in files.items())
     check_golden(ROOT / "tests/golden/k8s" / f"{stack.stem}.yaml", text, update_goldens)
 
 
 def test_the_server_runs_the_compose_argv_with_gpus_probes_and_the_key_from_a_secret(tmp_path):
-    d = deploy.load(str(ROOT / "deploy/stacks/default.yaml"))
+    d, _ = deploy.load(str(ROOT / "deploy/stacks/default.yaml"))
     air = d.service("glm-4.5-air")
     [pvc, deployment_obj, svc] = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)["glm-4.5-air.yaml"]
     pod = deployment_obj["spec"]["template"]["spec"]
@@ -211,7 +212,7 @@ def test_the_router_runs_its_compose_config_with_keys_from_the_secret_and_alone_
     [tls] = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"]
     assert tls["secret"]["secretName"] == kubernetes.ROUTER_TLS_SECRET
     assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
-    assert svc["spec"]["ports"] == [{"name": "http", "port": router.PORT, "targetPort": "http"}]
+    assert svc["spec"]["ports"] == [{"name": "http", "port": facts.ROUTER_PORT, "targetPort": "http"}]
     assert policy["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["glm-4-1v-a", "glm-4-1v-b", "glm-4-5-air"]
     [ingress] = policy["spec"]["ingress"]
     assert ingress["from"][0] == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "router"}}}

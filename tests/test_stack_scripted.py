@@ -524,10 +524,10 @@ def test_the_kubernetes_router_config_passes_haproxys_own_check(scripted, tmp_pa
     import subprocess
 
     import deploy
-    from deploy import kubernetes
     from deploy.runtime import router_start
+    from deploy.targets import kubernetes
 
-    d = deploy.load(str(ROOT / "tests/stacks/k8s/router-tls.yaml"))
+    d, _ = deploy.load(str(ROOT / "tests/stacks/k8s/router-tls.yaml"))
     config_dir, run_dir = tmp_path / "etc", tmp_path / "run"
     config_dir.mkdir()
     run_dir.mkdir()
@@ -559,9 +559,9 @@ def test_the_kubernetes_monitoring_rules_pass_promtool(scripted, tmp_path):
     import yaml
 
     import deploy
-    from deploy import kubernetes
+    from deploy.targets import kubernetes
 
-    d = deploy.load(str(ROOT / "tests/stacks/k8s/router-tls.yaml"))
+    d, _ = deploy.load(str(ROOT / "tests/stacks/k8s/router-tls.yaml"))
     rules = next(o for o in kubernetes.monitoring_objects(d, routed=True) if o["kind"] == "PrometheusRule")
     (tmp_path / "rule.yml").write_text(yaml.safe_dump({"groups": rules["spec"]["groups"]}))
     os.chmod(tmp_path / "rule.yml", 0o644)

@@ -37,6 +37,8 @@ PROBE_TIMEOUT = float(os.environ.get("VLLM_COMPOSE_PROBE_TIMEOUT", "15"))
 # INTERVAL_S, each given TIMEOUT_S (room for PROBE_TIMEOUT and /metrics), unhealthy after RETRIES failures.
 INTERVAL_S, TIMEOUT_S, RETRIES = 10, 25, 3
 ENGINE_NAMES = ("VLLM::EngineCor", "EngineCore")  # /proc/PID/comm of vLLM's engine process (15 chars max)
+# On a host (the systemd target) the check sees every process: only the engines in this cgroup are the server's.
+CGROUP = os.environ.get("VLLM_COMPOSE_ENGINE_CGROUP", "")
 COUNTERS = re.compile(r"^vllm:(generation_tokens|prompt_tokens)_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 GAUGES = re.compile(r"^vllm:num_requests_(running|waiting)\{[^}]*\} ([0-9.e+]+)$", re.M)
 
@@ -57,7 +59,9 @@ def engine_pids() -> list[int]:
     pids = []
     for comm in Path("/proc").glob("[0-9]*/comm"):
         try:
-            if comm.read_text().strip().startswith(ENGINE_NAMES):
+            if comm.read_text().strip().startswith(ENGINE_NAMES) and (
+                    not CGROUP or any(line.endswith(":" + CGROUP) or f":{CGROUP}/" in line
+                                      for line in (comm.parent / "cgroup").read_text().splitlines())):
                 pids.append(int(comm.parent.name))
         except OSError:
             pass

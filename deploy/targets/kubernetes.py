@@ -23,11 +23,29 @@ import math
 import re
 from typing import Any
 
-from . import container, dashboards, monitoring, router, runtime
-from .container import LIVENESS, ROUTER_START, SERVER_USER, STOP_GRACE_MARGIN, Container
-from .resolve import CONTAINER_PORT, MODELS_DIR, Deployment, Service, batch_name
-from .runtime import fetch, liveness
-from .versions import VllmVersion
+from .. import container, dashboards, monitoring, runtime
+from ..container import Container
+from ..facts import (
+    GRAFANA,
+    MODELS_DIR,
+    ROUTER,
+    ROUTER_PORT,
+    ROUTER_TLS_DIR,
+    SERVER_KEY,
+    SERVER_PORT,
+    SERVER_USER,
+    STOP_GRACE_MARGIN,
+    batch_name,
+)
+from ..resolve import Deployment, Service
+from ..runtime import fetch
+from ..versions import VllmVersion
+from ..write import shown
+from . import Rendered, Request, TargetError, drop_flags, dump_yaml, header
+
+NAME = "kubernetes"
+HELP = "Kubernetes manifests, one file per service (kubectl apply -k DIR)"
+OUTPUT = "folder"
 
 KUBERNETES_VERSION = "1.30.0"  # the schemas the manifests are checked against (kubernetes-validate)
 LWS_API = "leaderworkerset.x-k8s.io/v1"
@@ -48,10 +66,6 @@ MULTINODE_ENTRYPOINT = ["vllm", "serve"]
 def _lit(text: str) -> str:
     """A spec string as Kubernetes must see it: `$(` doubled, so the kubelet expands no variable in it."""
     return text.replace("$(", "$$(")
-
-
-class TargetError(ValueError):
-    """A deployment that this target cannot express; the message names the service, the value and the fix."""
 
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,46}[a-z0-9])?")  # a DNS-1035 label, room left for "-models"
@@ -79,7 +93,7 @@ def _volume_size(s: Service) -> str:
 def _env(c: Container) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": _lit(v)} for k, v in c.env]
     if c.api_key:
-        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "VLLM_API_KEY"}}})
+        env.append({"name": SERVER_KEY, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": SERVER_KEY}}})
     return env
 
 
@@ -134,13 +148,14 @@ def _server_container(d: Deployment, s: Service, extra: list[str], probes: bool)
     }
     if c.gpus:
         k["resources"] = {"limits": {"nvidia.com/gpu": c.gpus}}
-    if probes and c.health_start_period is not None:
+    if probes and c.probe is not None:
         # The schedule compose's healthcheck has (deploy/runtime/liveness.py defines it).
-        health = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": liveness.INTERVAL_S}
-        k["startupProbe"] = {**health, "failureThreshold": math.ceil(c.health_start_period / liveness.INTERVAL_S)}
-        k["readinessProbe"] = {**health, "failureThreshold": liveness.RETRIES}
-        k["livenessProbe"] = {"exec": {"command": ["python3", LIVENESS]}, "periodSeconds": liveness.INTERVAL_S,
-                              "timeoutSeconds": liveness.TIMEOUT_S, "failureThreshold": liveness.RETRIES}
+        p = c.probe
+        health = {"httpGet": {"path": p.http, "port": "http"}, "periodSeconds": p.interval}
+        k["startupProbe"] = {**health, "failureThreshold": math.ceil(p.start_period / p.interval)}
+        k["readinessProbe"] = {**health, "failureThreshold": p.retries}
+        k["livenessProbe"] = {"exec": {"command": list(p.command)}, "periodSeconds": p.interval,
+                              "timeoutSeconds": p.timeout, "failureThreshold": p.retries}
     return k
 
 
@@ -246,7 +261,7 @@ def service_objects(d: Deployment, s: Service, gpus_per_node: int) -> list[dict[
         })
     objects.append({
         "apiVersion": "v1", "kind": "Service", "metadata": meta,
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": CONTAINER_PORT, "targetPort": "http"}]},
+        "spec": {"selector": selector, "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}]},
     })
     return objects
 
@@ -298,48 +313,54 @@ ROUTER_TLS_SIZE = "16Mi"  # the self-signed CA and pair, kept across restarts
 
 
 def router_objects(d: Deployment, watched: bool = False) -> list[dict[str, Any]]:
-    """The router (deploy/router.py): the same image, HAProxy config and entrypoint script as on compose, the keys
-    from the Secret, TLS from a Secret (the spec's own certificate) or a self-signed CA kept on a small claim;
-    a NetworkPolicy lets only the router reach the servers' port (where the cluster enforces NetworkPolicy)."""
+    """The router (container.router_container): the same image, HAProxy config, entrypoint script, probe and stop
+    grace as on compose, the keys from the Secret, TLS from a Secret (the spec's own certificate) or a self-signed CA
+    kept on a small claim; a NetworkPolicy lets only the router reach the servers' port (where the cluster enforces
+    NetworkPolicy)."""
     r = d.router
     assert r is not None
-    name = router.NAME
+    name = ROUTER
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "vllm-compose"}
-    files = router.configs(d, kubernetes=True, address=object_name)
-    mounts = [{"name": "config", "mountPath": f"{router.CONFIG_DIR}/{f}", "subPath": f, "readOnly": True} for f in files]
-    mounts.append({"name": "scripts", "mountPath": ROUTER_START, "subPath": "router_start.py", "readOnly": True})
+    # Its Service name in the self-signed certificate too, so that in-cluster clients verify it.
+    c = container.router_container(d, address=object_name, kubernetes=True,
+                                   extra_args=(f"--host={name}.$(POD_NAMESPACE).svc",) if r.tls and not r.tls.cert else ())
+    files = {f.target.rpartition("/")[2]: f.content for f in c.files}
+    mounts = [{"name": "config", "mountPath": f.target, "subPath": f.target.rpartition("/")[2], "readOnly": True}
+              for f in c.files]
+    mounts += [{"name": "scripts", "mountPath": m.target, "subPath": m.source, "readOnly": True}
+               for m in c.mounts if m.kind == "script"]
     volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": ROUTER_CONFIG}},
                                      {"name": "scripts", "configMap": {"name": SCRIPTS}}]
     objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": {"name": ROUTER_CONFIG, "labels": labels}, "data": files}]
     if r.tls and r.tls.cert:
-        mounts.append({"name": "tls", "mountPath": router.TLS_DIR, "readOnly": True})
+        mounts.append({"name": "tls", "mountPath": ROUTER_TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": ROUTER_TLS_SECRET, "items": [
             {"key": "tls.crt", "path": "cert.pem"}, {"key": "tls.key", "path": "key.pem"}]}})
     elif r.tls:
-        mounts.append({"name": "tls", "mountPath": router.TLS_DIR})
+        mounts.append({"name": "tls", "mountPath": ROUTER_TLS_DIR})
         volumes.append({"name": "tls", "persistentVolumeClaim": {"claimName": f"{name}-tls"}})
         objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"{name}-tls", "labels": labels},
                         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": ROUTER_TLS_SIZE}}}})
-    # Its Service name in the self-signed certificate too, so that in-cluster clients verify it.
-    args = router.argv(d) + ([f"--host={name}.$(POD_NAMESPACE).svc"] if r.tls and not r.tls.cert else [])
-    health = {"httpGet": {"path": router.HEALTH, "port": "http", "scheme": "HTTPS" if r.tls else "HTTP"}, "periodSeconds": 5}
+    assert c.probe is not None and c.probe.http is not None
+    health = {"httpGet": {"path": c.probe.http, "port": "http", "scheme": "HTTPS" if c.probe.https else "HTTP"},
+              "periodSeconds": c.probe.interval}
     pod = {
         "metadata": {"labels": labels},
         "spec": {
             # router_start.py starts as root to read the TLS files (and make the self-signed pair), then runs
             # HAProxy as uid 1000; a namespace enforcing the `restricted` Pod Security level refuses it.
             "containers": [{
-                "name": "router", "image": d.image("router"), "command": ["python3", ROUTER_START], "args": args,
+                "name": "router", "image": c.image, "command": list(c.entrypoint), "args": list(c.args),
                 "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
                 "envFrom": [{"secretRef": {"name": SECRET}}],
-                "ports": [{"name": "http", "containerPort": router.PORT}],
+                "ports": [{"name": "http", "containerPort": c.port}],
                 "volumeMounts": mounts,
-                "readinessProbe": {**health, "failureThreshold": 3},
-                "livenessProbe": {**health, "failureThreshold": 3, "timeoutSeconds": 5},
+                "readinessProbe": {**health, "failureThreshold": c.probe.retries},
+                "livenessProbe": {**health, "failureThreshold": c.probe.retries, "timeoutSeconds": c.probe.timeout},
             }],
-            # HAProxy's soft stop lets requests in flight finish (compose: stop signal SIGUSR1 + grace).
-            "terminationGracePeriodSeconds": 60,
+            # HAProxy's soft stop (the image's STOPSIGNAL SIGUSR1) lets requests in flight finish.
+            "terminationGracePeriodSeconds": c.stop_grace,
             "volumes": volumes,
         },
     }
@@ -347,7 +368,7 @@ def router_objects(d: Deployment, watched: bool = False) -> list[dict[str, Any]]
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
          "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": labels}, "template": pod}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
-         "spec": {"selector": labels, "ports": [{"name": "http", "port": router.PORT, "targetPort": "http"}]}},
+         "spec": {"selector": labels, "ports": [{"name": "http", "port": ROUTER_PORT, "targetPort": "http"}]}},
         {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": f"{name}-only", "labels": labels},
          "spec": {"podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
                                                         "values": sorted({object_name(s) for s in d.services})}]},
@@ -356,7 +377,7 @@ def router_objects(d: Deployment, watched: bool = False) -> list[dict[str, Any]]
                                         # Prometheus, in any namespace, scrapes the servers' /metrics (WATCHED).
                                         *([{"namespaceSelector": {}, "podSelector": {"matchLabels": PROMETHEUS_POD_LABEL}}]
                                           if watched else [])],
-                               "ports": [{"port": CONTAINER_PORT, "protocol": "TCP"}]}]}},
+                               "ports": [{"port": SERVER_PORT, "protocol": "TCP"}]}]}},
     ]
     return objects
 
@@ -391,7 +412,7 @@ def monitoring_objects(d: Deployment, routed: bool) -> list[dict[str, Any]]:
 
     objects = [pod_monitor("vllm-compose-servers", servers, "vllm", False)]
     if routed:
-        objects.append(pod_monitor("vllm-compose-router", [router.NAME], "router", tls))
+        objects.append(pod_monitor("vllm-compose-router", [ROUTER], "router", tls))
     objects += [
         {"apiVersion": MONITORING_API, "kind": "PrometheusRule", "metadata": {"name": "vllm-compose", "labels": labels},
          "spec": {"groups": monitoring.rule_groups()}},
@@ -465,3 +486,32 @@ def kustomization(files: list[str]) -> str:
             "# images:                             # the project's images from your registry (they are built here)\n"
             "#   - name: vllm-compose/model-fetch\n"
             "#     newName: registry.example.internal/vllm-compose/model-fetch\n")
+
+
+def options(group) -> None:
+    group.add_argument("--gpus-per-node", type=_positive, default=GPUS_PER_NODE, metavar="N",
+                       help="kubernetes: GPUs one node has; a service needing more becomes a multi-node LeaderWorkerSet "
+                            f"(default: {GPUS_PER_NODE})")
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a GPU count. Fix: a whole number from 1 to 1024")
+    return int(text)
+
+
+def render(d: Deployment, request: Request) -> Rendered:
+    """One file per service (jobs in jobs/), the router's, monitoring's, shared.yaml and kustomization.yaml, each
+    with the header; the note names the Secret to create from the env files a pod reads."""
+    files = manifests(d, request.options.get("gpus_per_node", GPUS_PER_NODE), request.drop)
+    out = request.output or "DIR"
+    head = header(request.spec, f"--target kubernetes{drop_flags(request.drop)} -o {shown(out)}", request.drop)
+    texts = {name: head + "---\n".join(dump_yaml(o) for o in objects) for name, objects in files.items()}
+    texts["kustomization.yaml"] = head + kustomization(list(files))
+    # The Secret from each env file a pod reads (this target renders no Grafana, so not its password's).
+    envs = " ".join(f"--from-env-file={f}" for f, _, readers in d.env_files() if readers != (GRAFANA,))
+    note = (f"wrote {', '.join(files)} and kustomization.yaml to {out}. Before `kubectl apply -k {out}`: kubectl create "
+            f"secret generic {SECRET} {envs}")
+    return Rendered(texts, notes=(note,))
