@@ -262,8 +262,8 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
     for role in images:
         ref = getattr(spec.images, role)
         if ref is not None:
-            images[role] = ref
-            _check_image(ref, f"images.{role}", version, c)
+            images[role] = project_images.canonical(ref, version)
+            _check_image(images[role], f"images.{role}", version, c)
     volumes = {}
     for role, default in DEFAULT_VOLUMES.items():
         name = getattr(spec.volumes, role) or default
@@ -353,7 +353,7 @@ def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> Non
                 f"{pins.VLLM_GPU_IMAGE.format(version=version)}{pins.CU129_SUFFIX}.")
     elif ref.startswith(project_images.NAMESPACE) and ref not in project_images.catalog(version):
         c.error(path, f"{ref!r} is in the project's namespace but no Dockerfile builds it. "
-                f"Fix: use one of {', '.join(project_images.catalog(version))}, or an upstream image.")
+                f"Fix: use one of {', '.join(i.plain for i in project_images.catalog(version).values())}, or an upstream image.")
     elif why := floating(ref):
         c.warn(path, f"{ref!r} {why}. Fix: pin a version (such as {pins.VLLM_GPU_IMAGE.format(version=version)}) "
                "or a digest (REPOSITORY@sha256:…).")
@@ -406,6 +406,7 @@ def _resolve_service(name: str, spec: ServiceSpec, version: VllmVersion, images:
         values["gpus"] = values["tensor_parallel_size"] * values["pipeline_parallel_size"]
         sources["gpus"] = "default"
     if "image" in values:
+        values["image"] = project_images.canonical(values["image"], version)
         _check_image(values["image"], f"{path}.image", version, c)
     else:
         values["image"] = images["vllm_cpu" if values["device"] == "cpu" else "vllm"]

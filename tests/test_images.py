@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 
 import deploy
 from deploy import cli, container, pins
@@ -127,3 +131,70 @@ def test_compose_builds_the_model_fetch_image(docker, tmp_path):
         assert r.returncode == 0 and r.stdout.split() == container.SERVER_USER.split(":"), r.stderr
     finally:
         compose(tmp_path, "down", "--volumes", check=False)
+
+
+def _render_in(copy: Path) -> dict:
+    """The default stack rendered by the copy's own package (as after a `git pull` there)."""
+    subprocess.run([sys.executable, "-m", "deploy", "render", "deploy/stacks/default.yaml", "-o", "compose.yaml"],
+                   cwd=copy, env={**os.environ, "PYTHONPATH": str(copy)}, check=True, capture_output=True)
+    return yaml.safe_load((copy / "compose.yaml").read_text())["services"]
+
+
+def test_an_images_tag_follows_the_content_of_what_goes_into_it(tmp_path):
+    """A changed runtime file gives the images that carry it (model-fetch, vllm-cpu) new tags and leaves the others
+    alone; an unchanged tree renders the same tags. compose builds a tag it lacks, so `git pull` + `docker compose up
+    -d` runs the new code."""
+    from support import fresh_copy
+
+    copy = fresh_copy(tmp_path)
+    before = {n: s["image"] for n, s in _render_in(copy).items()}
+    assert {n: s["image"] for n, s in _render_in(copy).items()} == before
+    fetch = copy / "deploy/runtime/fetch.py"
+    fetch.write_text(fetch.read_text() + "\nNEW_CODE = 1\n")
+    after = {n: s["image"] for n, s in _render_in(copy).items()}
+    changed = {n for n in before if before[n] != after[n]}
+    assert {before[n].rpartition(":")[0] for n in changed} == {"vllm-compose/model-fetch", "vllm-compose/vllm-cpu"}
+    assert all(after[n].startswith(before[n].rpartition("-")[0]) for n in changed)  # same release, new hash
+
+
+def test_every_dockerfile_copies_only_what_its_tag_hashes():
+    """Each COPY source of a Dockerfile is one of the image's declared inputs (or the site's certs/wheelhouse), so no
+    file can change an image without changing its tag."""
+    from deploy import images
+
+    for dockerfile in DOCKERFILES:
+        name = dockerfile.parent.name
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY "):
+                for source in line.split()[1:-1]:
+                    assert source.startswith(("images/certs/", "images/wheelhouse/")) or any(
+                        source == i or source.startswith(i) for i in images.INPUTS[name] if i.endswith("/") or source == i), \
+                        f"{dockerfile}: COPY {source} is not in images.INPUTS[{name!r}]"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_after_a_pull_compose_up_runs_the_new_runtime_code(docker, tmp_path):
+    """In a copy of the checkout: `docker compose up --no-start` builds the fetch image; a changed runtime file and a
+    re-render give a new tag, which the same `up` builds, and the fetch container then runs the new code."""
+    from support import compose, fresh_copy
+
+    copy = fresh_copy(tmp_path)
+    (copy / ".env").write_text(f"COMPOSE_PROJECT_NAME=vllmtest-{uuid.uuid4().hex[:8]}\n")
+    probe = ["run", "--rm", "--no-deps", "--entrypoint", "python3", "glm-4.5-air-fetch", "-c",
+             "import deploy.runtime.fetch as f; print(getattr(f, 'NEW_CODE', 'old'))"]
+    new = None
+    try:
+        old = _render_in(copy)["glm-4.5-air-fetch"]["image"]
+        compose(copy, "up", "--no-start", "glm-4.5-air-fetch")
+        assert compose(copy, *probe).stdout.split()[-1] == "old"
+        fetch = copy / "deploy/runtime/fetch.py"
+        fetch.write_text(fetch.read_text() + "\nNEW_CODE = 'new'\n")
+        new = _render_in(copy)["glm-4.5-air-fetch"]["image"]
+        assert new != old
+        compose(copy, "up", "--no-start", "glm-4.5-air-fetch")
+        assert compose(copy, *probe).stdout.split()[-1] == "new"
+    finally:
+        compose(copy, "down", "-v", check=False)
+        if new:  # the image this test made (the first is the checkout's own, which other tests use)
+            subprocess.run(["docker", "rmi", new], capture_output=True)
