@@ -1,4 +1,5 @@
-"""Stage 5 — the command line: `python -m deploy {render,check,doctor,presets,args}`.
+"""Stage 5 — the command line: `python -m deploy COMMAND` (installed as `vllm-deploy`); `-h` lists the commands
+and each command's `-h` its options and an example (parser() below is the one list).
 
 Exit codes: 0 ok, 1 bad spec (every problem printed, no traceback), 2 usage.
 """
@@ -21,19 +22,6 @@ from .write import WriteError, rotate_keys, write_compose, write_tree
 
 # The checkout this package runs from: compose builds the project's images from its images/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-EXAMPLES = """\
-examples:
-  python -m deploy render deploy/stacks/default.yaml -o compose.yaml
-  python -m deploy render deploy/stacks/default.yaml --target kubernetes -o k8s/
-  python -m deploy check deploy/stacks/default.yaml
-  python -m deploy doctor deploy/stacks/default.yaml
-  python -m deploy presets
-  python -m deploy args deploy/stacks/default.yaml --service glm-4.5-air
-  python -m deploy bench deploy/stacks/default.yaml --service glm-4.5-air --concurrency 1,16,64
-  python -m deploy batch-input prompts.txt -o batch/glm-4.5-air/input/prompts.jsonl
-"""
-
 
 def load_deployment(path: str) -> tuple[Deployment, list[Problem]]:
     return load(path)
@@ -166,6 +154,13 @@ def cmd_presets(a) -> int:
     return 0
 
 
+def cmd_reference(a) -> int:
+    from . import reference
+
+    sys.stdout.write(reference.markdown())
+    return 0
+
+
 def cmd_args(a) -> int:
     d, warnings = load_deployment(a.spec)
     _print_warnings(warnings, a.spec)
@@ -221,12 +216,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deploy",
         description="Render a vLLM deployment spec into a docker compose stack.",
-        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    examples: list[str] = []
+
     def add(name, help_, example, func):
+        examples.append(example)
         sp = sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {example}",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(func=func)
@@ -255,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
                     "`docker compose up` starts, those without a profile)")
     dr.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env files (default: .)")
     add("presets", "list the presets", "python -m deploy presets", cmd_presets)
+    add("reference", "print the reference (every spec key, preset and target) as Markdown: docs/reference.md",
+        "python -m deploy reference > docs/reference.md", cmd_reference)
     rk = add("rotate-keys", "replace the stack's keys in its env file with new generated ones (all, or --key NAME), "
              "e.g. after a leak; prints what to recreate", "python -m deploy rotate-keys deploy/stacks/default.yaml",
              cmd_rotate_keys)
@@ -288,6 +287,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", help="served model name (default: the job's model)")
     b.add_argument("--max-tokens", type=int, help="max_tokens of every request (default: up to the context length)")
     b.add_argument("--system", help="a system prompt for every request")
+    p.epilog = "examples:\n" + "".join(f"  {x}\n" for x in examples)  # one per command, from the commands themselves
     p.add_argument("--version", action="version", version=f"vllm-compose {pins.PROJECT} (vLLM {versions.OLDEST}–{versions.NEWEST}, default {pins.VLLM})")
     return p
 
