@@ -56,8 +56,14 @@ def test_every_dockerfile_is_built_by_the_generator():
 
 @pytest.mark.docker
 def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
-    """Every service's flags, as rendered for the pinned vLLM, go through that vLLM's own parser."""
+    """Every service's flags, as rendered for the pinned vLLM, go through that vLLM's own parser — every preset's
+    (iterated, so a new preset is checked without anyone adding it to a stack) and the committed stacks'."""
+    from deploy.presets import PRESETS
+
     argvs = {}
+    for name in PRESETS:
+        d, _ = deploy.load(f"preset {name}", text=f"services:\n  s:\n    preset: {name}\n")
+        argvs[f"preset:{name}"] = container.server_argv(d.services[0], d.vllm_version)
     for spec in ("deploy/stacks/default.yaml", "tests/stacks/scripted-cpu.yaml", "tests/stacks/gpu/glm-2026.yaml"):
         d, _ = deploy.load(str(ROOT / spec))
         for s in d.services:
@@ -87,6 +93,10 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
                         cpu_image, "-c", code, json.dumps(argvs)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     parsed = json.loads(r.stdout.strip().splitlines()[-1])
+    for name in PRESETS:
+        d, _ = deploy.load(f"preset {name}", text=f"services:\n  s:\n    preset: {name}\n")
+        s = d.services[0]
+        assert parsed[f"preset:{name}"][1:4] == [[s.served_name], s.tool_call_parser, s.reasoning_parser], name
     air = parsed["deploy/stacks/default.yaml:glm-4.5-air"]
     assert air[:4] == ["/models/ZhipuAI--GLM-4.5-Air", ["glm-4.5-air"], "glm45", "glm45"]
     assert parsed["deploy/stacks/default.yaml:glm-4.1v"][4] == {"image": 32, "video": 1}
