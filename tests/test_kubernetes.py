@@ -23,7 +23,7 @@ from deploy import cli, container, facts, monitoring, targets
 from deploy.errors import SpecError
 from deploy.spec import loads
 from deploy.targets import kubernetes
-from support import ROOT, admission, api_key, check_golden
+from support import EXAMPLES, ROOT, admission, api_key, check_golden
 
 STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml",
           ROOT / "tests/stacks/k8s/router-tls.yaml"]
@@ -279,7 +279,7 @@ def test_a_folder_with_foreign_files_is_left_alone(tmp_path, capsys):
 GOOD = [yaml.safe_load(p.read_text()) for p in STACKS]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=EXAMPLES(150), deadline=None)
 @given(st.sampled_from(GOOD), st.sampled_from(["tensor_parallel_size", "pipeline_parallel_size", "gpus", "model",
                                                "served_model_name", "extra_args", "env", "max_model_len", "device"]),
        st.none() | st.booleans() | st.integers(-2, 40) | st.text(max_size=12) | st.lists(st.text(max_size=8), max_size=3)

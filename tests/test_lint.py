@@ -38,6 +38,7 @@ def _python310() -> str | None:
     return None
 
 
+@pytest.mark.docker  # reaches PyPI to install, like the image builds
 def test_generator_installs_and_renders_on_python_3_10(tmp_path):
     py310 = _python310()
     if py310 is None:
