@@ -37,6 +37,12 @@ class ModelShape:
         return layers * -(-self.kv_heads // max(1, tp)) * self.head_dim * 2 * dtype_bytes
 
 
+# The GPUs presets are sized for, as (what, GB of 10^9 bytes as nvidia-smi reports it): deploy/sharing.py assumes a
+# preset's GPU when the spec does not say (gpu_memory_gb) and doctor has not read the real one.
+H100 = ("an H100 80GB (nvidia-smi: 81559 MiB = 85.5 GB)", 85.5)
+H200 = ("an H200 (nvidia-smi: 143771 MiB = 150.8 GB)", 150.8)
+
+
 # config.json of zai-org/GLM-4.5-Air (tests/fixtures/glm_full_shape.py AIR): 46 layers, 8 KV heads of 128, context
 # 131072. GLM-4.5-Air-FP8 is the same model; GLM-4.6V's language model is Air's (its own config.json not read).
 AIR_SHAPE = ModelShape(layers=46, max_position_embeddings=131072, kv_heads=8, head_dim=128)
@@ -62,6 +68,7 @@ class Preset:
     min_vllm_why: str = ""
     gpu_memory_gb: float | None = None  # what the recipe gives as the VRAM minimum (all GPUs together)
     shape: ModelShape | None = None  # the KV cache's shape, for planning GPU memory; None: not read
+    gpu: tuple[str, float] = H100  # the GPU it is sized for (its comment says why)
 
 
 # Each preset's `sampling` becomes the default of every request that leaves a value unset (the server's and the
@@ -257,6 +264,7 @@ PRESETS: dict[str, Preset] = {
             download_gb=329,  # "about 306 GiB for the default native FP8 checkpoint" (recipe)
             min_vllm="0.30.0", min_vllm_why="Glm5NextForConditionalGeneration is registered from vLLM 0.30.0",
             gpu_memory_gb=386,
+            gpu=H200,
             values=dict(
                 **zhipu("GLM-5.3-Flash"),
                 served_model_name="glm-5.3-flash",
@@ -300,6 +308,7 @@ PRESETS: dict[str, Preset] = {
             download_gb=750,  # 744 B parameters × 1 byte + BF16 norms and embeddings
             min_vllm="0.24.0", min_vllm_why="the glm47 reasoning parser (the recipe's min_vllm_version)",
             gpu_memory_gb=893,
+            gpu=H200,
             values=dict(
                 **zhipu("GLM-5.1-FP8"),
                 served_model_name="glm-5.1-fp8",

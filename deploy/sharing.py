@@ -18,8 +18,9 @@ What a service needs on each of its GPUs (GB = 10^9 bytes, as the presets' sizes
 - the KV cache of one sequence of max_model_len tokens (vLLM refuses to start without it), from the preset's
   ModelShape (deploy/presets.py); max_model_len auto sizes itself to what is left, so it needs none here.
 
-What it gets: gpu_memory_utilization (or the pinned vLLM's default) × the GPU's memory: the stack's
-`gpu_memory_gb`, or ASSUMED_GPU_GB; `doctor` passes what nvidia-smi reports (`plan(d, gpu_memory=...)`).
+What it gets: gpu_memory_utilization (or the pinned vLLM's default) × the GPU's memory: what nvidia-smi reports
+(`doctor` passes it: `plan(d, gpu_memory=...)`), else the stack's `gpu_memory_gb`, else the GPU its preset is sized
+for (presets.H100 unless the preset says H200; the smallest where services share a GPU).
 
 The runtime side (the swap controller, the router) reads `Plan.turns`: each TurnGroup's members in
 wake-preference order and its sleep level. Members run with SLEEP_FLAG and SLEEP_ENV (resolve marks them,
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import Collector
-from .presets import PRESETS, ModelShape
+from .presets import H100, PRESETS, ModelShape
 
 if TYPE_CHECKING:
     from .resolve import Deployment, Service
@@ -53,11 +54,6 @@ OVERHEAD_GB = 4.0
 # What a sleeping server keeps on each of its GPUs (the 1.9 GB above, rounded up): the awake member's fraction
 # must leave this much for each sleeping one.
 SLEEP_RESIDUE_GB = 2.0
-# The GPU the presets are sized for (their comments: "one 80 GB GPU", 4×H100): an H100 80GB HBM3, whose
-# nvidia-smi reports 81559 MiB = 85.5 GB. A spec's `gpu_memory_gb` says otherwise.
-ASSUMED_GPU = "an H100 80GB (81559 MiB = 85.5 GB), the GPU the presets are sized for"
-ASSUMED_GPU_GB = 85.5
-
 
 @dataclass(frozen=True)
 class TurnGroup:
@@ -113,11 +109,10 @@ class Plan:
     gpus: tuple[GpuPlan, ...] = ()
     side_by_side: tuple[tuple[str, ...], ...] = ()  # groups whose memory fits together
     turns: tuple[TurnGroup, ...] = ()
-    unplaced: tuple[Need, ...] = ()  # services with a GPU count, not ids: one Need for any of their GPUs
+    unplaced: tuple[tuple[Need, float, str], ...] = ()  # services with a GPU count, not ids: (Need, GB, origin)
     host_ram_gb: tuple[tuple[str, float | None], ...] = ()  # turn group → level-1 sleeping weights at worst
     problems: tuple[tuple[str, str], ...] = ()  # (YAML path, message with the numbers and the fix)
     warnings: tuple[tuple[str, str], ...] = ()
-    memory_origin: str = ""
 
     def group_of(self, service: str) -> TurnGroup | None:
         return next((g for g in self.turns if service in g.members), None)
@@ -184,10 +179,11 @@ def _fraction_for(gb: float, memory_gb: float) -> float:
     return math.ceil(gb / memory_gb * 100 - 1e-9) / 100
 
 
-def _check_fit(n: Need, memory_gb: float, where: str, d: _Draft) -> None:
-    """One service alone on one GPU: weights + overhead within its fraction, then one max_model_len sequence."""
+def _check_fit(n: Need, memory_gb: float, where: str, d: _Draft) -> bool:
+    """One service alone on one GPU: weights + overhead within its fraction, then one max_model_len sequence.
+    True when it does not fit (the problem is in D)."""
     if n.weights_gb is None:
-        return
+        return False
     base = n.weights_gb + n.overhead_gb
     frac = f"{n.fraction:g} × {_gb(memory_gb)} GB = {_gb(n.gets_gb)} GB ({n.fraction_origin})"
     if base > n.gets_gb:
@@ -198,9 +194,9 @@ def _check_fit(n: Need, memory_gb: float, where: str, d: _Draft) -> None:
                            f"{where}: {n.service}'s weights ({_gb(n.weights_gb)} GB) and vLLM's overhead "
                            f"({n.overhead_gb:g} GB) need {_gb(base)} GB but it gets {frac}; vLLM would fail after "
                            f"loading. Fix: {fix}."))
-        return
+        return True
     if n.kv_gb is None or n.kv_bytes_per_token is None or base + n.kv_gb <= n.gets_gb:
-        return
+        return False
     room = n.gets_gb - base
     fits = int(room * 1e9 // n.kv_bytes_per_token) // 1024 * 1024
     need = _fraction_for(base + n.kv_gb, memory_gb)
@@ -212,15 +208,12 @@ def _check_fit(n: Need, memory_gb: float, where: str, d: _Draft) -> None:
                        f"({n.kv_bytes_per_token} bytes per token on each GPU), but {frac} leaves {_gb(room)} GB after "
                        f"{_gb(n.weights_gb)} GB of weights and {n.overhead_gb:g} GB of overhead; vLLM would refuse "
                        f"to start after loading. Fix: {fix}."))
+    return True
 
 
 def plan(d: Deployment, gpu_memory: dict[int, float] | None = None) -> Plan:
     """The memory plan of D. GPU_MEMORY (id → GB, from nvidia-smi) overrides the spec's or the assumed size."""
     draft = _Draft()
-    if d.gpu_memory_gb is not None:
-        memory_gb, origin = d.gpu_memory_gb, f"{d.gpu_memory_gb:g} GB (the spec's gpu_memory_gb)"
-    else:
-        memory_gb, origin = ASSUMED_GPU_GB, f"{ASSUMED_GPU_GB:g} GB assumed: {ASSUMED_GPU} (set gpu_memory_gb to change it)"
     memory = dict(gpu_memory or {})
     default_fraction = d.vllm_version.default_gpu_memory_utilization
     gpu_services = [s for s in d.services if s.device == "gpu"]
@@ -229,15 +222,24 @@ def plan(d: Deployment, gpu_memory: dict[int, float] | None = None) -> Plan:
         for g in dict.fromkeys(s.gpu_ids or ()):
             by_gpu.setdefault(g, []).append(s)
 
-    def size(g: int | None) -> float:
-        return memory.get(g, memory_gb) if g is not None else memory_gb
+    def size(g: int | None, users: list[Service]) -> tuple[float, str]:
+        if g in memory:
+            return memory[g], "nvidia-smi"
+        if d.gpu_memory_gb is not None:
+            return d.gpu_memory_gb, "the spec's gpu_memory_gb"
+        what, gb = min((_sized_for(s) for s in users), key=lambda x: x[1])
+        return gb, f"assumed: {what}; set gpu_memory_gb to say otherwise"
 
     gpus = []
     for g in sorted(by_gpu):
-        needs = tuple(service_need(s, g, size(g), default_fraction, str(d.vllm_version)) for s in by_gpu[g])
-        gpus.append(GpuPlan(g, size(g), f"{size(g):g} GB (nvidia-smi)" if g in memory else origin, needs))
-    unplaced = tuple(service_need(s, None, memory_gb, default_fraction, str(d.vllm_version))
-                     for s in gpu_services if s.gpu_ids is None)
+        gb, origin = size(g, by_gpu[g])
+        needs = tuple(service_need(s, g, gb, default_fraction, str(d.vllm_version)) for s in by_gpu[g])
+        gpus.append(GpuPlan(g, gb, origin, needs))
+    unplaced = []
+    for s in gpu_services:
+        if s.gpu_ids is None:
+            gb, origin = size(None, [s])
+            unplaced.append((service_need(s, None, gb, default_fraction, str(d.vllm_version)), gb, origin))
 
     # Groups: services linked through shared GPU ids (union-find over service names).
     parent = {s.name: s.name for s in gpu_services}
@@ -277,10 +279,10 @@ def plan(d: Deployment, gpu_memory: dict[int, float] | None = None) -> Plan:
         order = tuple(dict.fromkeys([*first[:1], *names]))
         turns.append(TurnGroup("gpus-" + "-".join(map(str, ids)), order, min(levels or {DEFAULT_SLEEP_LEVEL}), tuple(ids)))
         if d.router is None:
-            draft.problems.append((f"services.{members[1].name}.gpus",
-                                   f"GPU(s) {sorted(set(members[0].gpu_ids or ()) & set(members[1].gpu_ids or ()))} "
-                                   f"of {members[1].name!r} are also {members[0].name!r}'s: {' and '.join(names)} "
-                                   f"take turns (vLLM's sleep mode), which the router drives, waking the model a "
+            g, users = next((g, u) for g, u in sorted(by_gpu.items()) if len(u) > 1 and u[0] in members)
+            draft.problems.append((f"services.{users[1].name}.gpus",
+                                   f"GPU {g} is named by {' and '.join(u.name for u in users)}, so "
+                                   f"{', '.join(names)} take turns (vLLM's sleep mode), which the router drives, waking the model a "
                                    f"request names. Fix: add `router: true` (servers then publish no port), give "
                                    f"each service its own GPUs, or set gpu_memory_utilization on each so that they "
                                    f"sum to at most 1 (side by side)."))
@@ -293,12 +295,15 @@ def plan(d: Deployment, gpu_memory: dict[int, float] | None = None) -> Plan:
                                        f"{s.name} shares no GPU with a service it takes turns with, so it never "
                                        f"sleeps. Fix: remove {key}, or name a GPU of another service in gpus."))
 
-    # Every service alone on each of its GPUs (a turn group's members each fit alone; side-by-side ones too).
+    # Every service alone on each of its GPUs (a turn group's members each fit alone; side-by-side ones too),
+    # reported on the first GPU where it does not fit.
+    misfits: set[str] = set()
     for gp in gpus:
         for n in gp.needs:
-            _check_fit(n, gp.memory_gb, f"GPU {gp.gpu}", draft)
-    for n in unplaced:
-        _check_fit(n, memory_gb, "each of its GPUs", draft)
+            if n.service not in misfits and _check_fit(n, gp.memory_gb, f"GPU {gp.gpu}", draft):
+                misfits.add(n.service)
+    for n, gb, _ in unplaced:
+        _check_fit(n, gb, "each of its GPUs", draft)
     _dedupe(draft)
 
     # Side by side: the fractions on each GPU they share sum to at most 1.
@@ -339,8 +344,13 @@ def plan(d: Deployment, gpu_memory: dict[int, float] | None = None) -> Plan:
                                    "a preset for this model to deploy/presets.py with download_gb and a ModelShape "
                                    "(num_hidden_layers, num_key_value_heads, head_dim, max_position_embeddings from "
                                    "its config.json)."))
-    return Plan(tuple(gpus), tuple(side), tuple(turns), unplaced, tuple(host), tuple(draft.problems),
-                tuple(draft.warnings), origin)
+    return Plan(tuple(gpus), tuple(side), tuple(turns), tuple(unplaced), tuple(host), tuple(draft.problems),
+                tuple(draft.warnings))
+
+
+def _sized_for(s: Service) -> tuple[str, float]:
+    name = preset_of(s)
+    return PRESETS[name].gpu if name in PRESETS else H100
 
 
 def _dedupe(d: _Draft) -> None:
@@ -367,7 +377,7 @@ def describe(d: Deployment) -> list[str]:
     p = plan(d)
     if not p.gpus and not p.unplaced:
         return []
-    lines = ["", f"[GPU memory] GPUs of {p.memory_origin}"]
+    lines = ["", "[GPU memory] what each service needs on each GPU, and what it gets"]
     for names in p.side_by_side:
         lines.append(f"  side by side: {', '.join(names)} (their fractions fit together)")
     for g, (_, ram) in zip(p.turns, p.host_ram_gb, strict=True):
@@ -377,9 +387,11 @@ def describe(d: Deployment) -> list[str]:
         lines.append(f"  taking turns ({g.name}): {', '.join(g.members)}; awake first: {g.awake_first}; "
                      f"sleep level {g.sleep_level}; {held}")
     for gp in p.gpus:
-        lines.append(f"  GPU {gp.gpu}: " + ("; ".join(_need_text(n) for n in gp.needs)))
-    for n in p.unplaced:
-        lines.append(f"  each GPU of {n.service}: {_need_text(n)}")
+        lines.append(f"  GPU {gp.gpu} ({gp.memory_gb:g} GB, {gp.memory_origin}):")
+        lines += [f"    {_need_text(n)}" for n in gp.needs]
+    for n, gb, origin in p.unplaced:
+        lines.append(f"  each GPU of {n.service} ({gb:g} GB, {origin}):")
+        lines.append(f"    {_need_text(n)}")
     return lines
 
 
