@@ -276,6 +276,13 @@ def plan(d: Deployment, gpu_memory: dict[int, float] | None = None) -> Plan:
             draft.problems.append((f"services.{first[1]}.awake_first",
                                    f"{' and '.join(first)} both ask to be awake first; one member of a group is "
                                    f"awake at a time. Fix: keep awake_first on one of them."))
+        served: dict[str, str] = {}
+        for s in members:
+            if (other := served.setdefault(s.served_name, s.name)) != s.name:
+                draft.problems.append((f"services.{s.name}.served_model_name",
+                                       f"{other} and {s.name} both serve {s.served_name!r} and take turns on GPUs "
+                                       f"{ids}: a request for it would wake one and sleep the other, never both. "
+                                       "Fix: give one its own served_model_name, or its own GPUs (replicas)."))
         order = tuple(dict.fromkeys([*first[:1], *names]))
         turns.append(TurnGroup("gpus-" + "-".join(map(str, ids)), order, min(levels or {DEFAULT_SLEEP_LEVEL}), tuple(ids)))
         if d.router is None:
