@@ -171,7 +171,16 @@ def test_an_unshared_service_is_planned_too():
                         "gpu_memory_utilization: 0.7}\n")
     # 0.7 × 85.5 = 59.85 GB holds 59.25 of weights and overhead, not the 6.17 GB of 131,072 tokens.
     assert len(errors) == 1 and errors[0].startswith("services.air.max_model_len: GPU 0: one sequence of "
-                                                     "max_model_len 131072 needs 6.2 GB")
+                                                     "max_model_len 131072 (the model's own: unset) needs 6.2 GB")
+    assert errors[0].endswith("Fix: max_model_len: 12288 or gpu_memory_utilization: 0.77.")  # 0.6 GB / 47,104 bytes
+
+
+def test_a_service_given_a_gpu_count_is_planned_on_each_of_its_gpus():
+    _, errors, _ = load("vllm_version: 0.32.0\nservices:\n  air: {preset: glm-4.5-air, gpus: 4, "
+                        "gpu_memory_utilization: 0.5}\n")
+    assert len(errors) == 1 and errors[0].startswith("services.air.gpu_memory_utilization: each of its GPUs: air's "
+                                                     "weights (55.2 GB) and vLLM's overhead (4 GB) need 59.2 GB but it "
+                                                     "gets 0.5 × 85.5 GB = 42.8 GB (user)")
 
 
 def test_huge_max_model_len_is_refused_with_numbers():
