@@ -7,6 +7,9 @@ GLM-4.1V-9B at full shape (tests/fixtures/glm_full_shape.py vision, `--load-form
 (`vllm-deploy args`), started at the smallest gpu_memory_utilization the plan accepts on this GPU (nvidia-smi's
 size) and 0.02 below it. Records whether each start got healthy, and vLLM's own memory lines from its log (weights,
 profiling, KV cache size, CUDA graphs) beside the plan's figures.
+
+Not yet run (2026-12-07: no device machine was free during the session that wrote it); the first run should check
+the log patterns it keeps against vLLM 0.26's actual lines.
 """
 
 from __future__ import annotations
