@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import container, load, pins, versions
+from . import container, load, pins, sharing, versions
 from .errors import Problem, SpecError
 from .facts import GRAFANA_PASSWORD
 from .presets import PRESETS
@@ -86,6 +86,7 @@ def cmd_check(a) -> int:
         print(f"\n[{s.name}]")
         for key, value in sorted(s.settings().items()):
             print(f"  {key:26} {value!r:40} ({s.origin(key)})")
+    print("\n".join(sharing.describe(d)))
     return 0
 
 

@@ -43,6 +43,7 @@ from .facts import (
 )
 from .resolve import Deployment, Service
 from .runtime import liveness
+from .sharing import SLEEP_ENV
 from .versions import VllmVersion
 
 # The API server module: every image runs it (the CPU build's `vllm serve` fails on its
@@ -167,6 +168,8 @@ def server_env(s: Service) -> dict[str, str]:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
     if s.device == "gpu":
         env["HOME"] = SERVER_HOME
+    if s.enable_sleep_mode:  # taking turns on shared GPUs: the controller's /sleep and /wake_up routes
+        env[SLEEP_ENV[0]] = SLEEP_ENV[1]
     env.update(dict(s.env))
     return env
 
@@ -315,6 +318,8 @@ def host_command(s: Service, version: VllmVersion) -> tuple[dict[str, str], list
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpu_ids))
     if s.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
+    if s.enable_sleep_mode:  # the sleep routes of a service taking turns (deploy/sharing.py)
+        env[SLEEP_ENV[0]] = SLEEP_ENV[1]
     env.update(dict(s.env))
     return env, argv + vllm_flags(s, version)
 
