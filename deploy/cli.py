@@ -11,12 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import pins, render, spec, versions
+from . import envfile, pins, render, spec, versions
 from .errors import Collector, Problem, SpecError
 from .kubernetes import DROPPABLE as DROPPABLE_K8S
 from .presets import PRESETS
 from .resolve import GRAFANA, GRAFANA_PASSWORD, Deployment, resolve
-from .write import WriteError, atomic_write, header, rotate_keys, shown, write_compose
+from .write import WriteError, atomic_write, check_env_files, header, rotate_keys, shown, write_compose
 
 # The checkout this package runs from: compose builds the project's images from its images/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -80,14 +80,23 @@ def render_kubernetes(d: Deployment, a) -> int:
     if not a.output or a.output == "-":
         print("--target kubernetes writes one file per service: give a folder with -o DIR.", file=sys.stderr)
         return 2
+    out = Path(a.output)
     try:
         files = kubernetes.manifests(d, a.gpus_per_node, frozenset(a.drop))
+        # Every check before any write: names that would be the target's own, the folder, the env files the
+        # Secret is made from (those present in this folder, where the printed command reads them).
+        problems = kubernetes.check_names(d) + kubernetes.check_output_dir(out, [*files, "kustomization.yaml"])
+        try:
+            check_env_files(Path("."), [f for f in d.env_files() if f[2] != (GRAFANA,)])
+        except WriteError as e:
+            problems += str(e).splitlines()
+        if problems:
+            raise kubernetes.TargetError("\n".join(problems))
     except kubernetes.TargetError as e:
         for line in str(e).splitlines():
             print(f"{a.spec}: error: {line}", file=sys.stderr)
         print(f"{a.spec}: nothing was written.", file=sys.stderr)
         return 1
-    out = Path(a.output)
     drop = "".join(f" --drop {x}" for x in sorted(set(a.drop)))
     head = header(a.spec).replace("-o <this file>", f"--target kubernetes{drop} -o {shown(str(out))}")
     if drop:
@@ -236,6 +245,13 @@ def cmd_batch_input(a) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """An option's whole number, 1 or more, in ASCII digits (not '٣', '1_000' or 10**100)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 6 and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number from 1 to 999999")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m deploy",
@@ -260,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--drop", action="append", default=[], choices=sorted(DROPPABLE_K8S), metavar="FEATURE",
                    help="kubernetes: leave FEATURE out (router, monitoring, or batch: the jobs in jobs/); every "
                         "file's header says so")
-    r.add_argument("--gpus-per-node", type=int, default=8, metavar="N",
+    r.add_argument("--gpus-per-node", type=positive_int, default=8, metavar="N",
                    help="kubernetes: GPUs one node has; a service needing more becomes a multi-node LeaderWorkerSet")
     c = add("check", "validate a spec and show every resolved value with its origin",
             "python -m deploy check deploy/stacks/default.yaml", cmd_check)
@@ -320,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{e.source}: {n} error(s); nothing was written.", file=sys.stderr)
         return 1
     except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except envfile.EnvFileError as e:  # an env file compose would read otherwise (it names the file, line and fix)
         print(f"error: {e}", file=sys.stderr)
         return 1
 

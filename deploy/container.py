@@ -25,6 +25,7 @@ FETCH_ENTRYPOINT = ["python3", "-m", "deploy.runtime.fetch"]
 LIVENESS = runtime.script_path("liveness.py")
 BATCH = runtime.script_path("batch.py")
 ROUTER_START = runtime.script_path("router_start.py")
+SERVER_START = runtime.script_path("server_start.py")
 BATCH_DIRS = ("/batch/input", "/batch/output")
 LOCAL_SOURCE = "/source"  # a local model directory, read here by the fetch
 # Every server runs as this uid (the project's images' user) and gid 0 (vLLM's own non-root image target uses
@@ -90,6 +91,12 @@ def server_argv(s: Service, version: VllmVersion, host: str = "0.0.0.0") -> list
     return ["--model", s.model_path, "--host", host, "--port", str(CONTAINER_PORT), *vllm_flags(s, version)]
 
 
+def key_checked(entrypoint: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """ENTRYPOINT behind deploy/runtime/server_start.py, which refuses to start it when VLLM_API_KEY is missing,
+    empty or blank (vLLM would serve without a key), then execs it."""
+    return ("python3", SERVER_START, "--key", "VLLM_API_KEY", "--", *entrypoint)
+
+
 def fetch_command(s: Service) -> list[str]:
     """The fetch's arguments (deploy/runtime/fetch.py); a local directory is read at LOCAL_SOURCE."""
     sources = [LOCAL_SOURCE] if s.source.kind == "local" else [s.model, *s.fallback_sources]
@@ -135,8 +142,11 @@ def server(d: Deployment, s: Service, fetched_by: str | None = None) -> Containe
     if s.media_dir:
         mounts.append(Mount(s.allowed_local_media_path, s.media_dir, "host", read_only=True, role="media"))
     mounts.append(Mount(LIVENESS, "liveness.py", "script", read_only=True))
+    if s.api_key:
+        mounts.append(Mount(SERVER_START, "server_start.py", "script", read_only=True))
     return Container(
-        s.name, "server", s.image, tuple(ENTRYPOINT), tuple(server_argv(s, d.vllm_version)), tuple(server_env(s).items()),
+        s.name, "server", s.image, key_checked(ENTRYPOINT) if s.api_key else tuple(ENTRYPOINT),
+        tuple(server_argv(s, d.vllm_version)), tuple(server_env(s).items()),
         tuple(mounts), api_key=s.api_key, port=CONTAINER_PORT, health_start_period=s.health_start_period,
         stop_grace=s.shutdown_timeout + STOP_GRACE_MARGIN if d.vllm_version.has("shutdown_timeout") else None,
         user=SERVER_USER if s.device == "gpu" else None, gpus=s.gpu_count if s.device == "gpu" else 0,

@@ -238,7 +238,7 @@ def check_keys(path: str | Path, entries: list[Entry], names: tuple[str, ...] | 
                             f"it, or the name alone), so it may be empty. Fix: write the key itself: `{n}=sk-...`, "
                             "in single quotes if it holds a `$`.")
         elif not e.value.strip():
-            problems.append(f"{path}: line {e.first}: {n} is empty, and vLLM treats an empty key as no key: "
-                            f"anyone could use the API. Fix: delete the line and render again (it generates a key), "
+            problems.append(f"{path}: line {e.first}: {n} is empty, and an empty key is taken for no key (vLLM "
+                            f"then serves anyone). Fix: delete the line and render again (it generates a key), "
                             f"or write one: `{n}=sk-` followed by 20 or more random characters.")
     return problems

@@ -92,6 +92,68 @@ def ensure_env_file(path: Path, names: tuple[str, ...], known: dict[str, str] | 
     return [n for n in lacking if not known.get(n)], [n for n in lacking if known.get(n)], []
 
 
+def _without(text: str, entries: list[envfile.Entry], names, replace: dict[str, str] | None = None) -> str:
+    """TEXT with the lines of the ENTRIES that set one of NAMES removed (or, for a name in REPLACE, the first of
+    them replaced by `NAME=value`); every other line kept as it was. Lines end at `\\n`, as compose reads them."""
+    lines = text.split("\n")
+    drop: set[int] = set()
+    put: dict[int, str] = {}
+    for e in entries:
+        if e.name in names:
+            drop.update(range(e.first - 1, e.last))
+            if replace and e.name in replace and e.name not in put.values():
+                put[e.first - 1] = e.name
+    out = [f"{put[i]}={replace[put[i]]}" if i in put and replace else line
+           for i, line in enumerate(lines) if i not in drop or i in put]
+    return "\n".join(out)
+
+
+def _link_problem(path: Path, folder: Path) -> str | None:
+    """Why PATH (an env file about to be written) must not be: a symbolic link, or a file outside FOLDER (another
+    stack's, another reader's: writing it would give them a secret that is not theirs)."""
+    if path.is_symlink() or path.resolve().parent != folder.resolve():
+        return (f"{path} is a symbolic link (to {path.resolve()}), so it is not edited: its target may be another "
+                "stack's or another reader's env file. Fix: replace the link with a file of its own (delete it and "
+                "render again, which creates it), or add the missing lines to the target yourself.")
+    return None
+
+
+def check_env_files(folder: Path, files: list[tuple[str, tuple[str, ...], tuple[str, ...]]],
+                    out: Path | None = None) -> None:
+    """Every problem of the stack's env files in FOLDER, before anything is written (raised as one WriteError
+    naming each file, line and fix): a file in the way of OUT, not a file, a link about to be edited, two names
+    for one file, text compose reads differently, a key empty, blank, set twice or taken from the shell."""
+    problems: list[str] = []
+    real: dict[Path, str] = {}
+    for name, names, _ in files:
+        env = folder / name
+        if out is not None and env.resolve() == out.resolve():
+            problems.append(f"env file {env.name} would overwrite the output {out}. Fix: choose another -o or env_file.")
+            continue
+        if not env.exists():
+            if env.is_symlink():
+                problems.append(f"{env} is a symbolic link to {os.readlink(env)}, which does not exist. Fix: delete the "
+                                "link and render again (it creates the file).")
+            continue
+        if not env.is_file():
+            problems.append(f"{env} exists and is not a file. Fix: move it away or set env_file.")
+            continue
+        if (other := real.setdefault(env.resolve(), name)) != name:
+            problems.append(f"{env} and {folder / other} are one file (a symbolic link), so each reader would see "
+                            "the other's keys. Fix: give each a file of its own (delete the link and render again).")
+            continue
+        try:
+            _, entries = envfile.load(env)
+        except (envfile.EnvFileError, OSError) as e:
+            problems.append(str(e))
+            continue
+        problems += envfile.check_keys(env, entries, names)
+        if any(n not in envfile.values(entries) for n in names) and (why := _link_problem(env, folder)):
+            problems.append(why)
+    if problems:
+        raise WriteError("\n".join(problems))
+
+
 def rotate_keys(files: list[tuple[Path, tuple[str, ...]]]) -> None:
     """Give each of the NAMES of each env file a new generated key, in place (written whole, mode kept); every other
     line unchanged. Only files this tool made are touched, and none unless all can be. Raises WriteError naming
@@ -99,27 +161,30 @@ def rotate_keys(files: list[tuple[Path, tuple[str, ...]]]) -> None:
     for path, names in files:
         if not path.is_file():
             raise WriteError(f"{path} does not exist. Fix: render the spec first (it creates the env files), or pass --dir.")
-        if not ours(path.read_text(encoding="utf-8")):
+        if why := _link_problem(path, path.parent):
+            raise WriteError(why)
+        try:
+            text, entries = envfile.load(path)
+        except envfile.EnvFileError as e:
+            raise WriteError(str(e)) from None
+        if problems := envfile.check_keys(path, entries, names):
+            raise WriteError("\n".join(problems))
+        if not ours(text):
             raise WriteError(f"{path} was not made by this tool, so it is left alone. Fix: replace the keys in it "
                              "yourself (each `NAME=sk-...`, 20 characters or more).")
-        if missing := [n for n in names if n not in envfile.read(path)]:
+        if missing := [n for n in names if n not in envfile.values(entries)]:
             raise WriteError(f"{path} has no {', '.join(missing)}. Fix: render the spec again (it adds missing keys).")
     for path, names in files:
-        lines = [f"{line.partition('=')[0]}={new_key()}" if envfile.name(line) in names else line
-                 for line in path.read_text(encoding="utf-8").splitlines()]
-        atomic_write(path, "\n".join(lines) + "\n", path.stat().st_mode & 0o777)
+        text, entries = envfile.load(path)
+        atomic_write(path, _without(text, entries, names, {n: new_key() for n in names}), path.stat().st_mode & 0o777)
 
 
 def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
     """compose.yaml at OUT, the env files beside it (keys they lack, in those this tool made), and the host folders
     the services mount that are missing (made by the user who renders, so that the containers' user can read
     and write them: Docker would create them owned by root). Returns what to tell the user."""
+    check_env_files(out.parent, list(d.env_files()), out)  # every env file read and checked before any write
     files = [(out.parent / f, names, readers) for f, names, readers in d.env_files()]
-    for env, _, _ in files:
-        if env.resolve() == out.resolve():
-            raise WriteError(f"env file {env.name} would overwrite the output {out}. Fix: choose another -o or env_file.")
-        if env.exists() and not env.is_file():
-            raise WriteError(f"{env} exists and is not a file. Fix: move it away or set env_file.")
     atomic_write(out, text)
     notes = []
     main = out.parent / d.env_file
@@ -140,10 +205,9 @@ def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
                          "left alone. Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)")
         if existed and env.stat().st_mode & 0o077:
             notes.append(f"warning: {env} can be read by other users. Fix: chmod 600 {env}")
-    main_text = main.read_text(encoding="utf-8") if moved else ""
+    main_text, main_entries = envfile.load(main) if moved else ("", [])
     if moved and ours(main_text):
-        kept = [line for line in main_text.splitlines() if envfile.name(line) not in moved]
-        atomic_write(main, "\n".join(kept) + "\n", main.stat().st_mode & 0o777)
+        atomic_write(main, _without(main_text, main_entries, moved), main.stat().st_mode & 0o777)
         notes.append(f"removed {', '.join(moved)} from {main}: each container now sees only the keys it uses (the "
                      "servers restart once at the next `docker compose up -d`)")
     elif moved:

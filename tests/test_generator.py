@@ -185,7 +185,9 @@ def test_server_service_is_secure_by_default():
     svc = render.compose(d)["services"]["s"]
     assert svc["ports"] == ["127.0.0.1:8000:8000"]
     assert svc["env_file"] == [{"path": "secrets.env", "required": True}]
-    assert "VLLM_API_KEY" not in json.dumps(svc)
+    assert "VLLM_API_KEY" not in json.dumps(svc["environment"])  # the key from the env file only
+    # ... and an empty one refused before vLLM starts (deploy/runtime/server_start.py)
+    assert svc["entrypoint"] == ["python3", container.SERVER_START, "--key", "VLLM_API_KEY", "--", *container.ENTRYPOINT]
     assert svc["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "capabilities": ["gpu"], "device_ids": ["2"]}
     ]
@@ -573,7 +575,7 @@ def test_a_job_is_its_servers_container_with_only_the_job_fields_set():
     assert differs == {"role", "entrypoint", "args", "mounts", "api_key", "port", "health_start_period", "stop_grace",
                        "restarts"}
     assert job.env == server.env and job.gpu_ids == (1,) and job.user == container.SERVER_USER
-    assert [m.target for m in server.mounts if m not in job.mounts] == [container.LIVENESS]
+    assert [m.target for m in server.mounts if m not in job.mounts] == [container.LIVENESS, container.SERVER_START]
     assert job.args[job.args.index("--") + 1:][:3] == tuple(container.ENTRYPOINT)
 
 
