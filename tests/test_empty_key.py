@@ -118,7 +118,7 @@ def test_the_server_start_refuses_no_key(env):
 def test_the_server_start_execs_vllm_with_a_key():
     """With a key: the command after `--` replaces the script (same process, its own exit code, the key unchanged)."""
     r = start({"VLLM_API_KEY": KEY}, sys.executable, "-c",
-              "import os, sys; print(os.environ['VLLM_API_KEY'] == %r, sys.argv[1:]); sys.exit(7)" % KEY, "--model", "m")
+              f"import os, sys; print(os.environ['VLLM_API_KEY'] == {KEY!r}, sys.argv[1:]); sys.exit(7)", "--model", "m")
     assert r.returncode == 7 and r.stdout.strip() == "True ['--model', 'm']"
 
 
