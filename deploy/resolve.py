@@ -7,13 +7,14 @@ anything is raised; a value is normalised (max_model_len) before the Service is 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 from . import images as project_images
-from . import pins
+from . import pins, secrets
 from .errors import Collector, did_you_mean
 from .presets import PRESETS
 from .runtime.router_start import ROUTER_ENV_FILE
@@ -353,7 +354,9 @@ def floating(ref: str) -> str | None:
 
 
 def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> None:
-    if not IMAGE_RE.fullmatch(ref):
+    if what := secrets.find(ref):
+        c.error(path, f"holds what looks like {what}; image references land in compose.yaml. {secrets.FIX}")
+    elif not IMAGE_RE.fullmatch(ref):
         c.error(path, f"{ref[:80]!r} is not an image reference. Fix: write REPOSITORY:TAG, such as "
                 f"{pins.VLLM_GPU_IMAGE.format(version=version)}{pins.CU129_SUFFIX}.")
     elif ref.startswith(project_images.NAMESPACE) and ref not in project_images.catalog(version):
@@ -522,9 +525,10 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
         if SECRET_ENV.search(key):
             c.error(f"{path}.env.{key}", f"{key} looks like a secret; secrets never go into compose.yaml. "
                     f"Fix: put it in the env file (default secrets.env, mode 0600) and remove it here.")
+    _check_secret_values(path, val, c)
     rendered = {f.flag for f in version.flags()}
     for arg in val.get("extra_args", ()):
-        flag = arg.split("=", 1)[0]
+        flag = vllm_flag_name(arg)
         if flag in rendered:
             c.warn(f"{path}.extra_args", f"{flag} is also rendered from the spec; the later one (extra_args) wins. "
                    f"Prefer the spec field.")
@@ -539,6 +543,35 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
     if val.get("api_key") is False:
         c.warn(f"{path}.api_key", "false: anyone who reaches the port can use the model.")
     return source
+
+
+def vllm_flag_name(arg: str) -> str:
+    """An extra_args item's flag as vLLM's parser reads it: `--flag=value` is `--flag`, and `_` in a long flag's
+    name is `-` (FlexibleArgumentParser), so `--hf_token=x` is `--hf-token`."""
+    flag = arg.split("=", 1)[0]
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+
+
+def _check_secret_values(path: str, val: dict[str, Any], c: Collector) -> None:
+    """A secret by value (deploy/secrets.py) anywhere in a service's settings (env values, extra_args, JSON flag
+    values, the model, ...): each lands in a generated file. One error per setting, the value never repeated."""
+    def strings(v: Any):
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                yield from strings(k)
+                yield from strings(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                yield from strings(x)
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            yield from strings(dataclasses.asdict(v))
+
+    for key, value in val.items():
+        if what := next(filter(None, map(secrets.find, strings(value))), None):
+            c.error(f"{path}.{key}", f"holds what looks like {what}; the spec's values land in compose.yaml and the "
+                    f"Kubernetes manifests. {secrets.FIX}")
 
 
 def _check_across(services: tuple[Service, ...], c: Collector, routed: bool = False) -> None:
