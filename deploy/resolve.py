@@ -33,6 +33,11 @@ GRAFANA_ENV_FILE = "grafana.env"  # Grafana's admin password: Grafana alone read
 HUB_ENV_FILE = "hub.env"  # the user's own, optional: HF_TOKEN / MODELSCOPE_API_TOKEN, mirrors, for the fetch service
 
 
+# The file names docker compose reads by itself in a folder: an env_file must be none of them.
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml", "compose.override.yaml",
+                 "compose.override.yml", "docker-compose.override.yaml", "docker-compose.override.yml")
+
+
 def fetch_name(service: str) -> str:
     return f"{service}-fetch"
 
@@ -257,6 +262,11 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
         c.error("vllm_version", f"{shown!r} is not a supported vLLM release ({OLDEST}–{NEWEST}). "
                 f"Fix: pin a release in that range, such as {pins.VLLM}.")
         version = VllmVersion.parse(pins.VLLM)
+    elif spec.vllm_version is not None and len(version.parts) != 3:
+        # Releases are tagged with three parts (vllm/vllm-openai:v0.32.0); "0.32" would name images that do not exist.
+        c.error("vllm_version", f"{spec.vllm_version!r} is not a release number: releases have three parts. Fix: "
+                f"write it in full, such as {'.'.join(map(str, (*version.parts, 0, 0)[:3]))}.")
+        version = VllmVersion.parse(pins.VLLM)
     assert version is not None
     bind = spec.bind_address or "127.0.0.1"
     try:
@@ -281,6 +291,10 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
         c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
     elif env_file in (ROUTER_ENV_FILE, GRAFANA_ENV_FILE, HUB_ENV_FILE):
         c.error("env_file", f"{env_file!r} is the name of another env file of the stack. Fix: such as secrets.env.")
+    elif env_file.lower() in COMPOSE_FILES:
+        # render refuses it too (the env file would overwrite its output); check says so without -o.
+        c.error("env_file", f"{env_file!r} is a compose file's name (render writes compose.yaml, compose reads "
+                "compose.override.yaml). Fix: such as secrets.env.")
     services = tuple(filter(None, (_resolve_service(name, s, version, images, c, spec.router is not None)
                                    for name, s in spec.services)))
     _check_across(services, c, routed=spec.router is not None)

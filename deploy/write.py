@@ -179,11 +179,34 @@ def rotate_keys(files: list[tuple[Path, tuple[str, ...]]]) -> None:
         atomic_write(path, _without(text, entries, names, {n: new_key() for n in names}), path.stat().st_mode & 0o777)
 
 
+def check_host_folders(folder: Path, d: Deployment) -> None:
+    """The host folders render makes (media, batch input/output, relative to FOLDER): a file where one of them or a
+    folder above it goes is refused before anything is written."""
+    problems = []
+    for s in d.services:
+        wanted = [s.media_dir] if s.media_dir else []
+        wanted += [s.batch.input, s.batch.output] if s.batch else []
+        for relative in wanted:
+            if Path(relative).is_absolute():
+                continue
+            path = folder / relative
+            for p in (path, *path.parents):
+                if p == folder or folder not in p.parents:
+                    break
+                if p.exists() and not p.is_dir():
+                    problems.append(f"{p} is a file where the folder {path} of service {s.name} goes. Fix: move it "
+                                    "away, or set the folder in the spec.")
+                    break
+    if problems:
+        raise WriteError("\n".join(dict.fromkeys(problems)))
+
+
 def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
     """compose.yaml at OUT, the env files beside it (keys they lack, in those this tool made), and the host folders
     the services mount that are missing (made by the user who renders, so that the containers' user can read
     and write them: Docker would create them owned by root). Returns what to tell the user."""
     check_env_files(out.parent, list(d.env_files()), out)  # every env file read and checked before any write
+    check_host_folders(out.parent, d)
     files = [(out.parent / f, names, readers) for f, names, readers in d.env_files()]
     atomic_write(out, text)
     notes = []

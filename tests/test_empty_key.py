@@ -134,3 +134,10 @@ def test_every_keyed_server_starts_through_the_check():
         svc = doc["services"][s.name]
         assert svc["entrypoint"][:5] == ["python3", container.SERVER_START, "--key", "VLLM_API_KEY", "--"]
         assert {"source": "script-server-start", "target": container.SERVER_START} in svc["configs"]
+
+
+def test_a_file_where_a_batch_folder_goes_is_refused_before_compose_yaml_is_written(tmp_path, capsys):
+    (tmp_path / "batch").write_text("mine\n")
+    code, err = render(tmp_path, capsys, SPEC + "    batch: {}\n")
+    assert code == 1 and f"{tmp_path / 'batch'} is a file" in err and "Traceback" not in err
+    assert not (tmp_path / "compose.yaml").exists() and not (tmp_path / "secrets.env").exists()
