@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deploy import cli, kubernetes, load
 
@@ -89,3 +91,35 @@ def test_headless_workers_get_no_api_server_count(tmp_path, spelling):
     leader = lws["leaderTemplate"]["spec"]["containers"][0]["args"]
     assert "--headless" in worker and not any("server" in a and "count" in a for a in worker)
     assert any(a.startswith(spelling[0]) for a in leader)
+
+
+OWN = sorted({*(f.removesuffix(".yaml") for f in kubernetes.OWN_FILES), *kubernetes.OWN_OBJECTS})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(OWN), st.sampled_from(OWN).map(lambda n: n.rsplit("-", 1)[0]),
+                          st.from_regex(r"[a-z][a-z0-9-]{0,12}(-models|-media|-batch|-batch-files)?", fullmatch=True)),
+                min_size=1, max_size=3, unique=True))
+def test_no_service_name_makes_two_files_or_objects_one(names):
+    """Whatever the services are called, the target either refuses the names (with a fix) or renders files and
+    objects that are all distinct: nothing one writes can overwrite another."""
+    from deploy.errors import SpecError
+
+    spec = "router: {}\nmonitoring: {}\nservices:\n" + "".join(
+        f"  {n}:\n    preset: smollm2-135m-cpu\n    served_model_name: m{i}\n    batch: {{}}\n"
+        for i, n in enumerate(names))
+    try:
+        d = load_spec(spec)
+    except SpecError as e:  # the compose target's own names (router, prometheus, NAME-fetch, ...) are refused there
+        assert all("Fix" in p.message for p in e.problems if not p.warning)
+        return
+    if kubernetes.check_names(d):
+        return
+    try:
+        files = kubernetes.manifests(d)
+    except kubernetes.TargetError:
+        return
+    names_out = [*files, "kustomization.yaml"]
+    assert len({n.lower() for n in names_out}) == len(names_out), names_out
+    objects = [(o["kind"], o["metadata"]["name"]) for objs in files.values() for o in objs]
+    assert len(set(objects)) == len(objects), sorted(o for o in objects if objects.count(o) > 1)
