@@ -67,7 +67,8 @@ def cmd_render(a) -> int:
     try:
         notes = write_compose(out, text, d)
     except WriteError as e:
-        print(f"{a.spec}: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # every problem, each on its line
+            print(f"{a.spec}: {line}", file=sys.stderr)
         return 1
     for line in notes:
         print(line, file=sys.stderr)

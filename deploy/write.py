@@ -229,7 +229,7 @@ def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
         if existed and env.stat().st_mode & 0o077:
             notes.append(f"warning: {env} can be read by other users. Fix: chmod 600 {env}")
     main_text, main_entries = envfile.load(main) if moved else ("", [])
-    if moved and ours(main_text):
+    if moved and ours(main_text) and not _link_problem(main, out.parent):
         atomic_write(main, _without(main_text, main_entries, moved), main.stat().st_mode & 0o777)
         notes.append(f"removed {', '.join(moved)} from {main}: each container now sees only the keys it uses (the "
                      "servers restart once at the next `docker compose up -d`)")
