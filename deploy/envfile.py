@@ -26,7 +26,8 @@ library docker compose v2 reads `env_file:` with), checked against `docker compo
 - A name set twice: the last one wins.
 
 Where compose's value depends on the shell (`$` in an unquoted or double-quoted value, or `NAME` alone), the value
-cannot be known here: `Entry.literal` is False, and the stack's keys refuse it (check_keys).
+cannot be known here: `Entry.literal` is False, and the stack's keys refuse it (check_keys). Such a value is
+otherwise left to compose, which checks it itself (an unclosed `${` is its error at `docker compose up`).
 """
 
 from __future__ import annotations

@@ -41,31 +41,33 @@ def compose_env(folder: Path, files: list[bytes]) -> list[dict[str, str] | str]:
 
 
 def ours(data: bytes) -> dict[str, str] | None:
-    """Literal values as this project reads them; None when it refuses the file."""
+    """The values as this project reads them; None when it refuses the file, or when a value comes from the shell
+    (compose checks those itself: `${` unclosed is its error; the stack's keys refuse them, test below)."""
     try:
         entries = envfile.parse(envfile.decode(data))
     except envfile.EnvFileError:
         return None
-    last = {e.name: e for e in entries}
-    return {n: e.value for n, e in last.items() if e.literal}
+    if not all(e.literal for e in entries):
+        return None
+    return envfile.values(entries)
 
 
 NAMES = st.sampled_from(["A", "KEY", "VLLM_API_KEY", "a.b", "x-y", "K[0]", "Ü", "export", "_1"])
-PLAIN = st.text(alphabet="ab 1#\\'\"=:\t\u00a0", max_size=8)
-SINGLE = st.text(alphabet="ab #\\\"\n", max_size=6).map(lambda t: f"'{t}'")
+PLAIN = st.text(alphabet="ab 1#\\'\"=:${}\t\u00a0", max_size=8)
+SINGLE = st.text(alphabet="ab #${}\\\"\n", max_size=6).map(lambda t: f"'{t}'")
 DOUBLE = st.text(alphabet="ab #\\'ntr0177\n", max_size=8).map(lambda t: '"' + t.replace('"', '') + '"')
 VALUES = st.one_of(PLAIN, SINGLE, DOUBLE)
 STATEMENT = st.tuples(st.sampled_from(["", " ", "\t", "export ", "export\t"]), NAMES,
                       st.sampled_from(["=", ":", " = ", ": ", "=  "]), VALUES,
                       st.sampled_from(["", " # note", "#x", " "])).map("".join)
-LINE = st.one_of(STATEMENT, STATEMENT, st.sampled_from(["", "# comment", "   ", "#A=1"]))
+LINE = st.one_of(STATEMENT, STATEMENT, st.sampled_from(["", "# comment", "   ", "#A=1", "KEY", "export A"]))
 FILES = st.tuples(st.booleans(), st.lists(LINE, max_size=5), st.sampled_from(["\n", "\r\n"]), st.booleans()).map(
     lambda t: ((envfile.BOM if t[0] else "") + t[2].join(t[1]) + (t[2] if t[3] else "")).encode())
 
 
 @needs_compose
 # No shrinking: each step is a compose run; the failing batch is printed whole.
-@settings(max_examples=12, deadline=None, phases=[Phase.explicit, Phase.generate],
+@settings(max_examples=int(os.environ.get("ENVFILE_EXAMPLES", "12")), deadline=None, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(FILES, min_size=40, max_size=40))
 def test_accepted_files_read_as_compose_reads_them(tmp_path_factory, files):
@@ -76,7 +78,7 @@ def test_accepted_files_read_as_compose_reads_them(tmp_path_factory, files):
     for (data, m), t in zip(accepted, theirs, strict=True):
         assert isinstance(t, dict), f"compose refused a file this project accepts: {data!r}: {t}"
         assert {k: t.get(k) for k in m} == m, f"{data!r}: compose {t}, ours {m}"
-    assert len(accepted) >= len(files) // 4, "the parser refuses most files: the property tests little"
+    assert len(accepted) >= len(files) // 5, "the parser refuses most files: the property tests little"
 
 
 CASES = [
