@@ -3,7 +3,8 @@ compose.yaml and the Kubernetes manifests (and `check` prints them), so a value 
 wherever it stands (deploy/resolve.py), and no message repeats one (deploy/errors.py masks them).
 
 Shapes, each as its issuer writes it: Hugging Face user access tokens (`hf_` + letters and digits), OpenAI-style
-keys, this project's own included (`sk-...`), ModelScope access tokens (`ms-` + a UUID), GitHub tokens (`ghp_`,
+keys, this project's own included (`sk-...`), ModelScope access tokens (`ms-` + a UUID, as the newer ones are
+written; older ones are a bare UUID, which cannot be told from other ids and is not flagged), GitHub tokens (`ghp_`,
 `github_pat_`), AWS access key ids (`AKIA...`), PEM private keys, and a password in a URL (`scheme://user:pass@`).
 """
 
