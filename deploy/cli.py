@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import container, load, pins, sharing, versions
+from . import container, envfile, load, pins, sharing, versions
 from .errors import Problem, SpecError
 from .facts import GRAFANA_PASSWORD
 from .presets import PRESETS
@@ -71,7 +71,8 @@ def cmd_render(a) -> int:
         else:
             notes = write_tree(out, rendered.files, MARKER, rendered.private, d if rendered.env_files else None)
     except WriteError as e:
-        print(f"{a.spec}: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # every problem, each on its line
+            print(f"{a.spec}: {line}", file=sys.stderr)
         return 1
     for line in [*notes, *rendered.notes]:
         print(line, file=sys.stderr)
@@ -304,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{e.source}: {n} error(s); nothing was written.", file=sys.stderr)
         return 1
     except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except envfile.EnvFileError as e:  # an env file compose would read otherwise (it names the file, line and fix)
         print(f"error: {e}", file=sys.stderr)
         return 1
 

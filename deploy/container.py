@@ -35,6 +35,7 @@ from .facts import (
     ROUTER_STOP_GRACE,
     ROUTER_TLS_DIR,
     SERVER_HOME,
+    SERVER_KEY,
     SERVER_PORT,
     SERVER_USER,
     STOP_GRACE_MARGIN,
@@ -55,6 +56,7 @@ FETCH_ENTRYPOINT = ["python3", "-m", "deploy.runtime.fetch"]
 LIVENESS = runtime.script_path("liveness.py")
 BATCH = runtime.script_path("batch.py")
 ROUTER_START = runtime.script_path("router_start.py")
+SERVER_START = runtime.script_path("server_start.py")
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,12 @@ def server_argv(s: Service, version: VllmVersion, host: str = "0.0.0.0") -> list
     return ["--model", s.model_path, "--host", host, "--port", str(SERVER_PORT), *vllm_flags(s, version)]
 
 
+def key_checked(entrypoint: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """ENTRYPOINT behind deploy/runtime/server_start.py, which refuses to start it when VLLM_API_KEY is missing,
+    empty or blank (vLLM would serve without a key), then execs it."""
+    return ("python3", SERVER_START, "--key", SERVER_KEY, "--", *entrypoint)
+
+
 def fetch_command(s: Service) -> list[str]:
     """The fetch's arguments (deploy/runtime/fetch.py); a local directory is read at LOCAL_SOURCE."""
     sources = [LOCAL_SOURCE] if s.source.kind == "local" else [s.model, *s.fallback_sources]
@@ -201,9 +209,12 @@ def server(d: Deployment, s: Service) -> Container:
     if s.media_dir:
         mounts.append(Mount(s.allowed_local_media_path, s.media_dir, "host", read_only=True, role="media"))
     mounts.append(Mount(LIVENESS, "liveness.py", "script", read_only=True))
+    if s.api_key:
+        mounts.append(Mount(SERVER_START, "server_start.py", "script", read_only=True))
     gpu = s.device == "gpu"
     return Container(
-        s.name, s.name, "server", s.image, tuple(ENTRYPOINT), tuple(server_argv(s, d.vllm_version)),
+        s.name, s.name, "server", s.image, key_checked(ENTRYPOINT) if s.api_key else tuple(ENTRYPOINT),
+        tuple(server_argv(s, d.vllm_version)),
         tuple(server_env(s).items()), tuple((f, True) for f in d.env_files_of(s.name)), tuple(mounts),
         port=SERVER_PORT, published=s.port, probe=_server_probe(s),
         stop_grace=s.shutdown_timeout + STOP_GRACE_MARGIN if d.vllm_version.has("shutdown_timeout") else None,

@@ -223,9 +223,15 @@ def check_env_file(d: Deployment, services: list[Service], folder: Path, spec_pa
         mode = stat.S_IMODE(env.stat().st_mode)
         if mode & 0o077:
             return [Line(False, "secrets", f"{env} has mode {mode:o}: others can read its keys.", f"chmod 600 {env}.")]
-        held = envfile.read(env)
+        try:
+            _, entries = envfile.load(env)
+        except envfile.EnvFileError as e:
+            return [Line(False, "secrets", str(e))]
+        if problems := envfile.check_keys(env, entries, names):  # an empty key: vLLM would serve anyone
+            return [Line(False, "secrets", "; ".join(problems))]
+        held = envfile.values(entries)
         for n in names:
-            if not held.get(n):
+            if n not in held:
                 return [Line(False, "secrets", f"{env} holds no value for {n}.",
                              f"add `{n}=sk-<random>` to it (or remove it, then {render_cmd}).")]
     return [Line(True, "secrets", f"{', '.join(str(folder / f) for f, _, _ in files)} present, mode 600")]
@@ -336,7 +342,10 @@ def check_images(d: Deployment, folder: Path) -> list[Line]:
     which compose reads): a moving tag is a warning, with the fix."""
     refs = {f"images.{role}": ref for role, ref in d.images}
     dotenv = folder / ".env"
-    env = {**(envfile.read(dotenv) if dotenv.is_file() else {}), **os.environ}
+    try:
+        env = {**(envfile.read(dotenv) if dotenv.is_file() else {}), **os.environ}
+    except envfile.EnvFileError as e:
+        return [Line(False, "images", str(e))]
     refs |= {var: env[var] for var in IMAGE_VARIABLES if env.get(var)}
     lines = [Line(True, "images", f"{where} = {ref} {why}.", "pin a version or a digest (REPOSITORY@sha256:…).", warn=True)
              for where, ref in refs.items() if (why := floating(ref))]

@@ -39,7 +39,10 @@ def did_you_mean(word: str, choices) -> str:
 
 
 def _bounded(text: str, limit: int = 1000) -> str:
-    """Messages quote user input; a hostile spec must not turn them into megabytes."""
+    """Messages quote user input; a hostile spec must not turn them into megabytes, nor echo a secret in it."""
+    from .secrets import mask
+
+    text = mask(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

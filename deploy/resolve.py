@@ -7,13 +7,14 @@ anything is raised; a value is normalised (max_model_len) before the Service is 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 from . import images as project_images
-from . import pins, sharing
+from . import pins, secrets, sharing
 from .errors import Collector, did_you_mean
 from .facts import (
     DEFAULT_VOLUMES,
@@ -38,6 +39,10 @@ from .presets import PRESETS
 from .runtime.source import FORMS, Source
 from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
 from .versions import FLAGS, NEWEST, OLDEST, VllmVersion
+
+# The file names docker compose reads by itself in a folder: an env_file must be none of them.
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml", "compose.override.yaml",
+                 "compose.override.yml", "docker-compose.override.yaml", "docker-compose.override.yml")
 
 # Defaults for fields neither the user nor a preset set. Callables see the values so far.
 SERVICE_DEFAULTS: dict[str, Any] = {
@@ -255,6 +260,11 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
         c.error("vllm_version", f"{shown!r} is not a supported vLLM release ({OLDEST}–{NEWEST}). "
                 f"Fix: pin a release in that range, such as {pins.VLLM}.")
         version = VllmVersion.parse(pins.VLLM)
+    elif spec.vllm_version is not None and len(version.parts) != 3:
+        # Releases are tagged with three parts (vllm/vllm-openai:v0.32.0); "0.32" would name images that do not exist.
+        c.error("vllm_version", f"{spec.vllm_version!r} is not a release number: releases have three parts. Fix: "
+                f"write it in full, such as {'.'.join(map(str, (*version.parts, 0, 0)[:3]))}.")
+        version = VllmVersion.parse(pins.VLLM)
     assert version is not None
     bind = spec.bind_address or "127.0.0.1"
     try:
@@ -279,6 +289,10 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
         c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
     elif env_file in (ROUTER_ENV_FILE, GRAFANA_ENV_FILE, HUB_ENV_FILE):
         c.error("env_file", f"{env_file!r} is the name of another env file of the stack. Fix: such as secrets.env.")
+    elif env_file.lower() in COMPOSE_FILES:
+        # render refuses it too (the env file would overwrite its output); check says so without -o.
+        c.error("env_file", f"{env_file!r} is a compose file's name (render writes compose.yaml, compose reads "
+                "compose.override.yaml). Fix: such as secrets.env.")
     services = tuple(filter(None, (_resolve_service(name, s, version, images, c, spec.router is not None)
                                    for name, s in spec.services)))
     _check_across(services, c, routed=spec.router is not None)
@@ -353,7 +367,9 @@ def floating(ref: str) -> str | None:
 
 
 def _check_image(ref: str, path: str, version: VllmVersion, c: Collector) -> None:
-    if not IMAGE_RE.fullmatch(ref):
+    if what := secrets.find(ref):
+        c.error(path, f"holds what looks like {what}; image references land in compose.yaml. {secrets.FIX}")
+    elif not IMAGE_RE.fullmatch(ref):
         c.error(path, f"{ref[:80]!r} is not an image reference. Fix: write REPOSITORY:TAG, such as "
                 f"{pins.VLLM_GPU_IMAGE.format(version=version)}{pins.CU129_SUFFIX}.")
     elif ref.startswith(project_images.NAMESPACE) and ref not in project_images.catalog(version):
@@ -523,9 +539,10 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
         if SECRET_ENV.search(key):
             c.error(f"{path}.env.{key}", f"{key} looks like a secret; secrets never go into compose.yaml. "
                     f"Fix: put it in the env file (default secrets.env, mode 0600) and remove it here.")
+    _check_secret_values(path, val, c)
     rendered = {f.flag for f in version.flags()}
     for arg in val.get("extra_args", ()):
-        flag = arg.split("=", 1)[0]
+        flag = vllm_flag_name(arg)
         if flag in rendered:
             c.warn(f"{path}.extra_args", f"{flag} is also rendered from the spec; the later one (extra_args) wins. "
                    f"Prefer the spec field.")
@@ -540,6 +557,35 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
     if val.get("api_key") is False:
         c.warn(f"{path}.api_key", "false: anyone who reaches the port can use the model.")
     return source
+
+
+def vllm_flag_name(arg: str) -> str:
+    """An extra_args item's flag as vLLM's parser reads it: `--flag=value` is `--flag`, and `_` in a long flag's
+    name is `-` (FlexibleArgumentParser), so `--hf_token=x` is `--hf-token`."""
+    flag = arg.split("=", 1)[0]
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+
+
+def _check_secret_values(path: str, val: dict[str, Any], c: Collector) -> None:
+    """A secret by value (deploy/secrets.py) anywhere in a service's settings (env values, extra_args, JSON flag
+    values, the model, ...): each lands in a generated file. One error per setting, the value never repeated."""
+    def strings(v: Any):
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                yield from strings(k)
+                yield from strings(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                yield from strings(x)
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            yield from strings(dataclasses.asdict(v))
+
+    for key, value in val.items():
+        if what := next(filter(None, map(secrets.find, strings(value))), None):
+            c.error(f"{path}.{key}", f"holds what looks like {what}; the spec's values land in compose.yaml and the "
+                    f"Kubernetes manifests. {secrets.FIX}")
 
 
 def _check_across(services: tuple[Service, ...], c: Collector, routed: bool = False) -> None:

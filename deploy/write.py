@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 
@@ -86,6 +87,68 @@ def ensure_env_file(path: Path, names: tuple[str, ...], known: dict[str, str] | 
     return [n for n in lacking if not known.get(n)], [n for n in lacking if known.get(n)], []
 
 
+def _without(text: str, entries: list[envfile.Entry], names, replace: dict[str, str] | None = None) -> str:
+    """TEXT with the lines of the ENTRIES that set one of NAMES removed (or, for a name in REPLACE, the first of
+    them replaced by `NAME=value`); every other line kept as it was. Lines end at `\\n`, as compose reads them."""
+    lines = text.split("\n")
+    drop: set[int] = set()
+    put: dict[int, str] = {}
+    for e in entries:
+        if e.name in names:
+            drop.update(range(e.first - 1, e.last))
+            if replace and e.name in replace and e.name not in put.values():
+                put[e.first - 1] = e.name
+    out = [f"{put[i]}={replace[put[i]]}" if i in put and replace else line
+           for i, line in enumerate(lines) if i not in drop or i in put]
+    return "\n".join(out)
+
+
+def _link_problem(path: Path, folder: Path) -> str | None:
+    """Why PATH (an env file about to be written) must not be: a symbolic link, or a file outside FOLDER (another
+    stack's, another reader's: writing it would give them a secret that is not theirs)."""
+    if path.is_symlink() or path.resolve().parent != folder.resolve():
+        return (f"{path} is a symbolic link (to {path.resolve()}), so it is not edited: its target may be another "
+                "stack's or another reader's env file. Fix: replace the link with a file of its own (delete it and "
+                "render again, which creates it), or add the missing lines to the target yourself.")
+    return None
+
+
+def check_env_files(folder: Path, files: list[tuple[str, tuple[str, ...], tuple[str, ...]]],
+                    out: Path | None = None) -> None:
+    """Every problem of the stack's env files in FOLDER, before anything is written (raised as one WriteError
+    naming each file, line and fix): a file in the way of OUT, not a file, a link about to be edited, two names
+    for one file, text compose reads differently, a key empty, blank, set twice or taken from the shell."""
+    problems: list[str] = []
+    real: dict[Path, str] = {}
+    for name, names, _ in files:
+        env = folder / name
+        if out is not None and env.resolve() == out.resolve():
+            problems.append(f"env file {env.name} would overwrite the output {out}. Fix: choose another -o or env_file.")
+            continue
+        if not env.exists():
+            if env.is_symlink():
+                problems.append(f"{env} is a symbolic link to {os.readlink(env)}, which does not exist. Fix: delete the "
+                                "link and render again (it creates the file).")
+            continue
+        if not env.is_file():
+            problems.append(f"{env} exists and is not a file. Fix: move it away or set env_file.")
+            continue
+        if (other := real.setdefault(env.resolve(), name)) != name:
+            problems.append(f"{env} and {folder / other} are one file (a symbolic link), so each reader would see "
+                            "the other's keys. Fix: give each a file of its own (delete the link and render again).")
+            continue
+        try:
+            _, entries = envfile.load(env)
+        except (envfile.EnvFileError, OSError) as e:
+            problems.append(str(e))
+            continue
+        problems += envfile.check_keys(env, entries, names)
+        if any(n not in envfile.values(entries) for n in names) and (why := _link_problem(env, folder)):
+            problems.append(why)
+    if problems:
+        raise WriteError("\n".join(problems))
+
+
 def rotate_keys(files: list[tuple[Path, tuple[str, ...]]]) -> None:
     """Give each of the NAMES of each env file a new generated key, in place (written whole, mode kept); every other
     line unchanged. Only files this tool made are touched, and none unless all can be. Raises WriteError naming
@@ -93,40 +156,61 @@ def rotate_keys(files: list[tuple[Path, tuple[str, ...]]]) -> None:
     for path, names in files:
         if not path.is_file():
             raise WriteError(f"{path} does not exist. Fix: render the spec first (it creates the env files), or pass --dir.")
-        if not ours(path.read_text(encoding="utf-8")):
+        if why := _link_problem(path, path.parent):
+            raise WriteError(why)
+        try:
+            text, entries = envfile.load(path)
+        except envfile.EnvFileError as e:
+            raise WriteError(str(e)) from None
+        if problems := envfile.check_keys(path, entries, names):
+            raise WriteError("\n".join(problems))
+        if not ours(text):
             raise WriteError(f"{path} was not made by this tool, so it is left alone. Fix: replace the keys in it "
                              "yourself (each `NAME=sk-...`, 20 characters or more).")
-        if missing := [n for n in names if n not in envfile.read(path)]:
+        if missing := [n for n in names if n not in envfile.values(entries)]:
             raise WriteError(f"{path} has no {', '.join(missing)}. Fix: render the spec again (it adds missing keys).")
     for path, names in files:
-        lines = [f"{line.partition('=')[0]}={new_key()}" if envfile.name(line) in names else line
-                 for line in path.read_text(encoding="utf-8").splitlines()]
-        atomic_write(path, "\n".join(lines) + "\n", path.stat().st_mode & 0o777)
+        text, entries = envfile.load(path)
+        atomic_write(path, _without(text, entries, names, {n: new_key() for n in names}), path.stat().st_mode & 0o777)
+
+
+def check_host_folders(folder: Path, d: Deployment) -> None:
+    """The host folders render makes (media, batch input/output, relative to FOLDER): a file where one of them or a
+    folder above it goes is refused before anything is written."""
+    problems = []
+    for s in d.services:
+        wanted = [s.media_dir] if s.media_dir else []
+        wanted += [s.batch.input, s.batch.output] if s.batch else []
+        for relative in wanted:
+            if Path(relative).is_absolute():
+                continue
+            path = folder / relative
+            for p in (path, *path.parents):
+                if p == folder or folder not in p.parents:
+                    break
+                if p.exists() and not p.is_dir():
+                    problems.append(f"{p} is a file where the folder {path} of service {s.name} goes. Fix: move it "
+                                    "away, or set the folder in the spec.")
+                    break
+    if problems:
+        raise WriteError("\n".join(dict.fromkeys(problems)))
 
 
 def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
     """compose.yaml at OUT, the env files beside it (keys they lack, in those this tool made), and the host folders
     the services mount that are missing (made by the user who renders, so that the containers' user can read
     and write them: Docker would create them owned by root). Returns what to tell the user."""
-    check_env_files(out.parent, d, out)
+    check_env_files(out.parent, list(d.env_files()), out)  # every env file read and checked before any write
+    check_host_folders(out.parent, d)
     atomic_write(out, text)
     notes = write_env_files(out.parent, d)
     notes.append(f"wrote {out}")
     return notes + make_host_folders(out.parent, d)
 
 
-def check_env_files(folder: Path, d: Deployment, out: Path | None = None) -> None:
-    """Before anything is written: no env file may be the output itself or something other than a file."""
-    for f, _, _ in d.env_files():
-        env = folder / f
-        if out is not None and env.resolve() == out.resolve():
-            raise WriteError(f"env file {env.name} would overwrite the output {out}. Fix: choose another -o or env_file.")
-        if env.exists() and not env.is_file():
-            raise WriteError(f"{env} exists and is not a file. Fix: move it away or set env_file.")
-
-
 def write_env_files(folder: Path, d: Deployment) -> list[str]:
-    """The env files in FOLDER: each created (mode 0600) or given the keys it lacks. Returns what to tell the user."""
+    """The env files in FOLDER (checked by check_env_files first): each created (mode 0600) or given the keys it
+    lacks. Returns what to tell the user."""
     files = [(folder / f, names, readers) for f, names, readers in d.env_files()]
     notes = []
     main = folder / d.env_file
@@ -147,10 +231,9 @@ def write_env_files(folder: Path, d: Deployment) -> list[str]:
                          "left alone. Fix: add a line `NAME=sk-<random>` for each (the router refuses to start without them)")
         if existed and env.stat().st_mode & 0o077:
             notes.append(f"warning: {env} can be read by other users. Fix: chmod 600 {env}")
-    main_text = main.read_text(encoding="utf-8") if moved else ""
-    if moved and ours(main_text):
-        kept = [line for line in main_text.splitlines() if envfile.name(line) not in moved]
-        atomic_write(main, "\n".join(kept) + "\n", main.stat().st_mode & 0o777)
+    main_text, main_entries = envfile.load(main) if moved else ("", [])
+    if moved and ours(main_text) and not _link_problem(main, folder):
+        atomic_write(main, _without(main_text, main_entries, moved), main.stat().st_mode & 0o777)
         notes.append(f"removed {', '.join(moved)} from {main}: each container now sees only the keys it uses (the "
                      "servers restart once at the next `docker compose up -d`)")
     elif moved:
@@ -186,29 +269,36 @@ def write_tree(out: Path, files: dict[str, str], marker: str, private: tuple[str
     the stack's env files go beside them (created mode 0600, or given the keys they lack). Returns what to tell the
     user."""
     problems = []
-    if out.exists() and (out.is_symlink() or not out.is_dir()):
-        problems.append(f"{out} exists and is not a folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise WriteError(f"{out} is {'a symbolic link' if out.is_symlink() else 'not a folder'}; nothing was written. "
+                         "Fix: give -o a folder (a new one is made).")
     for rel in files:
         path = out / rel
-        for parent in [p for p in path.relative_to(out).parents if str(p) != "."]:
-            if (out / parent).is_symlink() or ((out / parent).exists() and not (out / parent).is_dir()):
-                problems.append(f"{out / parent} is in the way (a folder is needed there)")
-        if path.is_symlink() or (path.exists() and not path.is_file()):
-            problems.append(f"{path} exists and is not a plain file")
-        elif path.exists():
-            try:
-                with path.open("rb") as f:
-                    first = f.readline(4096).decode("utf-8", "replace")
-            except OSError as e:
-                problems.append(f"{path}: {e.strerror}")
-                continue
-            if marker not in first:
-                problems.append(f"{path} exists and was not written by this tool")
+        for parent in list(path.relative_to(out).parents)[:-1]:
+            where = out / parent
+            if where.is_symlink() or (where.exists() and not where.is_dir()):
+                problems.append(f"{where} is in the way of {path} (not a folder)")
+        try:
+            mode = path.lstat().st_mode  # never opened before it is known to be a plain file: a FIFO would block
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            problems.append(f"{path}: {e.strerror}")
+            continue
+        if not stat.S_ISREG(mode):
+            what = ("a symbolic link" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a folder" if stat.S_ISDIR(mode) else "not a regular file")
+            problems.append(f"{path} is {what}, where a generated file goes")
+            continue
+        with path.open("rb") as f:
+            first = f.readline(4096).decode("utf-8", "replace")
+        if marker not in first:
+            problems.append(f"{path} exists and was not written by this tool")
     if problems:
-        raise WriteError("; ".join(dict.fromkeys(problems)) + ". Nothing was written. Fix: choose an empty folder "
-                         "with -o, or move those away.")
+        raise WriteError("\n".join(f"{p}; nothing was written. Fix: move it away or choose an empty folder with -o."
+                                   for p in dict.fromkeys(problems)))
     if d is not None:
-        check_env_files(out, d)
+        check_env_files(out, list(d.env_files()))
     for rel, text in files.items():
         atomic_write(out / rel, text, 0o600 if rel in private else 0o644)
     return write_env_files(out, d) if d is not None else []

@@ -187,7 +187,9 @@ def test_server_service_is_secure_by_default():
     svc = compose.compose(d)["services"]["s"]
     assert svc["ports"] == ["127.0.0.1:8000:8000"]
     assert svc["env_file"] == [{"path": "secrets.env", "required": True}]
-    assert "VLLM_API_KEY" not in json.dumps(svc)
+    assert "VLLM_API_KEY" not in json.dumps(svc["environment"])  # the key from the env file only
+    # ... and an empty one refused before vLLM starts (deploy/runtime/server_start.py)
+    assert svc["entrypoint"] == ["python3", container.SERVER_START, "--key", "VLLM_API_KEY", "--", *container.ENTRYPOINT]
     assert svc["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "capabilities": ["gpu"], "device_ids": ["2"]}
     ]
@@ -575,7 +577,7 @@ def test_a_job_is_its_servers_container_with_only_the_job_fields_set():
     assert differs == {"name", "role", "entrypoint", "args", "mounts", "env_files", "port", "published", "probe",
                        "stop_grace", "restarts", "profiles"}
     assert job.env == server.env and job.gpu_ids == (1,) and job.user == facts.SERVER_USER and not job.api_key
-    assert [m.target for m in server.mounts if m not in job.mounts] == [container.LIVENESS]
+    assert [m.target for m in server.mounts if m not in job.mounts] == [container.LIVENESS, container.SERVER_START]
     assert job.args[job.args.index("--") + 1:][:3] == tuple(container.ENTRYPOINT)
 
 

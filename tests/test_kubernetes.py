@@ -82,7 +82,8 @@ def test_the_server_runs_the_compose_argv_with_gpus_probes_and_the_key_from_a_se
     [pvc, deployment_obj, svc] = rendered(ROOT / "deploy/stacks/default.yaml", tmp_path)["glm-4.5-air.yaml"]
     pod = deployment_obj["spec"]["template"]["spec"]
     [server] = pod["containers"]
-    assert server["command"] + server["args"] == container.ENTRYPOINT + container.server_argv(air, d.vllm_version)
+    assert server["command"] + server["args"] == [*container.key_checked(container.ENTRYPOINT),
+                                                  *container.server_argv(air, d.vllm_version)]
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 4 and deployment_obj["spec"]["strategy"]["type"] == "Recreate"
     assert server["startupProbe"]["failureThreshold"] * server["startupProbe"]["periodSeconds"] >= air.health_start_period
     assert server["livenessProbe"]["exec"]["command"] == ["python3", container.LIVENESS]
@@ -115,7 +116,7 @@ def test_more_gpus_than_a_node_has_becomes_a_leader_worker_set(tmp_path):
     leader = group["leaderTemplate"]["spec"]["containers"][0]
     worker = group["workerTemplate"]["spec"]["containers"][0]
     for c in (leader, worker):
-        assert c["command"] == ["vllm", "serve"]  # the entry point that honours --headless
+        assert c["command"] == list(container.key_checked(["vllm", "serve"]))  # the entry point that honours --headless
         assert c["resources"]["limits"]["nvidia.com/gpu"] == 8
         assert c["args"][c["args"].index("--nnodes") + 1] == "2"
         assert c["args"][c["args"].index("--master-addr") + 1] == "$(LWS_LEADER_ADDRESS)"
@@ -219,7 +220,7 @@ def test_the_router_runs_its_compose_config_with_keys_from_the_secret_and_alone_
     [ingress] = policy["spec"]["ingress"]
     assert ingress["from"][0] == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "router"}}}
     assert ingress["ports"] == [{"port": 8000, "protocol": "TCP"}] and len(ingress["from"]) == 2  # + Prometheus
-    assert set(files["shared.yaml"][0]["data"]) == {"liveness.py", "batch.py", "router_start.py"}
+    assert set(files["shared.yaml"][0]["data"]) == {"liveness.py", "batch.py", "router_start.py", "server_start.py"}
 
 
 def test_a_batch_job_is_a_job_running_the_servers_container_with_its_folders_on_a_claim(tmp_path):
@@ -246,7 +247,7 @@ def test_a_batch_job_is_a_job_running_the_servers_container_with_its_folders_on_
     assert files_pod["kind"] == "Pod" and files_pod["spec"]["volumes"] == [
         {"name": "batch", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}]
     [scripts] = files["shared.yaml"]
-    assert set(scripts["data"]) == {"liveness.py", "batch.py"}
+    assert set(scripts["data"]) == {"liveness.py", "batch.py", "server_start.py"}
 
 
 def test_the_kustomization_lists_every_server_file_and_no_job(tmp_path):

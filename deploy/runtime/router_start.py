@@ -49,9 +49,9 @@ def check_keys(names: list[str]) -> dict[str, str]:
     seen: dict[str, str] = {}
     for name in names:
         value = os.environ.get(name, "")
-        if not value:
+        if not value.strip():  # empty or blank: vLLM (and a client's header) would take it for no key
             where = "the stack's env_file (secrets.env)" if name == "VLLM_API_KEY" else ROUTER_ENV_FILE
-            fail(f"{name} is not set. Fix: add `{name}=sk-...` to {where} beside compose.yaml, "
+            fail(f"{name} is {'empty or blank' if name in os.environ else 'not set'}. Fix: add `{name}=sk-...` to {where} beside compose.yaml, "
                  "e.g. rendering again adds a generated one, then `docker compose up -d router`.")
         if not value.startswith(KEY_PREFIX) or len(value) < MIN_KEY_LEN:
             fail(f"{name} must start with {KEY_PREFIX} and be at least {MIN_KEY_LEN} characters. Fix: set it to {KEY_PREFIX} "

@@ -205,6 +205,26 @@ def _pod(d: Deployment, s: Service, gpus_here: int, extra: list[str], probes: bo
     return {"metadata": {"labels": _labels(s)}, "spec": spec}
 
 
+# Flags a headless worker (no API server) must not get: vLLM refuses --api-server-count with --headless.
+NOT_HEADLESS = ("--api-server-count",)
+
+
+def headless_args(args: list[str]) -> list[str]:
+    """ARGS without NOT_HEADLESS, in every spelling vLLM's parser takes (`_` for `-`, `--flag=value`, `--flag value`)."""
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        flag = a.split("=", 1)[0]
+        if flag.startswith("--") and "--" + flag[2:].replace("_", "-") in NOT_HEADLESS:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
 def service_objects(d: Deployment, s: Service, gpus_per_node: int) -> list[dict[str, Any]]:
     name = object_name(s)
     meta = {"name": name, "labels": _labels(s)}
@@ -239,8 +259,10 @@ def service_objects(d: Deployment, s: Service, gpus_per_node: int) -> list[dict[
         objects[0]["spec"]["accessModes"] = ["ReadWriteMany"]
         worker = _pod(d, s, per_node, [*group, "--node-rank", "$(LWS_WORKER_INDEX)", "--headless"], probes=False,
                       fetches=False)
+        worker["spec"]["containers"][0]["args"] = headless_args(worker["spec"]["containers"][0]["args"])
         for pod in (leader, worker):
-            pod["spec"]["containers"][0]["command"] = MULTINODE_ENTRYPOINT
+            pod["spec"]["containers"][0]["command"] = (list(container.key_checked(MULTINODE_ENTRYPOINT)) if s.api_key
+                                                       else MULTINODE_ENTRYPOINT)
             # NCCL and vLLM's own traffic between the pods go over the pod network unless an RDMA fabric is set.
             pod["spec"]["containers"][0]["env"] += [{"name": "GLOO_SOCKET_IFNAME", "value": "eth0"},
                                                     {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"}]
@@ -446,7 +468,8 @@ def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE,
     problems: list[str] = []
     jobs = "batch" not in dropped and any(s.batch for s in d.services)
     routed = d.router is not None and "router" not in dropped
-    scripts = ("liveness.py", *(["batch.py"] if jobs else []), *(["router_start.py"] if routed else []))
+    scripts = ("liveness.py", *(["batch.py"] if jobs else []), *(["router_start.py"] if routed else []),
+               *(["server_start.py"] if any(s.api_key for s in d.services) else []))
     out: dict[str, list[dict[str, Any]]] = {"shared.yaml": [scripts_config_map(scripts)]}
     watched = d.monitoring_port is not None and "monitoring" not in dropped
     if routed:
@@ -472,7 +495,7 @@ def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE,
                 out[f"jobs/{batch_name(s.name)}.yaml"] = batch_objects(d, s)
         except TargetError as e:
             problems.append(str(e))
-    problems += shared_gpus(d)
+    problems += shared_gpus(d) + check_names(d)
     if problems:
         raise TargetError("\n".join(problems))
     return out
@@ -488,6 +511,31 @@ def shared_gpus(d: Deployment) -> list[str]:
     return [f"services.{group[-1]}.gpus: {', '.join(group)} share GPUs, and the Kubernetes device plugin gives each "
             "pod whole GPUs of its own (no sharing, no sleep mode between pods). Fix: give each service its own "
             "GPUs (gpus: a count) for this target, or render this stack with --target compose." for group in groups]
+
+
+# The names this target gives its own files and objects; a service's must not be one of them.
+OWN_FILES = ("shared.yaml", "router.yaml", "monitoring.yaml", "kustomization.yaml")
+OWN_OBJECTS = (SECRET, HUB_SECRET, SCRIPTS, ROUTER_CONFIG, ROUTER_TLS_SECRET, PROMETHEUS_CONFIG, "vllm-compose-dashboard",
+               "vllm-compose", "vllm-compose-servers", "vllm-compose-router", ROUTER, f"{ROUTER}-only",
+               f"{ROUTER}-tls")
+
+
+def check_names(d: Deployment) -> list[str]:
+    """Services whose file or objects would be the target's own (kustomization.yaml, shared.yaml, the router's
+    Deployment, the keys' Secret, ...): each overwrites the other. One problem per service, with the fix."""
+    problems = []
+    for s in d.services:
+        try:
+            name = object_name(s)
+        except TargetError:
+            continue  # manifests() reports it
+        ours = [f"{s.name}.yaml"] if f"{s.name}.yaml".lower() in OWN_FILES else []
+        ours += [n for n in (name, f"{name}-models", f"{name}-media", batch_name(name), f"{batch_name(name)}-files")
+                 if n in OWN_OBJECTS]
+        if ours:
+            problems.append(f"services.{s.name}: its {', '.join(ours)} would be the Kubernetes target's own file or "
+                            "object of that name. Fix: rename the service (e.g. " + f"{s.name}-llm).")
+    return problems
 
 
 def kustomization(files: list[str]) -> str:

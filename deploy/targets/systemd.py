@@ -67,7 +67,8 @@ def _absolute(path: str, what: str) -> str:
 
 def _host_argv(c: Container, d: Deployment, python: str) -> list[str]:
     """The container's argv with the host's Python, and a server bound where compose would publish it."""
-    argv = [python if c.entrypoint[0] == "python3" else c.entrypoint[0], *c.entrypoint[1:], *c.args]
+    # Every `python3` of the entrypoint (a keyed server's start script execs a second one) is the host's Python.
+    argv = [python if a == "python3" else a for a in c.entrypoint] + list(c.args)
     if c.role == "server":
         host, port = argv.index("--host"), argv.index("--port")
         argv[host + 1], argv[port + 1] = d.bind_address, str(c.published)
