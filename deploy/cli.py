@@ -18,7 +18,7 @@ from .facts import GRAFANA_PASSWORD
 from .presets import PRESETS
 from .resolve import Deployment
 from .targets import MARKER, Request, TargetError, targets
-from .write import WriteError, rotate_keys, write_compose, write_tree
+from .write import WriteError, rotate_keys, write_file, write_tree
 
 # The checkout this package runs from: compose builds the project's images from its images/.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +53,7 @@ def cmd_render(a) -> int:
     _print_warnings(warnings, a.spec)
     out = None if a.output in (None, "-") else Path(a.output)
     folder = out if target.OUTPUT == "folder" else (out.parent if out else Path.cwd())
-    request = Request(a.spec, a.output, frozenset(a.drop), {k: v for k, v in vars(a).items()},
-                      build_context(folder))
+    request = Request(a.spec, a.output, frozenset(a.drop), vars(a), build_context(folder))
     try:
         rendered = target.render(d, request)
     except TargetError as e:
@@ -67,7 +66,7 @@ def cmd_render(a) -> int:
         return 0
     try:
         if target.OUTPUT == "file":
-            notes = write_compose(out, rendered.files[""], d)
+            notes = write_file(out, rendered.files[""], d, rendered.env_files, rendered.host_folders)
         else:
             notes = write_tree(out, rendered.files, MARKER, rendered.private, d if rendered.env_files else None)
     except WriteError as e:

@@ -196,16 +196,19 @@ def check_host_folders(folder: Path, d: Deployment) -> None:
         raise WriteError("\n".join(dict.fromkeys(problems)))
 
 
-def write_compose(out: Path, text: str, d: Deployment) -> list[str]:
-    """compose.yaml at OUT, the env files beside it (keys they lack, in those this tool made), and the host folders
-    the services mount that are missing (made by the user who renders, so that the containers' user can read
-    and write them: Docker would create them owned by root). Returns what to tell the user."""
-    check_env_files(out.parent, list(d.env_files()), out)  # every env file read and checked before any write
-    check_host_folders(out.parent, d)
+def write_file(out: Path, text: str, d: Deployment, env_files: bool = True, host_folders: bool = True) -> list[str]:
+    """A one-file target's output (compose.yaml) at OUT, the env files beside it (keys they lack, in those this tool
+    made), and the host folders the services mount that are missing (made by the user who renders, so that the
+    containers' user can read and write them: Docker would create them owned by root). Every check first. Returns
+    what to tell the user."""
+    if env_files:
+        check_env_files(out.parent, list(d.env_files()), out)  # every env file read and checked before any write
+    if host_folders:
+        check_host_folders(out.parent, d)
     atomic_write(out, text)
-    notes = write_env_files(out.parent, d)
+    notes = write_env_files(out.parent, d) if env_files else []
     notes.append(f"wrote {out}")
-    return notes + make_host_folders(out.parent, d)
+    return notes + (make_host_folders(out.parent, d) if host_folders else [])
 
 
 def write_env_files(folder: Path, d: Deployment) -> list[str]:
