@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import pins, render, spec, versions
+from . import pins, render, sharing, spec, versions
 from .errors import Collector, Problem, SpecError
 from .kubernetes import DROPPABLE as DROPPABLE_K8S
 from .presets import PRESETS
@@ -117,6 +117,7 @@ def cmd_check(a) -> int:
         print(f"\n[{s.name}]")
         for key, value in sorted(s.settings().items()):
             print(f"  {key:26} {value!r:40} ({s.origin(key)})")
+    print("\n".join(sharing.describe(d)))
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import runtime
 from .resolve import CACHE_DIR, CONTAINER_PORT, MODELS_DIR, Deployment, Service
+from .sharing import SLEEP_ENV
 from .versions import VllmVersion
 
 # The API server module: every image runs it (the CPU build's `vllm serve` fails on its
@@ -114,6 +115,8 @@ def server_env(s: Service) -> dict[str, str]:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
     if s.device == "gpu":
         env["HOME"] = SERVER_HOME
+    if s.enable_sleep_mode:  # taking turns on shared GPUs: the controller's /sleep and /wake_up routes
+        env[SLEEP_ENV[0]] = SLEEP_ENV[1]
     env.update(dict(s.env))
     return env
 

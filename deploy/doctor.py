@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import envfile, pins, render
+from . import envfile, pins, render, sharing
 from .resolve import Deployment, Service, floating
 from .versions import VllmVersion
 
@@ -261,6 +261,72 @@ def check_compose_file(d: Deployment, folder: Path, spec_path: str) -> list[Line
     return [Line(True, "compose.yaml", f"{path} matches the spec")]
 
 
+def check_gpu_memory(d: Deployment) -> list[Line]:
+    """The memory plan (deploy/sharing.py) again with each GPU's real memory from nvidia-smi: what every service
+    needs there against gpu_memory_utilization × what the GPU has, and memory already held by other processes
+    (vLLM wants its fraction free at start-up). Without nvidia-smi, check_gpus has said so already."""
+    if not any(s.device == "gpu" for s in d.services):
+        return []
+    code, out, _ = _run(["nvidia-smi", "--query-gpu=index,name,memory.total,driver_version,memory.used",
+                         "--format=csv,noheader,nounits"])
+    if code:
+        return []
+    total: dict[int, float] = {}
+    used: dict[int, float] = {}
+    for row in out.strip().splitlines():
+        cells = [x.strip() for x in row.split(",")]
+        try:
+            total[int(cells[0])] = int(cells[2]) * 2**20 / 1e9  # MiB → GB (10^9 bytes, the plan's unit)
+            used[int(cells[0])] = int(cells[4]) * 2**20 / 1e9 if len(cells) > 4 else 0.0
+        except (ValueError, IndexError):
+            return [Line(False, "gpu memory", f"cannot read nvidia-smi's memory column in {row[:80]!r}.",
+                         "check that `nvidia-smi --query-gpu=index,memory.total --format=csv` works.")]
+    p = sharing.plan(d, total)
+    lines = [Line(False, "gpu memory", message.split(" Fix: ")[0] + f" ({path})", message.partition(" Fix: ")[2])
+             for path, message in p.problems]
+    for g in sorted(set(total) & {gp.gpu for gp in p.gpus}):
+        if used[g] > 1:
+            lines.append(Line(True, "gpu memory", f"GPU {g} already has {used[g]:.1f} GB in use (this stack, or "
+                              "another process); vLLM needs its fraction free when it starts.", warn=True))
+    if not p.problems:
+        shown = "; ".join(f"GPU {gp.gpu} {gp.memory_gb:.1f} GB: " + ", ".join(
+            f"{n.service} {'?' if n.need_gb is None else f'{n.need_gb:.1f}'}/{n.gets_gb:.1f} GB" for n in gp.needs)
+            for gp in p.gpus)
+        lines.append(Line(True, "gpu memory", f"needed/given per GPU (nvidia-smi's sizes): {shown or 'no GPU ids named'}"))
+    return lines
+
+
+def check_host_ram(d: Deployment, meminfo: Path = Path("/proc/meminfo")) -> list[Line]:
+    """Level-1 sleep keeps a sleeping server's weights in pinned host RAM: for each group taking turns, the most it
+    holds at once (every member asleep but the smallest) against this host's memory."""
+    p = sharing.plan(d)
+    if not p.turns:
+        return []
+    try:
+        info = {k: int(v.split()[0]) * 1024 / 1e9 for k, _, v in
+                (line.partition(":") for line in meminfo.read_text().splitlines()) if v.strip()}
+        have, free = info["MemTotal"], info.get("MemAvailable", info["MemTotal"])
+    except (OSError, ValueError, KeyError, IndexError):
+        return [Line(False, "host ram", f"cannot read {meminfo}.", "run doctor on the Linux host of the stack.")]
+    lines = []
+    for g, (_, need) in zip(p.turns, p.host_ram_gb, strict=True):
+        who = ", ".join(g.members)
+        if need is None:
+            lines.append(Line(True, "host ram", f"{g.name} ({who}): a member's weights' size is not known, so the host "
+                              "RAM their level-1 sleep needs cannot be checked.", warn=True))
+        elif need > have:
+            lines.append(Line(False, "host ram", f"{g.name} ({who}) keeps up to {need:g} GB of sleeping weights in "
+                              f"host RAM (sleep level 1); this host has {have:.0f} GB.", "set sleep_level: 2 on the "
+                              "group's services (weights dropped, reloaded from disk on wake: slower), or add RAM."))
+        elif need > free:
+            lines.append(Line(True, "host ram", f"{g.name} ({who}) keeps up to {need:g} GB in host RAM (level 1); "
+                              f"{free:.0f} GB of {have:.0f} GB are free now.", warn=True))
+        else:
+            lines.append(Line(True, "host ram", f"{g.name} ({who}): up to {need:g} GB of sleeping weights "
+                              f"(level {g.sleep_level}); {have:.0f} GB here, {free:.0f} GB free"))
+    return lines
+
+
 IMAGE_VARIABLES = ("VLLM_COMPOSE_BASE_IMAGE", "VLLM_COMPOSE_VLLM_IMAGE")  # compose variables naming base images
 
 
@@ -296,6 +362,7 @@ def main(d: Deployment, names: list[str] | None, folder: Path, spec_path: str) -
     lines += check_shm(services)
     lines += check_compose_file(d, folder, spec_path)
     lines += check_images(d, folder)
+    lines += check_gpu_memory(d) + check_host_ram(d)
     for line in lines:
         print(line)
     bad = sum(not line.ok for line in lines)

@@ -451,9 +451,22 @@ def manifests(d: Deployment, gpus_per_node: int = GPUS_PER_NODE,
                 out[f"jobs/{batch_name(s.name)}.yaml"] = batch_objects(d, s)
         except TargetError as e:
             problems.append(str(e))
+    problems += shared_gpus(d)
     if problems:
         raise TargetError("\n".join(problems))
     return out
+
+
+def shared_gpus(d: Deployment) -> list[str]:
+    """Services naming the same GPU (side by side or taking turns, deploy/sharing.py): Kubernetes' device plugin
+    hands each pod whole GPUs of its own, so this target cannot express them."""
+    from .sharing import plan
+
+    p = plan(d)
+    groups = [*p.side_by_side, *(g.members for g in p.turns)]
+    return [f"services.{group[-1]}.gpus: {', '.join(group)} share GPUs, and the Kubernetes device plugin gives each "
+            "pod whole GPUs of its own (no sharing, no sleep mode between pods). Fix: give each service its own "
+            "GPUs (gpus: a count) for this target, or render this stack with --target compose." for group in groups]
 
 
 def kustomization(files: list[str]) -> str:

@@ -14,6 +14,47 @@ from . import pins
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """What one token's KV cache takes, from the model's config.json (deploy/sharing.py plans GPU memory with it).
+
+    Standard attention: num_hidden_layers × num_key_value_heads × head_dim × 2 (K and V) × dtype bytes; tensor
+    parallelism splits the KV heads (a GPU keeps at least one). MLA (kv_lora_rank set): one latent of kv_lora_rank +
+    qk_rope_head_dim per layer, the same on every GPU. max_position_embeddings is vLLM's max_model_len when unset.
+    """
+
+    layers: int  # num_hidden_layers (the MTP layer is loaded only with speculative decoding)
+    max_position_embeddings: int
+    kv_heads: int = 0  # num_key_value_heads
+    head_dim: int = 0  # head_dim, or hidden_size / num_attention_heads where config.json has none
+    kv_lora_rank: int = 0  # MLA only
+    qk_rope_head_dim: int = 0  # MLA only
+
+    def kv_bytes_per_token(self, tp: int = 1, pp: int = 1, dtype_bytes: int = 2) -> int:
+        """Bytes of KV cache one token takes on each GPU of a server with TP × PP GPUs."""
+        layers = -(-self.layers // max(1, pp))
+        if self.kv_lora_rank:
+            return layers * (self.kv_lora_rank + self.qk_rope_head_dim) * dtype_bytes
+        return layers * -(-self.kv_heads // max(1, tp)) * self.head_dim * 2 * dtype_bytes
+
+
+# The GPUs presets are sized for, as (what, GB of 10^9 bytes as nvidia-smi reports it): deploy/sharing.py assumes a
+# preset's GPU when the spec does not say (gpu_memory_gb) and doctor has not read the real one.
+H100 = ("an H100 80GB (nvidia-smi: 81559 MiB = 85.5 GB)", 85.5)
+H200 = ("an H200 (nvidia-smi: 143771 MiB = 150.8 GB)", 150.8)
+
+
+# config.json of zai-org/GLM-4.5-Air (tests/fixtures/glm_full_shape.py AIR): 46 layers, 8 KV heads of 128, context
+# 131072. GLM-4.5-Air-FP8 is the same model; GLM-4.6V's language model is Air's (its own config.json not read).
+AIR_SHAPE = ModelShape(layers=46, max_position_embeddings=131072, kv_heads=8, head_dim=128)
+# config.json of zai-org/GLM-4.1V-9B-Thinking (glm_full_shape.py VISION): 40 layers, 2 KV heads, head_dim
+# 4096 / 32 = 128 (none in the file), context 65536. GLM-4.6V-Flash is built on this architecture.
+GLM41V_SHAPE = ModelShape(layers=40, max_position_embeddings=65536, kv_heads=2, head_dim=128)
+# GLM-4.7-Flash (glm_full_shape.py FLASH47, from vLLM's own test of the architecture; the hub's file not read):
+# 47 layers of MLA, kv_lora_rank 512 + qk_rope_head_dim 64, context 202752.
+FLASH47_SHAPE = ModelShape(layers=47, max_position_embeddings=202752, kv_lora_rank=512, qk_rope_head_dim=64)
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     summary: str
@@ -26,6 +67,8 @@ class Preset:
     min_vllm: str | None = None
     min_vllm_why: str = ""
     gpu_memory_gb: float | None = None  # what the recipe gives as the VRAM minimum (all GPUs together)
+    shape: ModelShape | None = None  # the KV cache's shape, for planning GPU memory; None: not read
+    gpu: tuple[str, float] = H100  # the GPU it is sized for (its comment says why)
 
 
 # Each preset's `sampling` becomes the default of every request that leaves a value unset (the server's and the
@@ -72,6 +115,7 @@ PRESETS: dict[str, Preset] = {
             "GLM-4.5-Air (106B MoE, BF16), tool calls + reasoning, TP 4",
             multimodal=False,
             download_gb=221,  # 110.5 B parameters (106 B + the MTP layer) × 2 bytes
+            shape=AIR_SHAPE,
             values=dict(
                 **zhipu("GLM-4.5-Air"),
                 served_model_name="glm-4.5-air",
@@ -87,6 +131,7 @@ PRESETS: dict[str, Preset] = {
             "GLM-4.5-Air FP8 weights, tool calls + reasoning, TP 2",
             multimodal=False,
             download_gb=113,  # FP8 experts and attention, BF16 norms and embeddings
+            shape=AIR_SHAPE,
             values=dict(
                 **zhipu("GLM-4.5-Air-FP8"),
                 served_model_name="glm-4.5-air-fp8",
@@ -107,6 +152,7 @@ PRESETS: dict[str, Preset] = {
             "GLM-4.1V-9B-Thinking, images (≤32) and video (1) per prompt, 1 GPU",
             multimodal=True,
             download_gb=21,  # 10.3 B parameters × 2 bytes
+            shape=GLM41V_SHAPE,
             values=dict(
                 **zhipu("GLM-4.1V-9B-Thinking"),
                 served_model_name="glm-4.1v-9b-thinking",
@@ -145,7 +191,7 @@ PRESETS: dict[str, Preset] = {
             f"GLM-4.6V ({what}, 107B MoE / 12B active), images (≤32) and video (1), tool calls + reasoning, TP {tp}",
             multimodal=True,
             download_gb=gb,
-            min_vllm="0.12.0", min_vllm_why="the recipe's min_vllm_version", gpu_memory_gb=vram,
+            min_vllm="0.12.0", min_vllm_why="the recipe's min_vllm_version", gpu_memory_gb=vram, shape=AIR_SHAPE,
             values=dict(
                 **zhipu(repo),
                 served_model_name=name,
@@ -168,6 +214,7 @@ PRESETS: dict[str, Preset] = {
             "GLM-4.6V-Flash (9B), images (≤32) and video (1), tool calls + reasoning, 1 GPU",
             multimodal=True,
             download_gb=21,  # ~10.3 B parameters (GLM-4.1V-9B's) × 2 bytes
+            shape=GLM41V_SHAPE,
             min_vllm="0.12.0", min_vllm_why="GLM-4.6V's recipe min_vllm_version (same processor)",
             values=dict(
                 **zhipu("GLM-4.6V-Flash"),
@@ -187,6 +234,7 @@ PRESETS: dict[str, Preset] = {
             "GLM-4.7-Flash (30B MoE / 3B active), glm47 tool calls + reasoning, 1 GPU",
             multimodal=False,
             download_gb=62,  # ~31 B parameters × 2 bytes
+            shape=FLASH47_SHAPE,
             min_vllm="0.15.0", min_vllm_why="Glm4MoeLiteForCausalLM is registered from vLLM 0.15.0",
             values=dict(
                 **zhipu("GLM-4.7-Flash"),
@@ -216,6 +264,7 @@ PRESETS: dict[str, Preset] = {
             download_gb=329,  # "about 306 GiB for the default native FP8 checkpoint" (recipe)
             min_vllm="0.30.0", min_vllm_why="Glm5NextForConditionalGeneration is registered from vLLM 0.30.0",
             gpu_memory_gb=386,
+            gpu=H200,
             values=dict(
                 **zhipu("GLM-5.3-Flash"),
                 served_model_name="glm-5.3-flash",
@@ -259,6 +308,7 @@ PRESETS: dict[str, Preset] = {
             download_gb=750,  # 744 B parameters × 1 byte + BF16 norms and embeddings
             min_vllm="0.24.0", min_vllm_why="the glm47 reasoning parser (the recipe's min_vllm_version)",
             gpu_memory_gb=893,
+            gpu=H200,
             values=dict(
                 **zhipu("GLM-5.1-FP8"),
                 served_model_name="glm-5.1-fp8",

@@ -19,6 +19,7 @@ from . import images as project_images
 from .container import LIVENESS, ROUTER_START, Container, vllm_flags
 from .resolve import GRAFANA, HUB_ENV_FILE, PROMETHEUS, ROUTER, Deployment, Service, batch_name, fetch_name
 from .runtime import liveness
+from .sharing import SLEEP_ENV
 from .versions import VllmVersion
 
 PROMETHEUS_VOLUME = "prometheus-data"
@@ -45,6 +46,8 @@ def host_command(s: Service, version: VllmVersion) -> tuple[dict[str, str], list
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpu_ids))
     if s.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(s.cpu_kvcache_space)
+    if s.enable_sleep_mode:  # the sleep routes of a service taking turns (deploy/sharing.py)
+        env[SLEEP_ENV[0]] = SLEEP_ENV[1]
     env.update(dict(s.env))
     return env, argv + vllm_flags(s, version)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from . import images as project_images
-from . import pins
+from . import pins, sharing
 from .errors import Collector, did_you_mean
 from .presets import PRESETS
 from .runtime.router_start import ROUTER_ENV_FILE
@@ -132,6 +132,9 @@ class Service:
     api_server_count: int | None = None
     max_model_len: int | str | None = None
     gpu_memory_utilization: float | None = None
+    sleep_level: int | None = None  # as written; the group's level is in sharing.plan(d).turns
+    awake_first: bool | None = None
+    enable_sleep_mode: bool | None = None  # set by sharing.apply for a service that takes turns on shared GPUs
     dtype: str | None = None
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
@@ -215,6 +218,7 @@ class Deployment:
     router: Router | None = None
 
     grafana_port: int | None = None  # Grafana's host port (with monitoring)
+    gpu_memory_gb: float | None = None  # each GPU's memory as the spec says; None: sharing.ASSUMED_GPU_GB
 
     def env_files(self) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
         """(file, the variables it holds, the services that read it) for each generated env file: the servers' key
@@ -302,8 +306,9 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
                     "Fix: give Grafana another port (monitoring.grafana_port).")
         if GRAFANA in {s.name for s in services}:
             c.error(f"services.{GRAFANA}", "collides with the monitoring profile's Grafana. Fix: rename it.")
-    return Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port,
-                      router, grafana_port if spec.monitoring is not None else None)
+    d = Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port,
+                   router, grafana_port if spec.monitoring is not None else None, spec.gpu_memory_gb)
+    return sharing.apply(d, c)
 
 
 def _resolve_router(spec: StackSpec, services: tuple[Service, ...], c: Collector) -> Router:
@@ -543,7 +548,6 @@ def _check_values(name: str, val: dict[str, Any], multimodal: bool | None, versi
 
 def _check_across(services: tuple[Service, ...], c: Collector, routed: bool = False) -> None:
     ports: dict[int, str] = {}
-    gpus: dict[int, str] = {}
     names = {s.name for s in services}
     served: dict[str, Service] = {}
     for s in services:
@@ -560,8 +564,4 @@ def _check_across(services: tuple[Service, ...], c: Collector, routed: bool = Fa
             c.error(f"services.{s.name}.port", f"host port {s.port} is already used by service {ports[s.port]!r}. "
                     f"Fix: give each service its own port.")
         ports.setdefault(s.port, s.name)
-        for g in s.gpu_ids or ():
-            if g in gpus:
-                c.error(f"services.{s.name}.gpus", f"GPU {g} is already assigned to service {gpus[g]!r}. "
-                        f"Fix: give each service its own GPUs.")
-            gpus.setdefault(g, s.name)
+        # Services may name the same GPU ids: deploy/sharing.py plans them (side by side or taking turns).

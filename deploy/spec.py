@@ -58,6 +58,19 @@ def positive_int(v, path, c):
     _type_error(c, path, v, "a positive integer")
 
 
+def positive_number(v, path, c):
+    # GPU memory in GB: up to 100 TB, so that a typo (80000000) is not taken for a GPU.
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 100_000:
+        return float(v)
+    _type_error(c, path, v, "a number of GB above 0, such as 80")
+
+
+def sleep_level(v, path, c):
+    if v in (1, 2) and not isinstance(v, bool):
+        return v
+    _type_error(c, path, v, "1 (weights to host RAM, fast wake) or 2 (weights dropped, reloaded on wake)")
+
+
 def port(v, path, c):
     if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535:
         return v
@@ -237,6 +250,11 @@ class ServiceSpec:
                                                     "images, tokenize, detokenize and stream; the engine stays one")
     max_model_len: int | str | None = _f(int_or_string, "--max-model-len: 32768, 32k (=32000), 32K (=32768)")
     gpu_memory_utilization: float | None = _f(fraction, "--gpu-memory-utilization")
+    sleep_level: int | None = _f(sleep_level, "for services that share GPUs and take turns: 1 (default: sleeping "
+                                              "weights wait in host RAM, a wake takes about a second) or 2 (dropped, "
+                                              "reloaded from disk on wake; no host RAM)")
+    awake_first: bool | None = _f(boolean, "of services that take turns on shared GPUs, this one is awake first "
+                                           "(default: the first in the spec)")
     dtype: str | None = _f(choice("auto", "bfloat16", "float16", "float32", "half", "float"), "--dtype")
     tool_call_parser: str | None = _f(string, "--tool-call-parser")
     reasoning_parser: str | None = _f(string, "--reasoning-parser")
@@ -363,6 +381,8 @@ class Volumes:
 class StackSpec:
     vllm_version: str | None = _f(string, "the pinned vLLM version")
     bind_address: str | None = _f(string, "host address ports are published on (default 127.0.0.1)")
+    gpu_memory_gb: float | None = _f(positive_number, "memory of each GPU in GB, for planning services that share "
+                                                      "GPUs (default: an H100 80GB's 85.5 GB; doctor reads the real one)")
     env_file: str | None = _f(string, "file holding VLLM_API_KEY, created with mode 0600")
     monitoring: MonitoringSpec | None = _f(monitoring, "Prometheus scraping every server, with alert rules (profile monitoring)")
     router: RouterSpec | None = _f(router, "one endpoint for every model (HAProxy): routing by `model`, scoped keys, TLS")
@@ -487,6 +507,7 @@ def parse(data: Any, c: Collector) -> StackSpec:
     return StackSpec(
         vllm_version=stack.vllm_version,
         bind_address=stack.bind_address,
+        gpu_memory_gb=stack.gpu_memory_gb,
         env_file=stack.env_file,
         monitoring=stack.monitoring,
         router=stack.router,

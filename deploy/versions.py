@@ -93,6 +93,12 @@ class VllmVersion:
         return ("reasoning",)
 
     @property
+    def default_gpu_memory_utilization(self) -> float:
+        """--gpu-memory-utilization when unset: 0.9 through 0.18.0, 0.92 from 0.20.0 (read in the wheels; 0.19 not
+        read, taken as 0.9)."""
+        return 0.92 if self >= _v("0.20.0") else 0.9
+
+    @property
     def max_model_len_auto(self) -> bool:
         """`-1` / `auto` for --max-model-len arrived in 0.14.0."""
         return self >= _v("0.14.0")
@@ -138,6 +144,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("sampling", "--override-generation-config", "json"),
     # Drain on SIGTERM: in-flight requests get this long to finish (read in the 0.32.0 wheel).
     Flag("shutdown_timeout", "--shutdown-timeout", since=_v("0.32.0")),
+    # Services taking turns on shared GPUs (deploy/sharing.py): present 0.9.0 → 0.33, CUDA/ROCm only; the
+    # /sleep and /wake_up routes also need VLLM_SERVER_DEV_MODE=1 (sharing.SLEEP_ENV).
+    Flag("enable_sleep_mode", "--enable-sleep-mode", "bool"),
 )
 
 
