@@ -26,6 +26,9 @@ FETCH_ENTRYPOINT = ["python3", "-m", "deploy.runtime.fetch"]
 LIVENESS = runtime.script_path("liveness.py")
 BATCH = runtime.script_path("batch.py")
 ROUTER_START = runtime.script_path("router_start.py")
+# A server taking turns on GPUs (deploy/sharing.py) is checked by the controller's script: asleep, it is healthy and
+# gets no probe request (its paused scheduler would hold it until the wake); awake, liveness.py runs as for any server.
+SWAP = runtime.script_path("swap.py")
 BATCH_DIRS = ("/batch/input", "/batch/output")
 LOCAL_SOURCE = "/source"  # a local model directory, read here by the fetch
 # Every server runs as this uid (the project's images' user) and gid 0 (vLLM's own non-root image target uses
@@ -59,6 +62,7 @@ class Container:
     hub_env: bool = False  # optional hub tokens and mirrors (hub.env, an optional Secret)
     port: int | None = None  # the port it serves on inside the container
     health_start_period: int | None = None  # probed (readiness + liveness.py) after this many seconds of start-up
+    health: tuple[str, ...] = (LIVENESS,)  # the probe's python3 arguments
     stop_grace: int | None = None  # seconds a stop may take before the kill
     user: str | None = None
     gpus: int = 0
@@ -138,12 +142,16 @@ def server(d: Deployment, s: Service, fetched_by: str | None = None) -> Containe
     if s.media_dir:
         mounts.append(Mount(s.allowed_local_media_path, s.media_dir, "host", read_only=True, role="media"))
     mounts.append(Mount(LIVENESS, "liveness.py", "script", read_only=True))
+    turns = {}
+    if s.enable_sleep_mode:
+        mounts.append(Mount(SWAP, "swap.py", "script", read_only=True))
+        turns = {"health": (SWAP, "--member-health", LIVENESS)}
     return Container(
         s.name, "server", s.image, tuple(ENTRYPOINT), tuple(server_argv(s, d.vllm_version)), tuple(server_env(s).items()),
         tuple(mounts), api_key=s.api_key, port=CONTAINER_PORT, health_start_period=s.health_start_period,
         stop_grace=s.shutdown_timeout + STOP_GRACE_MARGIN if d.vllm_version.has("shutdown_timeout") else None,
         user=SERVER_USER if s.device == "gpu" else None, gpus=s.gpu_count if s.device == "gpu" else 0,
-        gpu_ids=s.gpu_ids if s.device == "gpu" else None, restarts=True, after=fetched_by)
+        gpu_ids=s.gpu_ids if s.device == "gpu" else None, restarts=True, after=fetched_by, **turns)
 
 
 def batch(d: Deployment, s: Service, fetched_by: str | None = None) -> Container:

@@ -12,7 +12,7 @@ import re
 
 import yaml
 
-from . import router
+from . import router, swap_service
 from .resolve import CONTAINER_PORT, Deployment
 
 SCRAPE_INTERVAL = "5s"
@@ -72,6 +72,9 @@ def prometheus_yaml(d: Deployment) -> str:
             job["tls_config"] = ({"insecure_skip_verify": True} if d.router.tls.cert
                                  else {"ca_file": ROUTER_CA, "server_name": router.NAME})
         doc["scrape_configs"].append(job)
+    if swap_service.groups(d):  # the turn-taking controller: swaps, wake seconds, requests held (deploy/runtime/swap.py)
+        doc["scrape_configs"].append({"job_name": "swap", "static_configs": [
+            {"targets": [f"{swap_service.NAME}:{swap_service.PORT}"]}]})
     return yaml.safe_dump(doc, sort_keys=False)
 
 

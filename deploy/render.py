@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from . import container, dashboards, monitoring, router, runtime
+from . import container, dashboards, monitoring, router, runtime, swap_service
 from . import images as project_images
-from .container import LIVENESS, ROUTER_START, Container, vllm_flags
+from .container import ROUTER_START, Container, vllm_flags
 from .resolve import GRAFANA, HUB_ENV_FILE, PROMETHEUS, ROUTER, Deployment, Service, batch_name, fetch_name
 from .runtime import liveness
 from .sharing import SLEEP_ENV
@@ -92,7 +92,7 @@ def _service(d: Deployment, c: Container, context: str) -> dict[str, Any]:
         svc["healthcheck"] = {
             # Readiness (/health answers 200; vLLM refuses connections while weights load, so start_period
             # covers the load) and liveness: deploy/runtime/liveness.py kills a hung engine so the container restarts.
-            "test": ["CMD", "python3", LIVENESS],
+            "test": ["CMD", "python3", *c.health],
             "interval": f"{liveness.INTERVAL_S}s",
             "timeout": f"{liveness.TIMEOUT_S}s",
             "retries": liveness.RETRIES,
@@ -138,6 +138,9 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
             services[batch_name(s.name)] = _service(d, container.batch(d, s, fetched_by), context)
     if d.router:
         services[router.NAME] = _router_service(d, context)
+    if swap_service.groups(d):  # servers taking turns on GPUs: their controller
+        services[swap_service.NAME] = swap_service.compose_service(
+            d, _image(d.image("router"), d.vllm_version, context), _script, _env_files(d, swap_service.NAME))
     doc: dict[str, Any] = {"services": _build_once(services), "volumes": {name: {} for _, name in d.volumes}}
     configs: dict[str, Any] = {}
     for name in runtime.SCRIPTS:  # those some service mounts
@@ -166,7 +169,7 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         doc["volumes"][PROMETHEUS_VOLUME] = {}
         configs["prometheus"] = {"content": _lit(monitoring.prometheus_yaml(d))}
         configs["prometheus-alerts"] = {"content": _lit(monitoring.alerts_yaml())}
-        configs["prometheus-console"] = {"content": _lit(dashboards.console_html())}
+        configs["prometheus-console"] = {"content": _lit(dashboards.console_html(turns=bool(swap_service.groups(d))))}
         # Grafana (upstream image, pinned): the data source and the dashboard provisioned read-only; the admin
         # password from the env file (generated there); no anonymous access, no sign-up, no calls home.
         p = dashboards.PROVISIONING
@@ -188,7 +191,8 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
         doc["volumes"][GRAFANA_VOLUME] = {}
         configs["grafana-datasource"] = {"content": _lit(dashboards.datasource_yaml(f"http://{PROMETHEUS}:9090"))}
         configs["grafana-dashboards"] = {"content": _lit(dashboards.provider_yaml())}
-        configs["grafana-dashboard"] = {"content": _lit(dashboards.dashboard(routed=d.router is not None))}
+        configs["grafana-dashboard"] = {"content": _lit(dashboards.dashboard(routed=d.router is not None,
+                                                                             turns=bool(swap_service.groups(d))))}
     if configs:
         doc["configs"] = configs
         # compose recreates a container when its service definition changes, not when a config's content does:

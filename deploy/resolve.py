@@ -18,12 +18,15 @@ from .errors import Collector, did_you_mean
 from .presets import PRESETS
 from .runtime.router_start import ROUTER_ENV_FILE
 from .runtime.source import FORMS, Source
+from .runtime.swap import ENV_FILE as SWAP_ENV_FILE
+from .runtime.swap import KEY_ENV as SWAP_KEY
 from .spec import SERVED_NAME_RE, ServiceSpec, StackSpec
 from .versions import FLAGS, NEWEST, OLDEST, VllmVersion
 
 CONTAINER_PORT = 8000
 # The services the generator adds beside the user's (compose service names, also host names on the stack's network).
 ROUTER, PROMETHEUS, GRAFANA = "router", "prometheus", "grafana"
+SWAP = "swap"  # the turn-taking controller, with servers that take turns on GPUs (deploy/swap_service.py)
 GRAFANA_PASSWORD = "GF_SECURITY_ADMIN_PASSWORD"  # Grafana's admin password, generated into its env file
 # The generated secrets, one env file per set of readers beside compose.yaml (Deployment.env_files): compose
 # recreates every service whose env file changed, and a container sees only the keys it uses. The router's keys
@@ -227,10 +230,13 @@ class Deployment:
         neither a server (a GPU server would reload its weights) nor shows it to a server's process."""
         servers = tuple(s.name for s in self.services if s.api_key)
         server_key = ("VLLM_API_KEY",) if servers else ()
-        files = [(self.env_file, server_key, servers + ((ROUTER,) if self.router else ())),
+        # Servers taking turns are reached through the controller (SWAP), with a key of its own (SWAP_ENV_FILE).
+        turns = self.router is not None and any(s.enable_sleep_mode for s in self.services)
+        files = [(self.env_file, server_key, servers + ((ROUTER,) if self.router else ()) + ((SWAP,) if turns else ())),
                  (ROUTER_ENV_FILE, tuple(n for n, _ in self.router.keys if n not in server_key) if self.router else (),
                   (ROUTER,)),
-                 (GRAFANA_ENV_FILE, (GRAFANA_PASSWORD,) if self.grafana_port else (), (GRAFANA,))]
+                 (GRAFANA_ENV_FILE, (GRAFANA_PASSWORD,) if self.grafana_port else (), (GRAFANA,)),
+                 (SWAP_ENV_FILE, (SWAP_KEY,) if turns else (), (ROUTER, SWAP))]
         return tuple(f for f in files if f[1])
 
     def env_files_of(self, service: str) -> list[str]:
@@ -282,7 +288,7 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
     env_file = spec.env_file or "secrets.env"
     if "/" in env_file or env_file.startswith(".") or not VOLUME_RE.fullmatch(env_file):
         c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
-    elif env_file in (ROUTER_ENV_FILE, GRAFANA_ENV_FILE, HUB_ENV_FILE):
+    elif env_file in (ROUTER_ENV_FILE, GRAFANA_ENV_FILE, HUB_ENV_FILE, SWAP_ENV_FILE):
         c.error("env_file", f"{env_file!r} is the name of another env file of the stack. Fix: such as secrets.env.")
     services = tuple(filter(None, (_resolve_service(name, s, version, images, c, spec.router is not None)
                                    for name, s in spec.services)))
@@ -308,7 +314,15 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
             c.error(f"services.{GRAFANA}", "collides with the monitoring profile's Grafana. Fix: rename it.")
     d = Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port,
                    router, grafana_port if spec.monitoring is not None else None, spec.gpu_memory_gb)
-    return sharing.apply(d, c)
+    d = sharing.apply(d, c)
+    if router is not None and any(s.enable_sleep_mode for s in d.services):
+        if SWAP in {s.name for s in services}:
+            c.error(f"services.{SWAP}", "collides with the controller of the services that take turns on GPUs. "
+                    "Fix: rename it.")
+        if SWAP_KEY in dict(router.keys):
+            c.error(f"router.keys.{SWAP_KEY}", "is the name of the turn-taking controller's own key (swap.env). "
+                    "Fix: give this client key another name.")
+    return d
 
 
 def _resolve_router(spec: StackSpec, services: tuple[Service, ...], c: Collector) -> Router:

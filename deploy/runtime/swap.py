@@ -3,6 +3,7 @@
     swap.py --listen 0.0.0.0:8100 --member GROUP,SERVICE,HOST:PORT,SERVED ... [--level GROUP=2] [--min-awake S]
             [--drain-timeout S] [--wake-timeout S] [--key-env VLLM_SWAP_KEY] [--server-key-env VLLM_API_KEY]
     swap.py --health URL          (the compose healthcheck)
+    swap.py --member-health /opt/vllm-compose/liveness.py   (a member's healthcheck, in the member's container)
 
 Servers of one group share GPU memory that holds one of them at a time; each runs with vLLM's sleep mode
 (`--enable-sleep-mode`, `VLLM_SERVER_DEV_MODE=1`). The router sends every request for a group's models here
@@ -46,6 +47,9 @@ import time
 import urllib.parse
 import urllib.request
 
+PORT = 8100  # inside the stack's network only; the router is its one caller
+KEY_ENV = "VLLM_SWAP_KEY"  # its own key: the router sends it, no server reads it
+ENV_FILE = "swap.env"  # where render puts KEY_ENV (read by the router and this controller only)
 MAX_HEAD = 64 << 10  # request line + headers
 MAX_BODY = 64 << 20  # the router's own limit is below this (deploy/router.py BODY_LIMIT)
 # The paths forwarded to a member: those vLLM's --api-key guards. Nothing else (the development routes, which a
@@ -655,6 +659,19 @@ def parse_member(text: str) -> Member:
     return Member(parts[0], parts[1], parts[2], parts[3])
 
 
+def member_health(liveness: str, port: int = 8000) -> int:
+    """A turn member's healthcheck, in its own container: asleep (GET /is_sleeping), it is healthy and gets no
+    probe request; otherwise LIVENESS (the servers' liveness.py) decides."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/is_sleeping", timeout=5) as r:
+            if json.loads(r.read()).get("is_sleeping") is True:
+                return 0
+    except (OSError, ValueError, AttributeError):
+        pass
+    os.execvp(sys.executable, [sys.executable, liveness])
+    return 1
+
+
 def health(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -689,7 +706,8 @@ async def serve(a: argparse.Namespace) -> None:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="swap.py", description=__doc__.split("\n")[0])
     p.add_argument("--health")
-    p.add_argument("--listen", default="0.0.0.0:8100")
+    p.add_argument("--member-health", metavar="LIVENESS", help="a turn member's healthcheck (then LIVENESS, awake)")
+    p.add_argument("--listen", default=f"0.0.0.0:{PORT}")
     p.add_argument("--member", action="append", type=parse_member, default=[],
                    help="GROUP,SERVICE,HOST:PORT,SERVED, in wake-preference order within a group")
     p.add_argument("--level", action="append", default=[], help="GROUP=1|2: the sleep level (default 1)")
@@ -697,11 +715,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--drain-timeout", type=float, default=60.0,
                    help="seconds the awake model's requests may run once its turn ends, before it sleeps anyway")
     p.add_argument("--wake-timeout", type=float, default=600.0, help="seconds a wake (or sleep) may take")
-    p.add_argument("--key-env", default="VLLM_SWAP_KEY", help="the variable holding this controller's key")
+    p.add_argument("--key-env", default=KEY_ENV, help="the variable holding this controller's key")
     p.add_argument("--server-key-env", default="VLLM_API_KEY", help="the variable holding the servers' key")
     a = p.parse_args(argv)
     if a.health:
         return health(a.health)
+    if a.member_health:
+        return member_health(a.member_health, int(os.environ.get("VLLM_COMPOSE_PORT", "8000")))
     if not a.member:
         p.error("no --member")
     try:
