@@ -81,5 +81,6 @@ def compose_service(d: Deployment, image: dict[str, Any], script: Callable[[str]
                         "interval": "5s", "timeout": "5s", "retries": 3, "start_period": "10s"},
         # It reads each member's state itself (GET /is_sleeping) as they come up; the router waits for it.
         "depends_on": {m: {"condition": "service_started", "required": False} for m in sorted(members(d))},
-        "stop_grace_period": f"{DRAIN_TIMEOUT_S}s",
+        "stop_signal": "SIGTERM",  # the image's STOPSIGNAL is HAProxy's (SIGUSR1); the controller stops on SIGTERM
+        "stop_grace_period": "10s",
     }

@@ -288,3 +288,26 @@ def test_a_bad_member_argument_is_refused_naming_the_form(bad, capsys):
     with pytest.raises(SystemExit) as e:
         swap.main(["--member", bad])
     assert e.value.code == 2 and "GROUP,SERVICE,HOST:PORT,SERVED" in capsys.readouterr().err
+
+
+def test_a_member_asleep_is_healthy_without_a_probe_request_and_forgets_strikes(monkeypatch, tmp_path):
+    """swap.py --member-health in a member's container: asleep, it answers healthy and sends nothing to the model
+    (and clears liveness.py's strikes); awake, it hands over to liveness.py (here a stand-in script)."""
+    monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
+    a = sleepy_vllm.parser().parse_args(["--served-model-name", "m", "--port", "0", "--asleep"])
+    srv = sleepy_vllm.make_server(a, "127.0.0.1")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    state = tmp_path / "liveness.json"
+    state.write_text('{"strikes": 1}')
+    monkeypatch.setenv("VLLM_COMPOSE_LIVENESS_STATE", str(state))
+    ran = []
+    monkeypatch.setattr(swap.os, "execvp", lambda *args: ran.append(args))
+    try:
+        assert swap.member_health("/liveness.py", srv.server_address[1]) == 0
+        assert ran == [] and not state.exists() and srv.RequestHandlerClass.st.arrivals == []
+        srv.RequestHandlerClass.st.asleep = False
+        swap.member_health("/liveness.py", srv.server_address[1])
+        assert ran and ran[0][1][-1] == "/liveness.py"
+    finally:
+        srv.shutdown()
+        srv.server_close()

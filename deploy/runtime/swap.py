@@ -42,6 +42,7 @@ import hmac
 import json
 import os
 import re
+import signal
 import sys
 import time
 import urllib.parse
@@ -664,10 +665,18 @@ def member_health(liveness: str, port: int = 8000) -> int:
     probe request; otherwise LIVENESS (the servers' liveness.py) decides."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/is_sleeping", timeout=5) as r:
-            if json.loads(r.read()).get("is_sleeping") is True:
-                return 0
+            asleep = json.loads(r.read()).get("is_sleeping") is True
     except (OSError, ValueError, AttributeError):
         pass
+    else:
+        if asleep:
+            # A probe request of liveness.py that raced a sleep waits in the paused scheduler and may have counted a
+            # strike: asleep, there is no verdict, so the strikes are forgotten (liveness.py's state file).
+            try:
+                os.unlink(os.environ.get("VLLM_COMPOSE_LIVENESS_STATE", "/tmp/vllm-compose-liveness.json"))
+            except OSError:
+                pass
+            return 0
     os.execvp(sys.executable, [sys.executable, liveness])
     return 1
 
@@ -699,8 +708,15 @@ async def serve(a: argparse.Namespace) -> None:
     server = await c.start(host or None, int(port))
     log(f"listening on {a.listen}; groups: " + "; ".join(
         f"{g.name} (level {g.level}): {', '.join(m.service for m in g.members)}" for g in c.groups.values()))
+    # PID 1 in its container: SIGTERM (docker compose stop) ends it at once; held requests' connections close and
+    # the router answers them 502.
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with server:
-        await asyncio.gather(server.serve_forever(), *c.tasks)
+        await stop.wait()
+    for task in c.tasks:
+        task.cancel()
+    log("stopped (SIGTERM)")
 
 
 def main(argv: list[str]) -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -54,6 +55,7 @@ class State:
         self.running = 0
         self.served = 0
         self.served_while_asleep = 0
+        self.asleep_users: list[str] = []  # the `user` of each request that reached it asleep
         self.sleeps = 0
         self.wakes = 0
         self.arrivals: list[tuple[int, str]] = []  # (connection number, the request's `user`)
@@ -107,6 +109,7 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 return self._send(200, {"is_sleeping": st.asleep, "served": st.served, "sleeps": st.sleeps,
                                         "wakes": st.wakes, "served_while_asleep": st.served_while_asleep,
+                                        "asleep_users": st.asleep_users,
                                         "running": st.running, "order": st.order,
                                         "dev_routes_reached": st.dev_routes_reached})
         if path == "/stand-in/fail-wake" and method == "POST":
@@ -165,6 +168,7 @@ class Handler(BaseHTTPRequestHandler):
             st.arrivals.append((self.server.arrival_of.pop(self.request, 0), str(req.get("user", ""))))
             if st.asleep:
                 st.served_while_asleep += 1
+                st.asleep_users.append(str(req.get("user", "")))
             while st.asleep:  # the paused scheduler queues it until the wake
                 st.lock.wait()
             epoch = st.epoch
@@ -264,6 +268,8 @@ def main(argv: list[str]) -> int:
         except OSError:
             return 1
     server = make_server(a)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):  # PID 1 in its container (the router image stops with SIGUSR1)
+        signal.signal(sig, lambda *_: sys.exit(0))
     print(f"sleepy-vllm stand-in: {a.served_model_name} on :{a.port}", file=sys.stderr, flush=True)
     server.serve_forever()
     return 0
