@@ -138,9 +138,9 @@ def compose(d: Deployment, context: str = ".") -> dict[str, Any]:
             services[batch_name(s.name)] = _service(d, container.batch(d, s, fetched_by), context)
     if d.router:
         services[router.NAME] = _router_service(d, context)
-    if swap_service.groups(d):  # servers taking turns on GPUs: their controller
-        services[swap_service.NAME] = swap_service.compose_service(
-            d, _image(d.image("router"), d.vllm_version, context), _script, _env_files(d, swap_service.NAME))
+    if swap_service.groups(d):  # servers taking turns on GPUs: their controller, and a start gate for each
+        services.update(swap_service.compose_services(
+            d, services, _image(d.image("router"), d.vllm_version, context), _script, _env_files(d, swap_service.NAME)))
     doc: dict[str, Any] = {"services": _build_once(services), "volumes": {name: {} for _, name in d.volumes}}
     configs: dict[str, Any] = {}
     for name in runtime.SCRIPTS:  # those some service mounts

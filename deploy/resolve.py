@@ -319,6 +319,10 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
         if SWAP in {s.name for s in services}:
             c.error(f"services.{SWAP}", "collides with the controller of the services that take turns on GPUs. "
                     "Fix: rename it.")
+        for s in d.services:  # each member's start gate (deploy/swap_service.gate_name)
+            if s.enable_sleep_mode and f"{s.name}-room" in {x.name for x in services}:
+                c.error(f"services.{s.name}-room", f"collides with the start gate of {s.name}, which takes turns on "
+                        "GPUs. Fix: rename it.")
         if SWAP_KEY in dict(router.keys):
             c.error(f"router.keys.{SWAP_KEY}", "is the name of the turn-taking controller's own key (swap.env). "
                     "Fix: give this client key another name.")

@@ -66,10 +66,42 @@ def argv(d: Deployment) -> list[str]:
                   f"--wake-timeout={WAKE_TIMEOUT_S}"]
 
 
-def compose_service(d: Deployment, image: dict[str, Any], script: Callable[[str], dict[str, str]],
-                    env_files: list[dict[str, Any]]) -> dict[str, Any]:
-    """The controller as a compose service, in the router's image. IMAGE: its `image:` (and `build:`); SCRIPT: how
-    render mounts a runtime script; ENV_FILES: its env files (its key; the servers' key, which it sends them)."""
+def gate_name(member: str) -> str:
+    return f"{member}-room"
+
+
+def compose_services(d: Deployment, services: dict[str, Any], image: dict[str, Any],
+                     script: Callable[[str], dict[str, str]], env_files: list[dict[str, Any]]) -> dict[str, Any]:
+    """The controller and each member's start gate as compose services, in the router's image; each member in
+    SERVICES (render's, changed in place) waits for its gate. IMAGE: their `image:` (and `build:`); SCRIPT: how
+    render mounts a runtime script; ENV_FILES: the controller's env files (its key; the servers' key, which it sends
+    them). Gates run in reverse wake-preference order, each after the one before it: the member awake first loads
+    last (deploy/runtime/swap.py, start-up)."""
+    out = {NAME: _controller(d, image, script, env_files)}
+    for g in groups(d):
+        before = None
+        for member in reversed(g.members):
+            profiles = list(d.service(member).profiles)
+            out[gate_name(member)] = {
+                **image,
+                "entrypoint": ["python3", SCRIPT],
+                "command": [f"--make-room={member}", f"--controller=http://{NAME}:{PORT}"],
+                "configs": [script("swap.py")],
+                "env_file": [{"path": ENV_FILE, "required": True}],  # the controller's key, nothing else
+                "restart": "no",
+                "depends_on": {NAME: {"condition": "service_healthy"},
+                               **({before: {"condition": "service_completed_successfully", "required": False}}
+                                  if before else {})},
+                **({"profiles": profiles} if profiles else {}),
+            }
+            services[member].setdefault("depends_on", {})[gate_name(member)] = {
+                "condition": "service_completed_successfully"}
+            before = gate_name(member)
+    return out
+
+
+def _controller(d: Deployment, image: dict[str, Any], script: Callable[[str], dict[str, str]],
+                env_files: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         **image,
         "entrypoint": ["python3", SCRIPT],
@@ -79,8 +111,6 @@ def compose_service(d: Deployment, image: dict[str, Any], script: Callable[[str]
         "restart": "unless-stopped",
         "healthcheck": {"test": ["CMD", "python3", SCRIPT, "--health", f"http://127.0.0.1:{PORT}/health"],
                         "interval": "5s", "timeout": "5s", "retries": 3, "start_period": "10s"},
-        # It reads each member's state itself (GET /is_sleeping) as they come up; the router waits for it.
-        "depends_on": {m: {"condition": "service_started", "required": False} for m in sorted(members(d))},
         "stop_signal": "SIGTERM",  # the image's STOPSIGNAL is HAProxy's (SIGUSR1); the controller stops on SIGTERM
         "stop_grace_period": "10s",
     }

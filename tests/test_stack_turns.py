@@ -37,9 +37,11 @@ def standins(work) -> str:
     image = rendered["services"]["router"]["image"]
     services = {}
     for name in ("alpha", "beta", "plain"):
+        # kept: a member's start gate; dropped: the download and the image builds
+        gates = {k: v for k, v in rendered["services"][name].get("depends_on", {}).items() if k.endswith("-room")}
         services[name] = {
             "image": image, "pull_policy": "never", "build": "!reset", "deploy": "!reset", "ipc": "!reset",
-            "depends_on": "!reset", "ulimits": "!reset",
+            "depends_on": {"!override": gates} if gates else "!reset", "ulimits": "!reset",
             "entrypoint": ["python3", STAND_IN],
             "command": ["--served-model-name", name, "--wake-seconds", str(WAKE_S), "--sleep-seconds", "0.2",
                         "--token-seconds", "0.01"],
@@ -48,7 +50,8 @@ def standins(work) -> str:
                          "read_only": True}],
         }
     # compose's !reset drops what the rendered service says (its GPU, its build, its download first)
-    return yaml.safe_dump({"services": services}, sort_keys=False).replace("'!reset'", "!reset null")
+    text = yaml.safe_dump({"services": services}, sort_keys=False).replace("'!reset'", "!reset null")
+    return text.replace("depends_on:\n      '!override':", "depends_on: !override")
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +114,21 @@ def test_group_members_publish_no_port_and_the_controller_has_its_own_key(stack)
     code = ("import urllib.request as u, urllib.error as e\ntry: u.urlopen(u.Request('http://swap:8100/v1/completions',"
             " b'{\"model\":\"alpha\"}', {'Content-Type': 'application/json'}))\nexcept e.HTTPError as x: print(x.code)")
     assert compose(work, "exec", "-T", "plain", "python3", "-c", code).stdout.strip() == "401"
+
+
+def test_members_load_one_at_a_time_and_the_first_in_preference_stays_awake(stack):
+    """beta (second in wake preference) loads first; alpha's start gate waits for it, puts it to sleep, then alpha
+    loads: on a GPU, two loading servers would not fit."""
+    work, port, key = stack
+    logs = compose(work, "logs", "--no-log-prefix", swap_service.NAME).stdout
+    assert "beta: asleep (room for alpha to load)" in logs, logs[-2000:]
+    started = {}
+    for name in ("alpha", "beta-room", "alpha-room"):
+        cid = compose(work, "ps", "-a", "-q", name).stdout.strip()
+        started[name] = subprocess.run(["docker", "inspect", "-f", "{{.State.StartedAt}} {{.State.FinishedAt}}", cid],
+                                       capture_output=True, text=True, check=True).stdout.split()
+    assert started["alpha-room"][1] < started["alpha"][0]  # alpha started once its gate had made room
+    assert started["beta-room"][1] <= started["alpha-room"][1]
 
 
 def test_alternating_requests_under_concurrent_load_are_all_answered_without_thrash(stack):

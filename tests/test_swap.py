@@ -311,3 +311,41 @@ def test_a_member_asleep_is_healthy_without_a_probe_request_and_forgets_strikes(
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_start_gates_let_members_load_one_at_a_time(group):
+    """A member about to load (its gate asks POST /make-room): the awake one sleeps first; a member still loading
+    (its gate ran, its server not up yet) is waited for, then put to sleep; a member already up needs nothing."""
+    g = group()
+    gamma_args = sleepy_vllm.parser().parse_args(["--served-model-name", "gamma", "--port", "0"])
+    gamma = sleepy_vllm.make_server(gamma_args, "127.0.0.1")  # bound now, served later: "loading"
+    gport = gamma.server_address[1]
+    member = swap.Member("g", "gamma-svc", f"127.0.0.1:{gport}", "gamma")
+    grp = g.controller.groups["g"]
+    g.controller.by_served["gamma"] = member
+
+    async def add():
+        grp.members.append(member)
+    asyncio.run_coroutine_threadsafe(add(), g.loop).result(5)
+    gamma.socket.close()  # refuse connections until it "has loaded"
+    status, body = g.request("POST", "/make-room?service=gamma-svc")
+    assert status == 200 and "room made" in json.loads(body)["status"]
+    assert g.stand_in("alpha").asleep is True  # the awake one made room
+    assert g.request("POST", "/make-room?service=alpha-svc")[1].find(b"up already") > 0
+
+    def load_gamma():  # gamma comes up 1 s later, awake
+        time.sleep(1)
+        a = sleepy_vllm.parser().parse_args(["--served-model-name", "gamma", "--port", str(gport)])
+        srv = sleepy_vllm.make_server(a, "127.0.0.1")
+        g.servers["gamma"] = srv
+        srv.serve_forever()
+    threading.Thread(target=load_gamma, daemon=True).start()
+    t0 = time.monotonic()
+    g.servers["beta"].shutdown()  # beta "is about to load" again: its gate waits for gamma
+    g.servers["beta"].server_close()
+    status, body = g.request("POST", "/make-room?service=beta-svc")
+    assert status == 200 and time.monotonic() - t0 >= 0.9, body
+    g.wait_for(lambda: "gamma" in g.servers)
+    assert g.stand_in("gamma").asleep is True  # waited for, then put to sleep
+    assert g.request("POST", "/make-room?service=nobody")[0] == 404
+    assert g.request("POST", "/make-room?service=beta-svc", key=None)[0] == 401

@@ -4,6 +4,7 @@
             [--drain-timeout S] [--wake-timeout S] [--key-env VLLM_SWAP_KEY] [--server-key-env VLLM_API_KEY]
     swap.py --health URL          (the compose healthcheck)
     swap.py --member-health /opt/vllm-compose/liveness.py   (a member's healthcheck, in the member's container)
+    swap.py --make-room SERVICE [--controller URL]           (a member's start gate: room on the GPU before it loads)
 
 Servers of one group share GPU memory that holds one of them at a time; each runs with vLLM's sleep mode
 (`--enable-sleep-mode`, `VLLM_SERVER_DEV_MODE=1`). The router sends every request for a group's models here
@@ -25,6 +26,10 @@ Servers of one group share GPU memory that holds one of them at a time; each run
 - A wake that fails (an error answer, no answer within WAKE_TIMEOUT, the server unreachable) answers that
   model's held requests 503 naming the service and the reason; the server is asked to sleep again, and the
   group goes on: other held requests get their turn, or the model that was awake before wakes again.
+- Start-up: members must load one at a time (a loading server takes its whole fraction of the GPU). Each member's
+  container waits for its start gate (`--make-room`, a one-shot service): the controller waits until the member
+  that loads before it is up, puts it to sleep, and lets the next one load; the first in wake-preference order
+  loads last and stays awake. Its poll (GET /is_sleeping every POLL_S) keeps at most one member awake afterwards.
 - GET /v1/models: every member's model with its state (awake, asleep, waking, sleeping, starting): the router
   sends the list the caller's key may see in the X-Vllm-Compose-Models header (its static answer), and models
   of a group get their state added. GET /metrics: Prometheus text (swaps, wake seconds, requests held, time
@@ -45,6 +50,7 @@ import re
 import signal
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -59,6 +65,7 @@ FORWARDED = re.compile(r"/(v1|v2|inference)/[A-Za-z0-9_.:/-]*")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
               "content-length", "host", "authorization", "expect"}
 MODELS_HEADER = "x-vllm-compose-models"
+START_TIMEOUT = 1800.0  # how long a member's load may take before the next one's gate gives up (GLM-4.5-Air: ~15 min)
 POLL_S = 5.0  # how often members' sleep state is read (start-up, restarts)
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
 
@@ -140,6 +147,7 @@ class Group:
         self.drained = asyncio.Event()
         self.lock = asyncio.Lock()  # swaps and state polls, one at a time
         self.swaps = 0
+        self.loading: set[Member] = set()  # members whose gate made room for them, until they are up
 
     # -------------------------------------------------------------- requests
 
@@ -282,6 +290,47 @@ class Group:
             if not isinstance(t, _Rewake) and not t.admitted.done():
                 m.held_seconds.observe(time.monotonic() - t.since)
                 t.admitted.set_exception(SwapError(reason))
+
+    # -------------------------------------------------------------- start-up: one member loads at a time
+
+    async def make_room(self, m: Member, timeout: float) -> str:
+        """Before M's container starts (its gate, `--make-room`, runs first): the GPU must hold only what M loads.
+        A member loading (its gate ran) is waited for until it is up (TIMEOUT), then it is put to sleep, as is one
+        awake. Nothing to do when M is up already (a second `docker compose up`)."""
+        async with self.lock:
+            if (await self.control(m, "GET", "/is_sleeping", 5))[0] == 200:
+                return f"{m.service} is up already"
+            deadline = time.monotonic() + timeout
+            for other in self.members:
+                if other is m:
+                    continue
+                while True:
+                    status, body = await self.control(other, "GET", "/is_sleeping", 5)
+                    if status == 200 or other not in self.loading:
+                        break
+                    if time.monotonic() > deadline:
+                        raise SwapError(f"{other.service} did not come up within {timeout:g}s; {m.service} cannot load "
+                                        f"beside it. Check: docker compose logs {other.service}")
+                    await asyncio.sleep(2)
+                try:
+                    awake = status == 200 and json.loads(body).get("is_sleeping") is False
+                except (ValueError, AttributeError):
+                    awake = False
+                if awake:
+                    await self._drain(other)
+                    status, body = await self.control(other, "POST", f"/sleep?level={self.level}", self.wake_timeout)
+                    if status != 200:
+                        raise SwapError(f"{other.service} could not be put to sleep ({_why(status, body)}), so "
+                                        f"{m.service} has no room to load")
+                    log(f"{other.service}: asleep (room for {m.service} to load)")
+                if status == 200:
+                    other.state = "asleep"
+                    if self.awake is other:
+                        self.awake = None
+                self.loading.discard(other)
+            self.loading.add(m)
+            m.state = "starting"
+            return f"room made for {m.service}"
 
     # -------------------------------------------------------------- what the members say
 
@@ -561,6 +610,19 @@ class Controller:
             writer.write(error(401, "the turn-taking controller answers the stack's router only (its own key)",
                                "invalid_api_key", "invalid_request_error"))
             return True
+        if req.method == "POST" and path == "/make-room":
+            m = next((m for m in self.by_served.values()
+                      if m.service == urllib.parse.parse_qs(urllib.parse.urlsplit(req.target).query).get("service", [""])[0]), None)
+            if m is None:
+                writer.write(error(404, "no such member", "not_found", "invalid_request_error"))
+                return True
+            try:
+                text = await self.groups[m.group].make_room(m, START_TIMEOUT)
+            except SwapError as e:
+                writer.write(error(503, str(e), "no_room"))
+                return True
+            writer.write(response(200, json.dumps({"status": text}).encode()))
+            return True
         if req.method == "GET" and path == "/v1/models":
             writer.write(response(200, self.models(req.header(MODELS_HEADER)).encode()))
             return True
@@ -681,6 +743,26 @@ def member_health(liveness: str, port: int = 8000) -> int:
     return 1
 
 
+def gate(service: str, controller: str, key_env: str) -> int:
+    """A member's start gate (a one-shot service it waits for): asks the controller to make room on the GPU."""
+    req = urllib.request.Request(f"{controller}/make-room?service={urllib.parse.quote(service)}", b"", method="POST",
+                                 headers={"Authorization": f"Bearer {os.environ.get(key_env, '')}"})
+    for attempt in range(60):  # the controller may be starting
+        try:
+            with urllib.request.urlopen(req, timeout=START_TIMEOUT + 60) as r:
+                print(f"swap gate: {json.loads(r.read())['status']}", flush=True)
+                return 0
+        except urllib.error.HTTPError as e:
+            print(f"swap gate: {service} may not start: {e.read().decode(errors='replace')[:500]}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            if attempt == 59:
+                print(f"swap gate: the controller at {controller} does not answer ({e})", file=sys.stderr)
+                return 1
+            time.sleep(2)
+    return 1
+
+
 def health(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -723,6 +805,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="swap.py", description=__doc__.split("\n")[0])
     p.add_argument("--health")
     p.add_argument("--member-health", metavar="LIVENESS", help="a turn member's healthcheck (then LIVENESS, awake)")
+    p.add_argument("--make-room", metavar="SERVICE", help="a member's start gate: room on the GPU before it loads")
+    p.add_argument("--controller", default=f"http://swap:{PORT}", help="(with --make-room) the controller's URL")
     p.add_argument("--listen", default=f"0.0.0.0:{PORT}")
     p.add_argument("--member", action="append", type=parse_member, default=[],
                    help="GROUP,SERVICE,HOST:PORT,SERVED, in wake-preference order within a group")
@@ -736,6 +820,8 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.health:
         return health(a.health)
+    if a.make_room:
+        return gate(a.make_room, a.controller, a.key_env)
     if a.member_health:
         return member_health(a.member_health, int(os.environ.get("VLLM_COMPOSE_PORT", "8000")))
     if not a.member:
