@@ -349,3 +349,46 @@ def test_start_gates_let_members_load_one_at_a_time(group):
     assert g.stand_in("gamma").asleep is True  # waited for, then put to sleep
     assert g.request("POST", "/make-room?service=nobody")[0] == 404
     assert g.request("POST", "/make-room?service=beta-svc", key=None)[0] == 401
+
+
+@pytest.mark.parametrize("raw,expect", [
+    (b"POST /v1/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n", b" 400 "),
+    (b"POST /v1/completions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", b" 400 "),
+    (b"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b" 400 "),
+    (b"GARBAGE\r\n\r\n", b" 400 "),
+    (b"GET /health HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", b" 400 "),
+    (b"POST /v1/\xff\xfe HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b" 401 "),
+])
+def test_hostile_requests_get_an_answer_not_a_crash(group, raw, expect):
+    import socket
+
+    g = group()
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
+        s.sendall(raw)
+        assert expect in s.recv(200).split(b"\r\n")[0] + b" "
+    assert g.complete("alpha")[0] == 200  # still serving
+
+
+@pytest.mark.parametrize("body", [[1, 2], {"model": ["alpha"]}, {"model": "alpha\r\nX-Evil: 1"}, "not json"])
+def test_odd_bodies_name_no_model_and_reach_no_server(group, body):
+    g = group()
+    status, data = g.request("POST", "/v1/completions", body)
+    assert status == 404 and json.loads(data)["error"]["code"] == "model_not_found"
+    assert g.stand_in("alpha").arrivals == []
+
+
+def test_every_turn_metric_the_dashboard_and_console_query_is_exported(group):
+    """The dashboard's turn panels and the console's turn table query only what the controller's /metrics has."""
+    import re
+
+    from deploy import dashboards
+
+    g = group()
+    g.complete("beta")
+    text = g.request("GET", "/metrics", key=None)[1].decode()
+    exported = {line.split("{")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    queries = [e for _, _, targets, _ in dashboards.TURN_PANELS for _, e in targets] + \
+        [e for _, e, _ in dashboards.TURN_COLUMNS]
+    used = {n for e in queries for n in re.findall(r"\bvllm_compose_[a-z_]+\b", e)}
+    assert used and used <= exported, used - exported
+    assert "Taking turns" in dashboards.console_html(turns=True) and "Taking turns" not in dashboards.console_html()

@@ -65,6 +65,7 @@ FORWARDED = re.compile(r"/(v1|v2|inference)/[A-Za-z0-9_.:/-]*")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
               "content-length", "host", "authorization", "expect"}
 MODELS_HEADER = "x-vllm-compose-models"
+MAX_HELD = 2048  # held requests per model; beyond it: 503 (each holds its body, up to the router's 60 MiB)
 START_TIMEOUT = 1800.0  # how long a member's load may take before the next one's gate gives up (GLM-4.5-Air: ~15 min)
 POLL_S = 5.0  # how often members' sleep state is read (start-up, restarts)
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
@@ -156,6 +157,9 @@ class Group:
         if m is self.awake and m.state == "awake" and not self.closing:
             m.inflight += 1
             return None
+        if sum(1 for t in self.waiting if t.member is m) >= MAX_HELD:
+            raise SwapError(f"{MAX_HELD} requests are already held for it (service {m.service} is waking, or its "
+                            "turn has not come yet); retry later")
         t = Ticket(m)
         self.waiting.append(t)
         m.held += 1
