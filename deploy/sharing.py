@@ -84,6 +84,7 @@ class Need:
     max_model_len: int | str | None
     overhead_gb: float = OVERHEAD_GB
     unknown: str = ""  # why weights or KV are not known
+    max_model_len_origin: str = ""  # "the model's own" when unset (max_position_embeddings, as vLLM takes it)
 
     @property
     def need_gb(self) -> float | None:
@@ -155,7 +156,7 @@ def service_need(s: Service, gpu: int | None, memory_gb: float, default_fraction
     parts = max(1, s.tensor_parallel_size * s.pipeline_parallel_size)
     name = preset_of(s)
     weights = PRESETS[name].download_gb / parts if name in PRESETS else None
-    shape = PRESETS[name].shape if name in PRESETS else None
+    shape = shape_of(s)
     unknown = []
     if weights is None:
         what = "a local folder, whose size is not read at render" if s.source.kind == "local" else "not a preset's own model"
@@ -171,7 +172,7 @@ def service_need(s: Service, gpu: int | None, memory_gb: float, default_fraction
         length = length if isinstance(length, int) else shape.max_position_embeddings
         kv = per_token * length / 1e9
     return Need(s.name, gpu, fraction, origin, fraction * memory_gb, weights, kv, per_token, length,
-                unknown="; ".join(unknown))
+                unknown="; ".join(unknown), max_model_len_origin="the model's own" if s.max_model_len is None else "")
 
 
 def _fraction_for(gb: float, memory_gb: float) -> float:
@@ -204,7 +205,8 @@ def _check_fit(n: Need, memory_gb: float, where: str, d: _Draft) -> bool:
              f"gpu_memory_utilization: {need:g}" if need <= 1 else None]
     fix = " or ".join(f for f in fixes if f) or "spread it over more GPUs or use larger GPUs"
     d.problems.append((f"services.{n.service}.max_model_len",
-                       f"{where}: one sequence of max_model_len {n.max_model_len} needs {_gb(n.kv_gb)} GB of KV cache "
+                       f"{where}: one sequence of max_model_len {n.max_model_len}"
+                       f"{f' ({n.max_model_len_origin}: unset)' if n.max_model_len_origin else ''} needs {_gb(n.kv_gb)} GB of KV cache "
                        f"({n.kv_bytes_per_token} bytes per token on each GPU), but {frac} leaves {_gb(room)} GB after "
                        f"{_gb(n.weights_gb)} GB of weights and {n.overhead_gb:g} GB of overhead; vLLM would refuse "
                        f"to start after loading. Fix: {fix}."))
@@ -276,6 +278,13 @@ def plan(d: Deployment, gpu_memory: dict[int, float] | None = None) -> Plan:
             draft.problems.append((f"services.{first[1]}.awake_first",
                                    f"{' and '.join(first)} both ask to be awake first; one member of a group is "
                                    f"awake at a time. Fix: keep awake_first on one of them."))
+        served: dict[str, str] = {}
+        for s in members:
+            if (other := served.setdefault(s.served_name, s.name)) != s.name:
+                draft.problems.append((f"services.{s.name}.served_model_name",
+                                       f"{other} and {s.name} both serve {s.served_name!r} and take turns on GPUs "
+                                       f"{ids}: a request for it would wake one and sleep the other, never both. "
+                                       "Fix: give one its own served_model_name, or its own GPUs (replicas)."))
         order = tuple(dict.fromkeys([*first[:1], *names]))
         turns.append(TurnGroup("gpus-" + "-".join(map(str, ids)), order, min(levels or {DEFAULT_SLEEP_LEVEL}), tuple(ids)))
         if d.router is None:

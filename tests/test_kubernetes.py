@@ -135,7 +135,9 @@ def test_more_gpus_than_a_node_has_becomes_a_leader_worker_set(tmp_path):
 
 @pytest.mark.parametrize("text,gpn,message", [
     ("services:\n  a:\n    model: ./weights\n    served_model_name: a\n", 8, "a local directory"),
-    ("services:\n  a:\n    preset: glm-4.5-air\n    tensor_parallel_size: 3\n", 2, "cannot be split evenly over 2 nodes"),
+    # (max_model_len: at TP 3 a GPU keeps 3 of Air's 8 KV heads, and the model's 131072 tokens would not fit.)
+    ("services:\n  a:\n    preset: glm-4.5-air\n    tensor_parallel_size: 3\n    max_model_len: 8192\n", 2,
+     "cannot be split evenly over 2 nodes"),
     ("vllm_version: 0.20.0\nservices:\n  a:\n    preset: glm-4.5-air\n", 2, "multi-node serving is rendered for vLLM 0.32.0"),
     ("services:\n  a:\n    preset: glm-4.5-air\n    tensor_parallel_size: 8\n    pipeline_parallel_size: 2\n"
      "    batch: true\n", 8, "pass --drop batch"),
