@@ -14,7 +14,7 @@ import dataclasses
 import shlex
 from dataclasses import dataclass
 
-from . import dashboards, monitoring, router, runtime
+from . import dashboards, monitoring, router, runtime, swap_service
 from .facts import (
     BATCH_DIRS,
     CACHE_DIR,
@@ -39,8 +39,12 @@ from .facts import (
     SERVER_PORT,
     SERVER_USER,
     STOP_GRACE_MARGIN,
+    SWAP,
+    SWAP_ENV_FILE,
+    SWAP_PORT,
     batch_name,
     fetch_name,
+    gate_name,
 )
 from .resolve import Deployment, Service
 from .runtime import liveness
@@ -57,6 +61,9 @@ LIVENESS = runtime.script_path("liveness.py")
 BATCH = runtime.script_path("batch.py")
 ROUTER_START = runtime.script_path("router_start.py")
 SERVER_START = runtime.script_path("server_start.py")
+# A server taking turns on GPUs (deploy/sharing.py) is checked by the controller's script: asleep, it is healthy and
+# gets no probe request (its paused scheduler would hold it until the wake); awake, liveness.py runs as for any server.
+SWAP_SCRIPT = runtime.script_path("swap.py")
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,7 @@ class Container:
     published: int | None = None  # the host port PORT is published on (at the stack's bind address)
     probe: Probe | None = None
     stop_grace: int | None = None  # seconds a stop may take before the kill
+    stop_signal: str | None = None  # the image's own unless set
     user: str | None = None
     gpus: int = 0
     gpu_ids: tuple[int, ...] | None = None
@@ -205,21 +213,27 @@ def _server_probe(s: Service) -> Probe:
 
 
 def server(d: Deployment, s: Service) -> Container:
+    members = swap_service.members(d)  # a server taking turns loads only once its start gate has made room
     mounts = [Mount(MODELS_DIR, "models", "volume", read_only=True), Mount(CACHE_DIR, "compile_cache", "volume")]
     if s.media_dir:
         mounts.append(Mount(s.allowed_local_media_path, s.media_dir, "host", read_only=True, role="media"))
     mounts.append(Mount(LIVENESS, "liveness.py", "script", read_only=True))
     if s.api_key:
         mounts.append(Mount(SERVER_START, "server_start.py", "script", read_only=True))
+    probe = _server_probe(s)
+    if s.enable_sleep_mode:
+        mounts.append(Mount(SWAP_SCRIPT, "swap.py", "script", read_only=True))
+        probe = dataclasses.replace(probe, command=("python3", SWAP_SCRIPT, "--member-health", LIVENESS))
     gpu = s.device == "gpu"
     return Container(
         s.name, s.name, "server", s.image, key_checked(ENTRYPOINT) if s.api_key else tuple(ENTRYPOINT),
         tuple(server_argv(s, d.vllm_version)),
         tuple(server_env(s).items()), tuple((f, True) for f in d.env_files_of(s.name)), tuple(mounts),
-        port=SERVER_PORT, published=s.port, probe=_server_probe(s),
+        port=SERVER_PORT, published=s.port, probe=probe,
         stop_grace=s.shutdown_timeout + STOP_GRACE_MARGIN if d.vllm_version.has("shutdown_timeout") else None,
         user=SERVER_USER if gpu else None, gpus=s.gpu_count if gpu else 0, gpu_ids=s.gpu_ids if gpu else None,
-        shm=None if gpu else "1gb", restarts=True, after=((fetch_name(s.name), "completed"),), profiles=s.profiles)
+        shm=None if gpu else "1gb", restarts=True, profiles=s.profiles,
+        after=((fetch_name(s.name), "completed"), *(((gate_name(s.name), "completed"),) if s.name in members else ())))
 
 
 def batch(d: Deployment, s: Service) -> Container:
@@ -265,6 +279,37 @@ def router_container(d: Deployment, address=lambda s: s.name, kubernetes: bool =
         after=tuple((s.name, "started-if-enabled") for s in d.services))
 
 
+def swap_controller(d: Deployment) -> Container:
+    """The turn-taking controller (deploy/runtime/swap.py) in the router's image: drives every turn group."""
+    return Container(
+        SWAP, SWAP, "swap", d.image("router"), ("python3", SWAP_SCRIPT), tuple(swap_service.argv(d)),
+        env_files=tuple((f, True) for f in d.env_files_of(SWAP)),
+        mounts=(Mount(SWAP_SCRIPT, "swap.py", "script", read_only=True),), port=SWAP_PORT,
+        probe=Probe(("python3", SWAP_SCRIPT, "--health", f"http://127.0.0.1:{SWAP_PORT}/health"), 5, 5, 3, 10,
+                    http="/health"),
+        # The image's STOPSIGNAL is HAProxy's (SIGUSR1); the controller stops on SIGTERM.
+        stop_grace=10, stop_signal="SIGTERM", restarts=True)
+
+
+def swap_gates(d: Deployment) -> list[Container]:
+    """Each turn member's one-shot start gate: it asks the controller to make room, so that two members never load
+    at once. Gates run in reverse wake-preference order, each after the one before it: the member awake first
+    loads last (deploy/runtime/swap.py, start-up)."""
+    out = []
+    for g in swap_service.groups(d):
+        before = None
+        for member in reversed(g.members):
+            out.append(Container(
+                gate_name(member), member, "gate", d.image("router"), ("python3", SWAP_SCRIPT),
+                (f"--make-room={member}", f"--controller=http://{SWAP}:{SWAP_PORT}"),
+                env_files=((SWAP_ENV_FILE, True),),  # the controller's key, nothing else
+                mounts=(Mount(SWAP_SCRIPT, "swap.py", "script", read_only=True),),
+                after=((SWAP, "healthy"), *(((before, "completed-if-enabled"),) if before else ())),
+                profiles=d.service(member).profiles))
+            before = gate_name(member)
+    return out
+
+
 def prometheus(d: Deployment) -> Container:
     """The monitoring profile's Prometheus (the project's image): scrapes every server and the router, the alert
     rules, the console page."""
@@ -276,7 +321,8 @@ def prometheus(d: Deployment) -> Container:
         after = ((ROUTER, "healthy"),)
     files = (File("prometheus", f"{PROMETHEUS_DIR}/prometheus.yml", monitoring.prometheus_yaml(d)),
              File("prometheus-alerts", f"{PROMETHEUS_DIR}/alerts.yml", monitoring.alerts_yaml()),
-             File("prometheus-console", f"{dashboards.CONSOLE_DIR}/{dashboards.CONSOLE}", dashboards.console_html()))
+             File("prometheus-console", f"{dashboards.CONSOLE_DIR}/{dashboards.CONSOLE}",
+                  dashboards.console_html(turns=bool(swap_service.groups(d)))))
     return Container(PROMETHEUS, PROMETHEUS, "prometheus", d.image("prometheus"), mounts=tuple(mounts), files=files,
                      port=PROMETHEUS_PORT, published=d.monitoring_port, restarts=True, after=after,
                      profiles=("monitoring",))
@@ -290,7 +336,7 @@ def grafana(d: Deployment) -> Container:
                   dashboards.datasource_yaml(f"http://{PROMETHEUS}:{PROMETHEUS_PORT}")),
              File("grafana-dashboards", f"{p}/dashboards/vllm-compose.yaml", dashboards.provider_yaml()),
              File("grafana-dashboard", f"{dashboards.DASHBOARD_DIR}/vllm-compose.json",
-                  dashboards.dashboard(routed=d.router is not None)))
+                  dashboards.dashboard(routed=d.router is not None, turns=bool(swap_service.groups(d)))))
     env = (("GF_AUTH_ANONYMOUS_ENABLED", "false"), ("GF_USERS_ALLOW_SIGN_UP", "false"),
            ("GF_ANALYTICS_REPORTING_ENABLED", "false"), ("GF_ANALYTICS_CHECK_FOR_UPDATES", "false"),
            ("GF_PLUGINS_PLUGIN_ADMIN_ENABLED", "false"))
@@ -310,6 +356,8 @@ def containers(d: Deployment, jobs: bool = True, routed: bool = True, watched: b
             out.append(batch(d, s))
     if d.router and routed:
         out.append(router_container(d))
+        if swap_service.groups(d):
+            out += [swap_controller(d), *swap_gates(d)]
     if d.monitoring_port and watched:
         out += [prometheus(d), grafana(d)]
     return out

@@ -54,8 +54,22 @@ PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...], bool], ...] = (
 )
 
 
-def panels(routed: bool) -> list[tuple[str, str, tuple[tuple[str, str], ...], bool]]:
-    return [p for p in PANELS if routed or not p[3]]
+# With servers taking turns on GPUs: the controller's own metrics (deploy/runtime/swap.py), per service.
+TURN_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...], bool], ...] = (
+    ("Turns: awake, swaps per minute", "none", (
+        ("awake {{service}}", "vllm_compose_awake"),
+        ("swaps/min {{service}}", f"sum by (service) (rate(vllm_compose_swaps_total[{RATE}])) * 60")), True),
+    ("Turns: wake seconds and time held (mean)", "s", (
+        ("wake {{service}}", f"sum by (service) (rate(vllm_compose_wake_seconds_sum[{RATE}])) / "
+                             f"sum by (service) (rate(vllm_compose_wake_seconds_count[{RATE}]))"),
+        ("held {{service}}", f"sum by (service) (rate(vllm_compose_held_seconds_sum[{RATE}])) / "
+                             f"sum by (service) (rate(vllm_compose_held_seconds_count[{RATE}]))"),
+        ("holding now {{service}}", "vllm_compose_requests_waiting")), True),
+)
+
+
+def panels(routed: bool, turns: bool = False) -> list[tuple[str, str, tuple[tuple[str, str], ...], bool]]:
+    return [p for p in PANELS if routed or not p[3]] + (list(TURN_PANELS) if turns else [])
 
 
 def metric_names(exporter: str = "vllm", routed: bool = True) -> set[str]:
@@ -64,9 +78,9 @@ def metric_names(exporter: str = "vllm", routed: bool = True) -> set[str]:
     return {n for _, _, targets, _ in panels(routed) for _, expr in targets for n in re.findall(pattern, expr)}
 
 
-def dashboard(routed: bool) -> str:
+def dashboard(routed: bool, turns: bool = False) -> str:
     out = []
-    for i, (title, unit, targets, _) in enumerate(panels(routed)):
+    for i, (title, unit, targets, _) in enumerate(panels(routed, turns)):
         out.append({
             "id": i + 1, "type": "timeseries", "title": title,
             "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
@@ -122,9 +136,20 @@ def console_query(title: str, legend: str) -> str:
     return expr.replace(f"{{{SERVICE}}}", "").replace(f",{SERVICE}", "").replace(RATE, CONSOLE_WINDOW)
 
 
-def console_html() -> str:
+# With servers taking turns: a second table, one row per member, from the controller's metrics.
+TURN_COLUMNS = (
+    ("awake", "max by (service) (vllm_compose_awake)", "%.0f"),
+    ("swaps", "sum by (service) (vllm_compose_swaps_total)", "%.0f"),
+    ("wake s (mean)", "sum by (service) (vllm_compose_wake_seconds_sum) / sum by (service) (vllm_compose_wake_seconds_count)", "%.2f"),
+    ("held", "sum by (service) (vllm_compose_requests_held_total)", "%.0f"),
+    ("held s (mean)", "sum by (service) (vllm_compose_held_seconds_sum) / sum by (service) (vllm_compose_held_seconds_count)", "%.2f"),
+    ("holding now", "sum by (service) (vllm_compose_requests_waiting)", "%.0f"),
+)
+
+
+def console_html(turns: bool = False) -> str:
     """A Prometheus console template (Go html/template): one row per server, each cell a live query, marked with
-    data-* attributes so a test can read it back."""
+    data-* attributes so a test can read it back. TURNS: a second table for servers taking turns on GPUs."""
     def cell(heading: str, expr: str, fmt: str) -> str:
         # the query by service, kept to this row's server: `and on (service)` a one-series vector labelled so
         return (f'<td data-column="{heading}">{{{{ with printf "{_escape(expr)} and on (service) '
@@ -143,7 +168,18 @@ def console_html() -> str:
             f"<table id=\"servers\">\n<tr><th>server</th>{head}</tr>\n"
             '{{ range query "sum by (service) (up{job=\\"vllm\\"})" | sortByLabel "service" }}\n'
             f'<tr data-service="{{{{ .Labels.service }}}}"><td>{{{{ .Labels.service }}}}</td>{cells}</tr>\n'
-            "{{ end }}\n</table>\n</body></html>\n")
+            "{{ end }}\n</table>\n" + (_turns_table(cell) if turns else "") + "</body></html>\n")
+
+
+def _turns_table(cell) -> str:
+    head = "".join(f"<th>{h}</th>" for h, _, _ in TURN_COLUMNS)
+    cells = "".join(cell(h, e, f) for h, e, f in TURN_COLUMNS)
+    return ("<h2>Taking turns on GPUs</h2>\n<p>From the turn-taking controller: which model is awake, how often and how "
+            "fast they swap, how many requests waited for a wake and how long.</p>\n"
+            f"<table id=\"turns\">\n<tr><th>server</th>{head}</tr>\n"
+            '{{ range query "max by (service) (vllm_compose_awake)" | sortByLabel "service" }}\n'
+            f'<tr data-service="{{{{ .Labels.service }}}}"><td>{{{{ .Labels.service }}}}</td>{cells}</tr>\n'
+            "{{ end }}\n</table>\n")
 
 
 def _escape(expr: str) -> str:

@@ -16,6 +16,13 @@ GRAFANA_PORT = 3000
 
 # Services the generator adds beside the user's: compose service names, host names on the stack's network.
 ROUTER, PROMETHEUS, GRAFANA = "router", "prometheus", "grafana"
+SWAP = "swap"  # the turn-taking controller, with servers that take turns on GPUs (deploy/swap_service.py)
+SWAP_PORT = 8100  # the controller's, inside the stack's network only (runtime/swap.py PORT)
+
+
+def gate_name(member: str) -> str:
+    """The one-shot start gate of a server taking turns: it asks the controller to make room before the load."""
+    return f"{member}-room"
 
 
 def fetch_name(service: str) -> str:
@@ -55,6 +62,8 @@ SECRETS_ENV_FILE = "secrets.env"  # default env_file: SERVER_KEY (servers, route
 ROUTER_ENV_FILE = "router-keys.env"  # the router's other client keys (runtime/router_start.py says it too)
 GRAFANA_ENV_FILE = "grafana.env"  # Grafana's admin password, Grafana alone reads it
 GRAFANA_PASSWORD = "GF_SECURITY_ADMIN_PASSWORD"
+SWAP_ENV_FILE = "swap.env"  # the controller's own key, read by the router and the controller only (runtime/swap.py)
+SWAP_KEY = "VLLM_SWAP_KEY"
 HUB_ENV_FILE = "hub.env"  # the user's own, optional: hub tokens and mirrors, for the fetch services only
 
 # Every server runs as this uid (the project's images' user) and gid 0 (vLLM's own non-root image target uses

@@ -12,7 +12,8 @@ import re
 
 import yaml
 
-from .facts import PROMETHEUS_DIR, ROUTER, ROUTER_PORT, SERVER_PORT
+from . import swap_service
+from .facts import PROMETHEUS_DIR, ROUTER, ROUTER_PORT, SERVER_PORT, SWAP, SWAP_PORT
 from .resolve import Deployment
 
 SCRAPE_INTERVAL = "5s"
@@ -72,6 +73,9 @@ def prometheus_yaml(d: Deployment) -> str:
             job["tls_config"] = ({"insecure_skip_verify": True} if d.router.tls.cert
                                  else {"ca_file": ROUTER_CA, "server_name": ROUTER})
         doc["scrape_configs"].append(job)
+    if swap_service.groups(d):  # the turn-taking controller: swaps, wake seconds, requests held (deploy/runtime/swap.py)
+        doc["scrape_configs"].append({"job_name": "swap", "static_configs": [
+            {"targets": [f"{SWAP}:{SWAP_PORT}"]}]})
     return yaml.safe_dump(doc, sort_keys=False)
 
 

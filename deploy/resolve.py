@@ -32,8 +32,12 @@ from .facts import (
     SECRETS_ENV_FILE,
     SERVER_KEY,
     SERVER_PORT,
+    SWAP,
+    SWAP_ENV_FILE,
+    SWAP_KEY,
     batch_name,
     fetch_name,
+    gate_name,
 )
 from .presets import PRESETS
 from .runtime.source import FORMS, Source
@@ -227,10 +231,13 @@ class Deployment:
         neither a server (a GPU server would reload its weights) nor shows it to a server's process."""
         servers = tuple(s.name for s in self.services if s.api_key)
         server_key = (SERVER_KEY,) if servers else ()
-        files = [(self.env_file, server_key, servers + ((ROUTER,) if self.router else ())),
+        # Servers taking turns are reached through the controller (SWAP), with a key of its own (SWAP_ENV_FILE).
+        turns = self.router is not None and any(s.enable_sleep_mode for s in self.services)
+        files = [(self.env_file, server_key, servers + ((ROUTER,) if self.router else ()) + ((SWAP,) if turns else ())),
                  (ROUTER_ENV_FILE, tuple(n for n, _ in self.router.keys if n not in server_key) if self.router else (),
                   (ROUTER,)),
-                 (GRAFANA_ENV_FILE, (GRAFANA_PASSWORD,) if self.grafana_port else (), (GRAFANA,))]
+                 (GRAFANA_ENV_FILE, (GRAFANA_PASSWORD,) if self.grafana_port else (), (GRAFANA,)),
+                 (SWAP_ENV_FILE, (SWAP_KEY,) if turns else (), (ROUTER, SWAP))]
         return tuple(f for f in files if f[1])
 
     def env_files_of(self, service: str) -> list[str]:
@@ -287,7 +294,7 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
     env_file = spec.env_file or SECRETS_ENV_FILE
     if "/" in env_file or env_file.startswith(".") or not VOLUME_RE.fullmatch(env_file):
         c.error("env_file", f"{env_file[:60]!r} must be a plain file name next to compose.yaml. Fix: such as secrets.env.")
-    elif env_file in (ROUTER_ENV_FILE, GRAFANA_ENV_FILE, HUB_ENV_FILE):
+    elif env_file in (ROUTER_ENV_FILE, GRAFANA_ENV_FILE, HUB_ENV_FILE, SWAP_ENV_FILE):
         c.error("env_file", f"{env_file!r} is the name of another env file of the stack. Fix: such as secrets.env.")
     elif env_file.lower() in COMPOSE_FILES:
         # render refuses it too (the env file would overwrite its output); check says so without -o.
@@ -317,7 +324,19 @@ def resolve(spec: StackSpec, c: Collector) -> Deployment:
             c.error(f"services.{GRAFANA}", "collides with the monitoring profile's Grafana. Fix: rename it.")
     d = Deployment(version, bind, env_file, tuple(images.items()), tuple(volumes.items()), services, monitoring_port,
                    router, grafana_port if spec.monitoring is not None else None, spec.gpu_memory_gb)
-    return sharing.apply(d, c)
+    d = sharing.apply(d, c)
+    if router is not None and any(s.enable_sleep_mode for s in d.services):
+        if SWAP in {s.name for s in services}:
+            c.error(f"services.{SWAP}", "collides with the controller of the services that take turns on GPUs. "
+                    "Fix: rename it.")
+        for s in d.services:  # each member's start gate
+            if s.enable_sleep_mode and gate_name(s.name) in {x.name for x in services}:
+                c.error(f"services.{gate_name(s.name)}", f"collides with the start gate of {s.name}, which takes turns on "
+                        "GPUs. Fix: rename it.")
+        if SWAP_KEY in dict(router.keys):
+            c.error(f"router.keys.{SWAP_KEY}", "is the name of the turn-taking controller's own key (swap.env). "
+                    "Fix: give this client key another name.")
+    return d
 
 
 def _resolve_router(spec: StackSpec, services: tuple[Service, ...], c: Collector) -> Router:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import re
 
-from .facts import ROUTER_CONFIG_DIR, ROUTER_PORT, ROUTER_RUN_DIR, ROUTER_TLS_DIR, SERVER_PORT
+from . import swap_service
+from .facts import ROUTER_CONFIG_DIR, ROUTER_PORT, ROUTER_RUN_DIR, ROUTER_TLS_DIR, SERVER_PORT, SWAP, SWAP_KEY, SWAP_PORT
 from .resolve import Deployment
 
 CONFIGS = ("haproxy.cfg", "backends.map", "scopes.map", "models.map", "lists.map")
@@ -111,6 +112,9 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         return f"docker compose ps {' '.join(s.name for s in servers)}"
     r = d.router
     c = ROUTER_CONFIG_DIR
+    behind = swap_service.members(d)  # services taking turns: reached through the controller
+    # With turns, GET /v1/models is the controller's (it adds each member's state): the rules after it skip it.
+    skip = " !{ var(txn.models) -m found }" if behind else ""
     var = "%[var(txn.model),bytes(0,100),json(utf8s)]"  # the client's model, cut and escaped for JSON
     names = f"%[var(txn.keyname),map({c}/lists.map)]"
     bind = f"bind :{ROUTER_PORT}" + (f" ssl crt {ROUTER_RUN_DIR}/router.pem ssl-min-ver TLSv1.2" if r.tls else "")
@@ -167,17 +171,20 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         f"  http-request return status 200 content-type application/json string {_quoted(json.dumps({'status': 'ok'}))} if {{ path {HEALTH} }}",
         "  # Open like vLLM's own /metrics: per model (backend) requests by status class, times, in flight.",
         "  http-request use-service prometheus-exporter if { path /metrics }",
+        *_dev_routes(d),
         f"  http-request set-var(txn.keyname) req.hdr(authorization),regsub(\"^Bearer +\",\"\"),sha2(256),hex,lower,map({ROUTER_RUN_DIR}/keys.map)",
         "  http-request return status 401 content-type application/json string " + _quoted(_error(
             401, "invalid or missing API key: send one of the stack's keys (secrets.env, router-keys.env) as "
             "`Authorization: Bearer KEY`",
             "invalid_request_error", "invalid_api_key", "Authorization")) + " if !{ var(txn.keyname) -m found }",
-        f"  http-request return status 200 content-type application/json lf-string \"%[var(txn.keyname),map({c}/models.map)]\""
-        " if METH_GET { path /v1/models }",
+        *([f"  http-request return status 200 content-type application/json lf-string \"%[var(txn.keyname),map({c}/models.map)]\""
+           " if METH_GET { path /v1/models }"] if not behind else [
+            f"  http-request set-var(txn.models) var(txn.keyname),map({c}/models.map) if METH_GET {{ path /v1/models }}",
+            f"  http-request set-header {swap_service.MODELS_HEADER} %[var(txn.models)] if {{ var(txn.models) -m found }}"]),
         "  http-request return status 404 content-type application/json lf-string " + _lf(_error(
             404, "the router forwards POST requests with a JSON body naming a `model` (and answers GET /v1/models, "
                  "/health, /metrics); not PATH_HERE", "invalid_request_error", "not_found")).replace("PATH_HERE", "%[path,bytes(0,100),json(utf8s)]")
-        + " if !METH_POST",
+        + " if !METH_POST" + skip,
         "  http-request return status 413 content-type application/json string " + _quoted(_error(
             413, f"the request body is larger than the router's limit of {BODY_LIMIT >> 20} MiB. Fix: send large "
                  "images or videos as URLs, or as file:// paths in the media folder", "invalid_request_error",
@@ -189,18 +196,19 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
             400, "the router found no `model` in this request: send a JSON body (Content-Type: application/json) "
                  "with a \"model\" field naming a served model (GET /v1/models lists them); a multipart request "
                  "(audio) names it in an X-Model header", "invalid_request_error", "missing_model", "model"))
-        + " if !{ var(txn.model) -m found }",
+        + " if !{ var(txn.model) -m found }" + skip,
         f"  http-request set-var(txn.backend) var(txn.model),map({c}/backends.map)",
         "  http-request return status 404 content-type application/json lf-string " + _lf(
             '{"error":{"message":"the model \\"MODEL\\" does not exist; this endpoint serves: NAMES","type":'
             '"invalid_request_error","param":"model","code":"model_not_found"}}').replace("MODEL", var).replace("NAMES", names)
-        + " if !{ var(txn.backend) -m found }",
+        + " if !{ var(txn.backend) -m found }" + skip,
         "  http-request set-var(txn.pair) var(txn.keyname),concat(/,txn.model)",
         "  http-request return status 403 content-type application/json lf-string " + _lf(
             "{\"error\":{\"message\":\"key KEYNAME may not use model 'MODEL'; it may use: NAMES\",\"type\":"
             '"permission_error","param":"model","code":"model_not_allowed"}}').replace("KEYNAME", "%[var(txn.keyname)]")
         .replace("MODEL", var).replace("NAMES", names)
-        + f" if !{{ var(txn.pair),map({c}/scopes.map) -m found }}",
+        + f" if !{{ var(txn.pair),map({c}/scopes.map) -m found }}" + skip,
+        *([f"  use_backend {SWAP_BACKEND} if {{ var(txn.models) -m found }}"] if behind else []),
         "  use_backend %[var(txn.backend)]",
     ]
     by_name: dict[str, list] = {}
@@ -208,6 +216,9 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         by_name.setdefault(s.served_name, []).append(s)
     for served, backend in backends(d).items():
         servers = by_name[served]
+        if any(s.name in behind for s in servers):
+            lines += _swap_backend(backend, f"model {served}")
+            continue
         down = ", ".join(s.name for s in servers)
         lines += [
             "",
@@ -222,7 +233,42 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
                      f"Check: {check(servers)}", "service_unavailable", "model_unavailable")),
             *(f"  server {s.name} {server(s)}" for s in servers),
         ]
+    if behind:
+        lines += _swap_backend(SWAP_BACKEND, "the model list")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ servers taking turns (deploy/swap_service.py)
+
+SWAP_BACKEND = "_swap"  # GET /v1/models with turns; a served name's backend never starts with "_" (SERVED_NAME_RE)
+
+
+def _swap_backend(backend: str, what: str) -> list[str]:
+    """A backend whose one server is the turn-taking controller, called with its own key (from its env file)."""
+    return [
+        "",
+        f"backend {backend}",
+        "  option httpchk GET /health",
+        f'  http-request set-header Authorization "Bearer ${{{SWAP_KEY}}}"',
+        "  http-error status 503 content-type application/json string " + _quoted(_error(
+            503, f"{what}: the controller of the models that take turns on GPUs is not up. "
+                 f"Check: docker compose ps {SWAP}; docker compose logs {SWAP}",
+            "service_unavailable", "model_unavailable")),
+        f"  server {SWAP} {SWAP}:{SWAP_PORT}",
+    ]
+
+
+def _dev_routes(d: Deployment) -> list[str]:
+    """Where a server runs vLLM's development mode (turns need it for /sleep and /wake_up), its development routes,
+    which take no key, are refused to every client — whatever the spelling HAProxy sees (%-encoded, extra slashes,
+    case); the controller reaches them on the stack's network. Nothing is rendered for a stack without one."""
+    if not swap_service.dev_mode(d):
+        return []
+    names = "|".join(swap_service.DEV_ROUTES)
+    return ["  http-request return status 403 content-type application/json string " + _quoted(_error(
+        403, "this is one of vLLM's development routes (sleep, wake, RPC, caches, weights), which only the stack's "
+             "own controller may use; clients reach the API under /v1", "permission_error", "development_route"))
+        + f" if {{ path,url_dec,lower -m reg ^/+({names})/*$ }}"]
 
 
 def configs(d: Deployment, kubernetes: bool = False, address=lambda s: s.name) -> dict[str, str]:

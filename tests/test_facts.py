@@ -65,8 +65,9 @@ def test_generated_names_and_the_servers_user_come_from_one_definition():
 
 
 def test_single_file_scripts_spell_the_facts_they_cannot_import_as_facts_does():
-    from deploy.runtime import router_start
+    from deploy.runtime import router_start, swap
 
     assert router_start.ROUTER_ENV_FILE == facts.ROUTER_ENV_FILE
+    assert (swap.PORT, swap.KEY_ENV, swap.ENV_FILE) == (facts.SWAP_PORT, facts.SWAP_KEY, facts.SWAP_ENV_FILE)
     assert liveness.PORT == facts.SERVER_PORT
     assert f"EXPOSE {facts.ROUTER_PORT}" in DOCKERFILES["router"]

@@ -30,7 +30,7 @@ import openai
 import pytest
 from openai import DefaultHttpxClient, OpenAI
 
-from deploy import dashboards, monitoring, router
+from deploy import dashboards, facts, monitoring
 from support import ROOT, api_key, compose, env_secrets, rendered_stack, run_smoke, with_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -540,8 +540,8 @@ def test_the_kubernetes_router_config_passes_haproxys_own_check(scripted, tmp_pa
     for f in [*config_dir.iterdir(), *run_dir.iterdir()]:
         os.chmod(f, 0o644)
     r = subprocess.run(["docker", "run", "--rm", "--network", "none", "-e", "VLLM_API_KEY=sk-" + "x" * 30, "-e", "POD_NAMESPACE=llm",
-                        "-v", f"{config_dir}:{router.CONFIG_DIR}:ro", "-v", f"{run_dir}:{router.RUN_DIR}:ro",
-                        "--entrypoint", "haproxy", d.image("router"), "-c", "-f", f"{router.CONFIG_DIR}/haproxy.cfg"],
+                        "-v", f"{config_dir}:{facts.ROUTER_CONFIG_DIR}:ro", "-v", f"{run_dir}:{facts.ROUTER_RUN_DIR}:ro",
+                        "--entrypoint", "haproxy", d.image("router"), "-c", "-f", f"{facts.ROUTER_CONFIG_DIR}/haproxy.cfg"],
                        capture_output=True, text=True, timeout=120)
     # Valid; the servers' names do not resolve here (no cluster), which HAProxy only warns about.
     assert r.returncode == 0 and "[ALERT]" not in r.stdout + r.stderr, r.stdout + r.stderr

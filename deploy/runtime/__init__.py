@@ -6,6 +6,7 @@
   upstream GPU image runs them unchanged, and compose.yaml needs no checkout beside it to run.
   liveness.py: every server's healthcheck. batch.py: the batch jobs. router_start.py: the router's entrypoint.
   server_start.py: a keyed server's entrypoint (refuses an empty key, then execs vLLM).
+  swap.py: the turn-taking controller of servers that share GPUs (in the router image).
 - The fetch program (fetch.py, the model-source forms of source.py, gguf.py): installed with this package in
   the images that run it (model-fetch, vllm-cpu) and started as `python3 -m deploy.runtime.fetch`.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 from importlib import resources
 
 SCRIPT_DIR = "/opt/vllm-compose"
-SCRIPTS = ("liveness.py", "batch.py", "router_start.py", "server_start.py")
+SCRIPTS = ("liveness.py", "batch.py", "router_start.py", "server_start.py", "swap.py")
 
 
 def script_path(name: str) -> str:

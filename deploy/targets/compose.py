@@ -28,7 +28,8 @@ CONFIG_HASH_LABEL = "io.vllm-compose.config-hash"
 CONDITIONS = {"completed": {"condition": "service_completed_successfully"},
               "healthy": {"condition": "service_healthy"},
               "started": {"condition": "service_started"},
-              "started-if-enabled": {"condition": "service_started", "required": False}}
+              "started-if-enabled": {"condition": "service_started", "required": False},
+              "completed-if-enabled": {"condition": "service_completed_successfully", "required": False}}
 
 
 def options(group) -> None:
@@ -88,6 +89,8 @@ def _service(d: Deployment, c: Container, context: str) -> dict[str, Any]:
         p = c.probe
         svc["healthcheck"] = {"test": ["CMD", *p.command], "interval": f"{p.interval}s", "timeout": f"{p.timeout}s",
                               "retries": p.retries, "start_period": f"{p.start_period}s"}
+    if c.stop_signal is not None:
+        svc["stop_signal"] = c.stop_signal
     if c.stop_grace is not None:
         svc["stop_grace_period"] = f"{c.stop_grace}s"
     if c.env_files:
