@@ -166,7 +166,7 @@ def cmd_bench(a) -> int:
     _print_warnings(c, a.spec)
     try:
         return bench.main(d, a.spec, a.service, Path(a.dir), a.key, a.concurrency, a.num_prompts, a.input_len,
-                          a.output_len, a.images, a.output)
+                          a.output_len, a.images, a.output, a.max_minutes)
     except bench.BenchError as e:
         print(f"{a.spec}: {e}", file=sys.stderr)
         return 1
@@ -284,11 +284,13 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("spec")
     be.add_argument("--service", required=True, help="the service to measure")
     be.add_argument("--dir", default=".", help="the folder holding compose.yaml and the env files (default: .)")
-    be.add_argument("--concurrency", default="1,16,64,256", help="levels, comma-separated (default: 1,16,64,256)")
-    be.add_argument("--num-prompts", type=int, help="requests per level (default: 4 × the level, at least 8)")
-    be.add_argument("--input-len", type=int, default=1024, help="random prompt tokens (default: 1024)")
-    be.add_argument("--output-len", type=int, default=256, help="tokens out, EOS ignored (default: 256)")
-    be.add_argument("--images", type=int, default=0, help="random images per request (224² or 672²; default: 0)")
+    # Numbers stay text here: bench checks them (ASCII digits, bounds, the service's limits) with messages naming the fix.
+    be.add_argument("--concurrency", help="levels, comma-separated (default: 1,16,64,256; a CPU service 1,4)")
+    be.add_argument("--num-prompts", help="requests per level (default: 4 × the level, at least 8)")
+    be.add_argument("--input-len", help="random prompt tokens (default: 1024; a CPU service 128)")
+    be.add_argument("--output-len", help="tokens out, EOS ignored (default: 256; a CPU service 32)")
+    be.add_argument("--images", help="random images per request (224² or 672²; default: 0)")
+    be.add_argument("--max-minutes", help="a CPU service: refuse sizes estimated to take longer (default: 10)")
     be.add_argument("--key", help="the env-file variable whose key to send (default: VLLM_API_KEY, or the first "
                     "router key that may use the model)")
     be.add_argument("-o", "--output", help="the JSON file (default: bench/SERVICE-TIME.json beside compose.yaml)")
