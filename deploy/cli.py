@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -204,35 +205,101 @@ def cmd_args(a) -> int:
     return 0
 
 
+def _not_a_file(path: Path) -> str | None:
+    from .bench import not_a_file
+
+    return not_a_file(path)
+
+
+def _not_utf8(text: str) -> bool:
+    """Whether an argument held bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def batch_input_problems(a) -> list[str]:
+    """Every problem with batch-input's options, each naming the option, the value and the fix (none: [])."""
+    problems = []
+    for option, value in (("--model", a.model), ("--system", a.system)):
+        if value is None:
+            continue
+        if _not_utf8(value):
+            problems.append(f"{option} {shown(value)!r} holds bytes that are not UTF-8. Fix: pass it in UTF-8.")
+        elif not value.strip():
+            problems.append(f"{option} is empty. Fix: leave {option} out, or give it a value.")
+    if a.max_tokens is not None:
+        if not re.fullmatch(r"[0-9]{1,9}", a.max_tokens) or int(a.max_tokens) < 1:
+            problems.append(f"--max-tokens {shown(a.max_tokens)!r} is not a whole number from 1 to 999,999,999 "
+                            "(ASCII digits). Fix: e.g. --max-tokens 512, or leave it out (up to the context length).")
+    src = Path(a.prompts)
+    if what := _not_a_file(src):
+        problems.append(f"{shown(a.prompts)} is {what}, not a file of prompts. Fix: pass a text file (one prompt per "
+                        "line) or a .csv.")
+    elif not src.exists():
+        problems.append(f"{shown(a.prompts)} does not exist. Fix: pass a text file (one prompt per line) or a .csv.")
+    if a.output != "-":
+        out = Path(a.output)
+        if out.suffix != ".jsonl":
+            problems.append(f"-o {shown(a.output)}: the batch job reads only *.jsonl files. Fix: -o "
+                            f"{shown(str(out.with_suffix('.jsonl')) if out.name else 'prompts.jsonl')}, or -o - for stdout.")
+        elif out.exists() or out.is_symlink():
+            what = _not_a_file(out)
+            problems.append(f"{shown(a.output)} exists{f' and is {what}' if what else ''}; nothing was written. Fix: "
+                            "choose another -o, or delete it first (it is never overwritten).")
+        elif (parent := next((q for q in out.parents if q.exists()), None)) is not None and not parent.is_dir():
+            problems.append(f"-o {shown(a.output)}: {shown(str(parent))} is a file, not a folder. Fix: another -o.")
+    return problems
+
+
 def cmd_batch_input(a) -> int:
     from .runtime import batch
 
-    src, out = Path(a.prompts), Path(a.output)
-    try:
-        text = src.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        print(f"cannot read {src}: {e}. Fix: pass a UTF-8 text file (one prompt per line) or a CSV.", file=sys.stderr)
+    if problems := batch_input_problems(a):
+        for problem in problems:
+            print(f"batch-input: {problem}", file=sys.stderr)
+        print("batch-input: nothing was written.", file=sys.stderr)
         return 1
-    if out.exists():
-        print(f"{out} exists; nothing was written. Fix: choose another -o, or delete it first.", file=sys.stderr)
-        return 1
+    src = Path(a.prompts)
     try:
-        requests = batch.prompts_to_requests(text, src.suffix.lower() == ".csv", a.model, a.max_tokens, a.system)
+        text = src.read_bytes().decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
+    except UnicodeDecodeError as e:
+        print(f"{shown(a.prompts)}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}). Fix: save it as "
+              "UTF-8 (a spreadsheet: CSV UTF-8). Nothing was written.", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"cannot read {shown(a.prompts)}: {e.strerror}. Nothing was written.", file=sys.stderr)
+        return 1
+    max_tokens = int(a.max_tokens) if a.max_tokens is not None else None
+    try:
+        requests = batch.prompts_to_requests(text, src.suffix.lower() == ".csv", a.model, max_tokens, a.system)
     except ValueError as e:
-        print(f"{src}: {e}", file=sys.stderr)
+        print(f"{shown(a.prompts)}: {e} Nothing was written.", file=sys.stderr)
         return 1
     if not requests:
-        print(f"{src} holds no prompt; nothing was written.", file=sys.stderr)
+        print(f"{shown(a.prompts)} holds no prompt; nothing was written.", file=sys.stderr)
         return 1
     lines = [json.dumps(r, ensure_ascii=False) for r in requests]
     _, problems = batch.parse_lines("\n".join(lines))  # the job's own checks (unique custom_id, ...), one pass
     if problems:
-        n, _, message = problems[0]
-        print(f"{src}: request {n}: {message} Nothing was written.", file=sys.stderr)
+        shown_problems = [f"request {n}: {message}" for n, _, message in problems[:20]]
+        print(f"{shown(a.prompts)}: " + "; ".join(shown_problems) + " Nothing was written.", file=sys.stderr)
         return 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    batch.write_atomic(out, lines)
-    print(f"wrote {len(requests)} request(s) to {out}", file=sys.stderr)
+    if a.output == "-":
+        sys.stdout.buffer.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        sys.stdout.flush()
+        print(f"wrote {len(requests)} request(s) to stdout", file=sys.stderr)
+        return 0
+    out = Path(a.output)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        batch.write_atomic(out, lines)
+    except OSError as e:
+        print(f"cannot write {shown(a.output)}: {e.strerror}. Nothing was written.", file=sys.stderr)
+        return 1
+    print(f"wrote {len(requests)} request(s) to {shown(a.output)}", file=sys.stderr)
     return 0
 
 
@@ -303,9 +370,9 @@ def parser() -> argparse.ArgumentParser:
             "`custom_id`, `system`) into a batch job's JSONL input",
             "python -m deploy batch-input prompts.txt -o batch/glm-4.5-air/input/prompts.jsonl", cmd_batch_input)
     b.add_argument("prompts")
-    b.add_argument("-o", "--output", required=True, help="the .jsonl file to create (never overwritten)")
+    b.add_argument("-o", "--output", required=True, help="the .jsonl file to create (never overwritten); - for stdout")
     b.add_argument("--model", help="served model name (default: the job's model)")
-    b.add_argument("--max-tokens", type=int, help="max_tokens of every request (default: up to the context length)")
+    b.add_argument("--max-tokens", help="max_tokens of every request, at least 1 (default: up to the context length)")
     b.add_argument("--system", help="a system prompt for every request")
     p.add_argument("--version", action="version", version=f"vllm-compose {pins.PROJECT} (vLLM {versions.OLDEST}–{versions.NEWEST}, default {pins.VLLM})")
     return p
