@@ -129,34 +129,88 @@ def cmd_doctor(a) -> int:
     return doctor.main(d, a.service, Path(a.dir), a.spec)
 
 
+def _running_services(workdir: Path) -> tuple[set[str] | None, str]:
+    """The services `docker compose ps` reports running in WORKDIR, or (None, why it could not tell)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["docker", "compose", "ps", "--status", "running", "--services"], cwd=workdir,
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, str(getattr(e, "strerror", None) or e)
+    if r.returncode:
+        return None, (r.stderr.strip().splitlines() or ["no answer"])[-1][:200]
+    return set(r.stdout.split()), ""
+
+
+def _in_dir(workdir: Path, command: str) -> str:
+    """COMMAND as the user can paste it from here: prefixed with a cd when the stack's folder is not this one."""
+    import shlex
+
+    return command if workdir.resolve() == Path.cwd().resolve() else f"cd {shlex.quote(shown(str(workdir)))} && {command}"
+
+
 def cmd_rotate_keys(a) -> int:
     d, c = load_deployment(a.spec)
     _print_warnings(c, a.spec)
+    workdir = Path(a.dir)
+    if not d.key_names():
+        print(f"{a.spec}: this stack has no key to rotate (every service has api_key: false, and there is no router "
+              "or Grafana). Fix: nothing to do; set api_key: true on a service to protect it with a key.", file=sys.stderr)
+        return 1
     names = tuple(a.key or d.key_names())
     if unknown := [n for n in names if n not in d.key_names()]:
-        print(f"{a.spec}: {', '.join(unknown)} is no key of this stack (it has {', '.join(d.key_names())}). "
-              "Fix: pass one of those with --key.", file=sys.stderr)
+        print(f"{a.spec}: {', '.join(repr(shown(n)) for n in unknown)} is no key of this stack (it has "
+              f"{', '.join(d.key_names())}). Fix: pass one of those with --key.", file=sys.stderr)
+        return 1
+    if not workdir.is_dir():
+        print(f"--dir {shown(a.dir)} is {_not_a_file(workdir) or 'missing'}, not a folder. Fix: the folder holding "
+              "compose.yaml and the env files.", file=sys.stderr)
         return 1
     # Each file holding a rotated variable, and the containers that read it: they pick the new value up only when
     # recreated (--no-deps: only those; without it compose recreates what they depend on too, every server behind
     # the router).
-    groups = [(Path(a.dir) / f, tuple(n for n in held if n in names), readers) for f, held, readers in d.env_files()]
+    groups = [(workdir / f, tuple(n for n in held if n in names), readers) for f, held, readers in d.env_files()]
     groups = [g for g in groups if g[1]]
+    for path, _, _ in groups:
+        if (what := _not_a_file(path)) or path.is_symlink():
+            print(f"{a.spec}: {shown(str(path))} is {what or 'a symbolic link'}, not an env file this tool made; nothing "
+                  "was rotated. Fix: move it away and render the spec again (it creates the env files).", file=sys.stderr)
+            return 1
     try:
         rotate_keys([(path, rotated) for path, rotated, _ in groups])
     except WriteError as e:
         print(f"{a.spec}: {e}", file=sys.stderr)
         return 1
-    readers = dict.fromkeys(r for _, _, rs in groups for r in rs)
-    where = ", ".join(str(path) for path, _, _ in groups)
-    print(f"new {', '.join(names)} in {where} (the old ones stop working once the services are recreated): "
-          f"docker compose up -d --force-recreate --no-deps {' '.join(readers)}; then give clients the new keys from "
-          f"{where}", file=sys.stderr)
-    if GRAFANA_PASSWORD in names:
+    except ValueError as e:  # an env file that is not UTF-8
+        print(f"{a.spec}: cannot read the env files ({type(e).__name__}: {str(e)[:120]}); nothing was rotated. Fix: "
+              "an env file of NAME=VALUE lines in UTF-8, as render writes it.", file=sys.stderr)
+        return 1
+    readers = list(dict.fromkeys(r for _, _, rs in groups for r in rs))
+    where = ", ".join(shown(str(path)) for path, _, _ in groups)
+    running, why = _running_services(workdir)
+    up = [r for r in readers if running is None or r in running]
+    down = [r for r in readers if running is not None and r not in running]
+    print(f"new {', '.join(names)} in {where} (never printed).", file=sys.stderr)
+    if up:
+        print(f"The old keys work until these are recreated: "
+              f"{_in_dir(workdir, 'docker compose up -d --force-recreate --no-deps ' + ' '.join(up))}; then give "
+              f"clients the new keys from {where}", file=sys.stderr)
+    if running is None:
+        print(f"(docker compose ps could not tell which of them run: {why}. Recreate only those that do.)",
+              file=sys.stderr)
+    if down:
+        print(f"Not running, so nothing to recreate: {', '.join(down)} (they read the new keys when started).",
+              file=sys.stderr)
+    if GRAFANA_PASSWORD in names and (running is None or GRAFANA in running):
         # Grafana reads the variable only when its database is new; the volume keeps the old password.
         print("Grafana keeps its admin password in its volume; after the recreate set it from the new variable: "
-              "docker compose exec grafana sh -c 'grafana cli admin reset-admin-password \"$GF_SECURITY_ADMIN_PASSWORD\"'",
-              file=sys.stderr)
+              + _in_dir(workdir, "docker compose exec grafana sh -c 'grafana cli admin reset-admin-password "
+                                 "\"$GF_SECURITY_ADMIN_PASSWORD\"'"), file=sys.stderr)
+    elif GRAFANA_PASSWORD in names:
+        print("Grafana keeps its admin password in its volume: once it runs, set it from the new variable: "
+              + _in_dir(workdir, "docker compose exec grafana sh -c 'grafana cli admin reset-admin-password "
+                                 "\"$GF_SECURITY_ADMIN_PASSWORD\"'"), file=sys.stderr)
     return 0
 
 
