@@ -56,9 +56,11 @@ DEFAULTS = {"gpu": ("1,16,64,256", 1024, 256), "cpu": ("1,4", 128, 32)}
 MOST = {"--concurrency": 4096, "--num-prompts": 100_000, "--input-len": 1_000_000, "--output-len": 1_000_000,
         "--images": 1024, "--max-minutes": 100_000}
 # A CPU run's length, estimated before it starts. Rough rates of SmolLM2-135M on the 2-core CI machine: a single
-# sequence decodes ~30 tok/s; the engine tops out near 220 output tok/s (the README's batch figures: 211-221 at
-# concurrency 128) and ~2,000 prompt tok/s. With these, the GPU sizes estimate ~38 min (about 30 measured).
-CPU_DECODE_ONE, CPU_DECODE_MAX, CPU_PREFILL = 30.0, 220.0, 2000.0
+# sequence decodes ~20 tok/s (TPOT 47-69 ms measured with these CPU defaults, 2026-12-07, other stacks running); the
+# engine tops out near 220 output tok/s (the README's batch figures: 211-221 at concurrency 128) and ~2,000 prompt
+# tok/s. With these, the GPU sizes estimate ~40 min (issue 36 measured about 30); the CPU defaults ~20 s (measured:
+# 51 s for the whole command, the one-off container's start included).
+CPU_DECODE_ONE, CPU_DECODE_MAX, CPU_PREFILL = 20.0, 220.0, 2000.0
 CPU_MAX_MINUTES = 10
 WHOLE = re.compile(r"[0-9]{1,9}")  # ASCII digits only: int() also takes "١٢", "1_000" and " 8 "
 
