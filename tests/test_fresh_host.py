@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from support import compose, fresh_copy, readme_block, run_smoke
+from support import ROOT, compose, fresh_copy, readme_block, run_smoke
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 SERVICE, PORT, MODEL = "smollm2-cpu", 8002, "smollm2-135m-instruct"
@@ -36,15 +39,29 @@ def _pep668_python_dir(tmp: Path) -> str | None:
     return str(tmp / "bin")
 
 
+def fenced(name: str) -> str:
+    """The whole fenced block (any language) between `<!-- NAME -->` and `<!-- /NAME -->` in README.md."""
+    m = re.search(rf"<!-- {name} -->\s*```\w+\n(.*?)```\s*<!-- /{name} -->", (ROOT / "README.md").read_text(), re.S)
+    assert m, f"README.md lost its `{name}` block"
+    return m.group(1)
+
+
 @pytest.fixture(scope="module")
-def demo(docker, tmp_path_factory):
-    work = fresh_copy(tmp_path_factory.mktemp("clone"))
+def user_env(tmp_path_factory) -> tuple[dict[str, str], str | None]:
+    """A user's shell: no venv of ours on PATH, the distribution's Python first where it has one."""
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p and "pyenv" not in p)
     system = _pep668_python_dir(tmp_path_factory.mktemp("py"))
     if system:
         env["PATH"] = system + os.pathsep + env["PATH"]
+    return env, system
+
+
+@pytest.fixture(scope="module")
+def demo(docker, tmp_path_factory, user_env):
+    work = fresh_copy(tmp_path_factory.mktemp("clone"))
+    env, system = user_env
     steps = []
     try:
         for line in readme_block("cpu-demo"):
@@ -129,3 +146,65 @@ def test_every_image_is_built_by_compose_or_pinned_upstream(demo):
     for name, svc in services.items():
         assert svc["image"] in built or svc["image"] == pins.VLLM_GPU_IMAGE.format(version=pins.VLLM), (
             f"{name}: {svc['image']} is neither built by compose nor the pinned upstream image")
+
+
+def test_the_readme_curl_answers_paris_in_seconds(demo, user_env):
+    """The CPU demo's curl block, as printed (one shell, as pasted): greedy SmolLM2 names Paris, within the
+    block's max_tokens, in seconds (it rambled to the 2,048-token context for ~2 minutes at temperature 1)."""
+    work, _ = demo
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", "-c", fenced("cpu-demo-curl")], cwd=work, env=user_env[0], capture_output=True,
+                       text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    print(f"\nREADME curl: {took:.1f}s, {answer['usage']['completion_tokens']} tokens: "
+          f"{answer['choices'][0]['message']['content']!r}", file=sys.stderr)
+    assert "Paris" in answer["choices"][0]["message"]["content"], answer
+    assert answer["usage"]["completion_tokens"] <= 64 and took < 30
+
+
+def test_the_readme_python_runs_as_printed_after_its_install_line(demo, user_env):
+    """The install line, then the Python block saved as ask.py and run as the README says: it reads the key
+    from secrets.env itself (no shell variable) and prints the answer."""
+    work, _ = demo
+    env = user_env[0]
+    install = subprocess.run(["bash", "-c", fenced("cpu-demo-python-install")], cwd=work, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    (work / "ask.py").write_text(fenced("cpu-demo-python"))
+    assert "`.venv/bin/python ask.py`" in (ROOT / "README.md").read_text()
+    r = subprocess.run(["bash", "-c", ".venv/bin/python ask.py"], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "Paris" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+def test_the_main_command_on_a_host_without_a_gpu_stops_at_doctor_naming_the_cpu_demo(docker, user_env, tmp_path_factory):
+    """The README's first command, as printed, on this GPU-less machine: the line stops at doctor, which names
+    the CPU demo, before compose creates anything (no fetch container, no models volume: no download); the
+    host checks take seconds."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this host has an NVIDIA driver: the main command would start the GPU stack")
+    from deploy import doctor
+
+    work = fresh_copy(tmp_path_factory.mktemp("main"))
+    project = f"vllmtest-{uuid.uuid4().hex[:8]}"
+    env = {**user_env[0], "COMPOSE_PROJECT_NAME": project}
+    [line] = readme_block("main-command")
+    tail = " && ".join(line.split(" && ")[3:])
+    assert tail == ".venv/bin/vllm-deploy doctor deploy/stacks/default.yaml && docker compose up -d"
+    try:
+        r = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode != 0 and f"the CPU demo: {doctor.CPU_DEMO}" in r.stdout, r.stdout + r.stderr[-2000:]
+        t0 = time.monotonic()
+        again = subprocess.run(["bash", "-c", tail], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - t0
+        print(f"\nmain command on a GPU-less host: doctor stopped it in {took:.1f}s", file=sys.stderr)
+        assert again.returncode != 0 and doctor.CPU_DEMO in again.stdout and took < 15
+        created = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                                 capture_output=True, text=True).stdout + subprocess.run(
+            ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"],
+            capture_output=True, text=True).stdout
+        assert created.strip() == ""
+    finally:
+        compose(work, "-p", project, "down", "--volumes", "--remove-orphans", check=False)

@@ -699,8 +699,11 @@ def test_render_makes_the_host_folders_services_mount_as_the_rendering_user(tmp_
     missing bind sources owned by root, and the user could not put images in ./media without sudo)."""
     assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
     err = capsys.readouterr().err
-    for folder in ("media", "batch/glm-4.1v/input", "batch/glm-4.1v/output"):
+    for folder in ("media", "batch/glm-4.1v/input"):
         assert (tmp_path / folder).is_dir() and (tmp_path / folder).stat().st_uid == os.getuid(), folder
+    # The output folder is the batch job's to write (uid 1000): root hands it over (tests/test_batch_folder.py).
+    from deploy.write import JOB_UID
+    assert (tmp_path / "batch/glm-4.1v/output").stat().st_uid == (JOB_UID if os.getuid() == 0 else os.getuid())
     assert f"created {tmp_path / 'media'} (media folder of glm-4.1v, mounted read-only at /media)" in err
     # A second render leaves them alone and says nothing about them.
     (tmp_path / "media/cat.png").write_bytes(b"x")
@@ -822,9 +825,11 @@ def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(
     after, err = envfile.read(keys), capsys.readouterr().err
     assert after["ROUTER_KEY_A"] != before["ROUTER_KEY_A"] and env.read_bytes() == servers_file
     assert after["OTHER"] == "1" and "# mine" in keys.read_text() and oct(keys.stat().st_mode & 0o777) == "0o600"
-    assert after["ROUTER_KEY_A"] not in err and "--force-recreate --no-deps router;" in err  # a router key: the router only
+    # A router key: the router only. No stack runs here, so nothing is to recreate, and the command says so
+    # (tests/test_stack_scripted.py runs the printed recreate on a live stack).
+    assert after["ROUTER_KEY_A"] not in err and "Not running, so nothing to recreate: router (" in err
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 0
-    assert "--force-recreate --no-deps a router;" in capsys.readouterr().err  # the servers' key too: the servers as well
+    assert "nothing to recreate: a, router (" in capsys.readouterr().err  # the servers' key too: the servers as well
     assert envfile.read(env)["VLLM_API_KEY"] != server_key
     assert envfile.read(keys)["ROUTER_KEY_A"] != after["ROUTER_KEY_A"]
     assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path), "--key", "NOPE"]) == 1
@@ -835,7 +840,7 @@ def test_rotate_keys_replaces_only_the_named_keys_in_place_and_never_prints_one(
     capsys.readouterr()
     assert cli.main(["rotate-keys", str(graf / "s.yaml"), "--dir", str(graf), "--key", "GF_SECURITY_ADMIN_PASSWORD"]) == 0
     err = capsys.readouterr().err  # Grafana's stored password is reset from the variable, never printed
-    assert "--force-recreate --no-deps grafana;" in err and "reset-admin-password \"$GF_SECURITY_ADMIN_PASSWORD\"" in err
+    assert "nothing to recreate: grafana (" in err and "reset-admin-password \"$GF_SECURITY_ADMIN_PASSWORD\"" in err
     assert envfile.read(graf / "grafana.env")["GF_SECURITY_ADMIN_PASSWORD"] not in err
     # One file the user wrote: nothing is rotated, in it or in the others.
     env.write_text("VLLM_API_KEY=sk-mine-mine-mine-mine-mine\n")
@@ -863,3 +868,21 @@ def test_extra_args_and_env_add_to_the_presets_own():
     tail = argv[argv.index("--mm-encoder-tp-mode"):]
     assert tail == ["--mm-encoder-tp-mode", "data", "--mm-processor-cache-type", "shm", "--max-num-seqs", "64"]
     assert dict(d.service("f").env) == {"VLLM_ENGINE_READY_TIMEOUT_S": "7200", "MY_VAR": "1"}
+
+
+def test_rotate_keys_on_a_stack_without_a_key_says_so_and_fails(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("services:\n  a:\n    preset: smollm2-135m-cpu\n    api_key: false\n")
+    assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 1
+    assert "this stack has no key to rotate" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_rotate_keys_calls_a_fifo_or_a_folder_what_it_is(tmp_path, capsys, kind):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("services:\n  a:\n    preset: smollm2-135m-cpu\n")
+    os.mkfifo(tmp_path / "secrets.env") if kind == "fifo" else (tmp_path / "secrets.env").mkdir()
+    assert cli.main(["rotate-keys", str(spec), "--dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"secrets.env is a {'FIFO' if kind == 'fifo' else 'folder'}, not an env file" in err and "missing" not in err

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import http.client
+import io
 import json
 import os
 import signal
@@ -38,9 +39,23 @@ from pathlib import Path
 DEFAULT_PORT = 8000  # vLLM's, when the server argv names none
 PARTIAL = ".{}.partial"
 HEALTH_WAIT_LOG_S = 30
+CSV_FIELD_MAX = 2**31 - 1  # the csv module's default (131,072 characters) refuses long prompts; memory is the limit
+MAX_LISTED = 20  # problems shown one by one before a count
 
 
 # ------------------------------------------------------------------ the input format
+
+
+def jsonl_lines(text: str) -> list[str]:
+    """A JSONL text's lines: split at \\n only (\\r\\n too). str.splitlines() would also split at U+2028,
+    U+0085 and the like, which JSON strings may hold raw (json.dumps(ensure_ascii=False) writes them so)."""
+    return [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
+
+
+def text_lines(text: str) -> list[str]:
+    """A text file's lines as a user means them: split at \\n, \\r\\n or \\r (old Mac files); other
+    separators (U+2028, form feeds, ...) stay inside the prompt."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def parse_lines(text: str) -> tuple[list[tuple[int, dict]], list[tuple[int, str | None, str]]]:
@@ -48,7 +63,7 @@ def parse_lines(text: str) -> tuple[list[tuple[int, dict]], list[tuple[int, str 
     requests: list[tuple[int, dict]] = []
     problems: list[tuple[int, str | None, str]] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -79,18 +94,48 @@ def parse_lines(text: str) -> tuple[list[tuple[int, dict]], list[tuple[int, str 
     return requests, problems
 
 
+def _csv_items(text: str, system: str | None) -> list[tuple[str, str, str | None]]:
+    """(custom_id, prompt, system) per CSV row: a `prompt` column, optional `custom_id` and `system`; rows as the
+    csv module reads them (quoted fields may span lines), a UTF-8 BOM (Excel's "CSV UTF-8") ignored."""
+    csv.field_size_limit(CSV_FIELD_MAX)
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise ValueError(f"CSV line {reader.line_num}: {e}. Fix: save it as CSV (UTF-8) from your spreadsheet, "
+                         "with quotes around fields that hold commas, quotes or line breaks.") from None
+    if not rows:
+        return []
+    names = [h.strip() for h in rows[0]]
+    if "prompt" not in names:
+        raise ValueError(f"the CSV has no `prompt` column (columns: {', '.join(repr(n[:40]) for n in names[:20])}). "
+                         "Fix: name the column with the prompts `prompt`.")
+    if dup := sorted({n for n in names if n in ("prompt", "custom_id", "system") and names.count(n) > 1}):
+        raise ValueError(f"the CSV has {', '.join(dup)} more than once. Fix: one column of each name.")
+    items, problems = [], []
+    for i, row in enumerate(rows[1:], 2):
+        if not any(cell.strip() for cell in row):
+            continue  # a blank row
+        rec = dict(zip(names, row, strict=False))
+        if not (rec.get("prompt") or "").strip():
+            problems.append(f"row {i}: no prompt" + (f" (the row has {len(row)} of {len(names)} columns)"
+                                                     if len(row) < len(names) else ""))
+            continue
+        items.append((rec.get("custom_id") or f"row-{i}", rec["prompt"], rec.get("system") or system))
+    if problems:
+        more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise ValueError("; ".join(problems[:MAX_LISTED]) + more + ". Fix: give every row a prompt (or delete it).")
+    return items
+
+
 def prompts_to_requests(text: str, csv_file: bool, model: str | None, max_tokens: int | None,
                         system: str | None) -> list[dict]:
-    """Plain prompts (one per line) or CSV rows (`prompt`, optional `custom_id` and `system`) → batch requests."""
+    """Plain prompts (one per line) or CSV rows (`prompt`, optional `custom_id` and `system`) → batch requests.
+    Raises ValueError naming the line or row to fix."""
     if csv_file:
-        rows = list(csv.DictReader(text.splitlines()))
-        if rows and "prompt" not in rows[0]:
-            raise ValueError(f"the CSV has no `prompt` column (columns: {', '.join(rows[0])}). "
-                             "Fix: name the column with the prompts `prompt`.")
-        items = [(r.get("custom_id") or f"row-{i}", r["prompt"], r.get("system") or system)
-                 for i, r in enumerate(rows, 2)]
+        items = _csv_items(text, system)
     else:
-        items = [(f"line-{i}", p, system) for i, p in enumerate(text.splitlines(), 1) if p.strip()]
+        items = [(f"line-{i}", p, system) for i, p in enumerate(text_lines(text), 1) if p.strip()]
     out = []
     for cid, prompt, sys_prompt in items:
         messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt else []) + \
@@ -134,7 +179,7 @@ def read_answers(path: Path) -> dict[str, dict]:
     """custom_id → record, from an output or partial file; a torn last line (a killed run) is skipped."""
     answers: dict[str, dict] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8", errors="replace")):
             try:
                 rec = json.loads(line)
             except ValueError:
