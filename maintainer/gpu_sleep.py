@@ -298,6 +298,7 @@ class Controller:
         self.swaps: list[dict] = []
         self.snap_between = False
         self.snap_after = False  # a snapshot after each swap, taken beside the released requests (not in the swap)
+        self.snap_threads: list[threading.Thread] = []
 
     def acquire(self, name: str) -> None:
         with self.cv:
@@ -343,8 +344,10 @@ class Controller:
         ev["ok"] = ok
         self.swaps.append(ev)
         if self.snap_after:
-            threading.Thread(target=lambda: ev.update(after=snapshot(f"alternation: {new} woken, {old} asleep",
-                                                                     self.m)), daemon=True).start()
+            th = threading.Thread(target=lambda: ev.update(after=snapshot(f"alternation: {new} woken, {old} asleep",
+                                                                          self.m)), daemon=True)
+            th.start()
+            self.snap_threads.append(th)
         log(f"swap {old} → {new}: drain {ev['drain_s']} s, sleep {ev['sleep']['s']} s (L{ev['sleep']['level']}), "
             f"wake {ev['wake']['s']} s, ok {ok}")
         return ok
@@ -601,7 +604,8 @@ def alternate(ctl: Controller, members: dict, rounds: int = 20, streams: int = 8
         th.join(600)
     wall = time.monotonic() - t_start
     ctl.snap_after = False
-    time.sleep(1)  # the last snapshot's thread
+    for th in ctl.snap_threads:
+        th.join(30)
     swaps = ctl.swaps[swaps_before:]
     fails = [r for r in results if not r.get("ok")]
     first = {}
