@@ -251,7 +251,7 @@ def decode_report(data: dict, run: dict) -> list[str]:
         per_token, arithmetic = fn(shape)
         b1 = d.get("batch1") or {}
         lines.append(f"**{name}, batch-1 decode on one {gpu}** (the sleep run's server: its preset + sleep mode; "
-                     f"vLLM's benchmark, 1024 in / 256 out, 4 requests one at a time):")
+                     f"vLLM's benchmark, 1024 in / 256 out, 3 requests one at a time):")
         lines.append("")
         if b1.get("mean_tpot_ms"):
             tpot = b1["mean_tpot_ms"]

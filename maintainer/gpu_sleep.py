@@ -11,17 +11,17 @@ shape (dummy weights), each with exactly its preset's argv plus `--enable-sleep-
 env VLLM_SERVER_DEV_MODE=1 and VLLM_API_KEY (a random key, as compose passes it). Steps, each recorded as it ends:
   facts        every development route called WITHOUT the key (/is_sleeping, /sleep, /wake_up, /collective_rpc,
                /reset_prefix_cache, /server_info), /v1/models with and without the key while asleep
-  decode       batch-1 TPOT (vLLM's benchmark, 1024 in / 256 out) and a torch-profiler trace of ~48 decode steps,
-               summarised on the device: where each step's time goes (kernel classes, idle GPU time)
+  decode       batch-1 TPOT of each (vLLM's benchmark, 1024 in / 256 out) and, for GLM-4.1V, a torch-profiler trace of
+               ~48 decode steps summarised on the device: where each step's time goes (kernel classes, idle GPU time)
   quiet        4 swaps, each triggered by one request to the sleeping model: held time, time to first token,
                sleep and wake seconds (HTTP and the engine's own log), GPU memory and host memory after each
   memory       one swap with snapshots between its sleep and its wake (nothing awake)
   alternate    20 alternations under load: 8 streams x 2 requests per alternation, the next alternation's
                requests arriving while the last one's are in flight (the controller drains, then swaps)
-  level2       GLM-4.1V slept at level 2 (weights dropped) against level 1, 3 cycles; GLM-4.7-Flash stays level 1
+  level2       GLM-4.1V slept at level 2 (weights dropped) against level 1, 2 cycles; GLM-4.7-Flash stays level 1
   inflight     what /sleep does to a request in flight (default mode=abort, then mode=wait), what a chat request
                sent to a sleeping server does (held? error?), and whether /collective_rpc reload_weights works
-`tune`: gpu_tune.py's glm-4.6v-flash variants (preset, api4, then the recipe's command) while GLM-4.7-Flash sleeps
+`tune`: gpu_tune.py's glm-4.6v-flash variants (preset, api4, then the recipe's command; see tune_main) while GLM-4.7-Flash sleeps
 at level 1 (it holds ~2 GiB of GPU memory and its weights in host RAM; it runs nothing meanwhile).
 `sglang`: GLM-4.7-Flash woken, lambda.ai's SGLang workload (random 8192 in / 1024 out, concurrency 32; 256 prompts
 or fewer when the budget is short); then its level-2 sleep and wake.
@@ -391,7 +391,7 @@ def facts(m: Member) -> dict:
     f["is_sleeping_after_nokey_wake"] = call("GET", m.url + "/is_sleeping")
     t0 = time.monotonic()
     try:  # the whole body, only to look for the secrets' values in it
-        with urllib.request.urlopen(m.url + "/server_info", timeout=90) as r:
+        with urllib.request.urlopen(m.url + "/server_info", timeout=30) as r:
             status, full = r.status, r.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         status, full = e.code, ""
@@ -407,12 +407,12 @@ def facts(m: Member) -> dict:
 
 
 def batch1(m: Member, tag: str) -> dict:
-    """Batch-1 TPOT through vLLM's own benchmark (1024 in / 256 out, 4 prompts, one at a time)."""
+    """Batch-1 TPOT through vLLM's own benchmark (1024 in / 256 out, 3 prompts, one at a time)."""
     import gpu_tune
 
-    gpu_tune.CELLS.setdefault("text.c1x4", ("text", 1, 4))
+    gpu_tune.CELLS.setdefault("text.c1x3", ("text", 1, 3))
     os.environ["OPENAI_API_KEY"] = KEY  # vLLM's benchmark sends it as the bearer token
-    return gpu_tune.run_cell(m.server, "text.c1x4", 1_000_003, f"{tag}.text.c1x4")
+    return gpu_tune.run_cell(m.server, "text.c1x3", 1_000_003, f"{tag}.text.c1x3")
 
 
 def profile(m: Member, tokens: int = 48) -> dict:
@@ -627,7 +627,7 @@ def alternate(ctl: Controller, members: dict, rounds: int = 20, streams: int = 8
     return out
 
 
-def level2(ctl: Controller, members: dict, cycles: int = 3) -> list[dict]:
+def level2(ctl: Controller, members: dict, cycles: int = 2) -> list[dict]:
     """GLM-4.1V slept at level 2 (weights dropped; dummy weights cannot be reloaded, see inflight) vs level 1."""
     other = "glm-4.7-flash"
     members["glm-4.1v"].level = 2
@@ -717,9 +717,11 @@ def sleep_main() -> None:
             run["memory"] = mem
             record("sleep.run", run)
 
-    def decode(m: Member) -> dict:
+    def decode(m: Member, with_profile: bool = True) -> dict:
         out: dict = {}
-        for part, fn in (("batch1", lambda: batch1(m, f"sleep.{m.name}")), ("profile", lambda: profile(m))):
+        parts = [("batch1", lambda: batch1(m, f"sleep.{m.name}"))] + ([("profile", lambda: profile(m))] if with_profile
+                                                                     else [])
+        for part, fn in parts:
             try:
                 out[part] = fn()
             except Exception as e:  # noqa: BLE001
@@ -763,7 +765,7 @@ def sleep_main() -> None:
         if b.state != "awake":
             return
         mem.append(snapshot("glm-4.7-flash awake, glm-4.1v asleep", members))
-        step("decode_glm47flash", lambda: decode(b))
+        step("decode_glm47flash", lambda: decode(b, with_profile=False))
         step("quiet", lambda: quiet(ctl, members))
         step("memory_walk", memory_walk)
         step("alternate", lambda: alternate(ctl, members))
@@ -787,15 +789,30 @@ MEMBERS_LIVE: dict[str, Member] = {}
 
 
 def tune_main() -> None:
-    """GLM-4.6V-Flash: preset, preset + 4 API servers, then the recipe's command, as the budget allows."""
+    """GLM-4.6V-Flash: the preset and the preset + 4 API servers (the default's decision), each with the decisive cells
+    (text c 256, 8 images c 64) REPEATS times — 3, or fewer for both alike when the budget is short; then the
+    recipe's command if time is left. img1.c64 (not decisive) is left out here to save device time."""
     import gpu_tune
 
-    variants = gpu_tune.glm46v_flash()
-    # a variant costs a start (~90 s with the compile cache GLM-4.1V left) + warm-up + 3 × 2 decisive cells + 1
-    for name, need in (("preset", 380), ("api4", 280), ("tutorial", 380)):
-        if left() < need:
-            log(f"tune {name}: skipped, {left():.0f} s left < {need}")
-            record(f"tune.glm-4.6v-flash.{name}.skipped", f"{left():.0f} s of budget left, {need} needed")
+    spec, service, fn, _, decisive, warmup = gpu_tune.TARGETS["glm-4.6v-flash"]
+    gpu_tune.TARGETS["glm-4.6v-flash"] = (spec, service, fn, ("text.c256", "img8.c64"), decisive, warmup)
+    variants = fn()
+    # seconds a variant takes here: start (~90 s with GLM-4.1V's compile cache) + warm-up (~25 s) + per repeat
+    # text.c256 + img8.c64 (~80 s with one API server, ~50 s with four), + ~10 s to stop
+    cost = {"preset": (125, 80), "api4": (125, 50), "tutorial": (125, 80)}
+    need = lambda names, r: sum(cost[n][0] + r * cost[n][1] for n in names)  # noqa: E731
+    reps = next((r for r in (3, 2, 1) if need(("preset", "api4"), r) <= left()), 0)
+    record("tune.glm-4.6v-flash.plan", {"repeats": reps, "left_s": round(left()), "cells": ["text.c256", "img8.c64"]})
+    if not reps:
+        for name in ("preset", "api4", "tutorial"):
+            record(f"tune.glm-4.6v-flash.{name}.skipped", f"{left():.0f} s of budget left, {need((name,), 1)} needed")
+        return
+    gpu_tune.REPEATS = reps
+    log(f"tune: preset and api4 with {reps} repeats of the decisive cells ({left():.0f} s left)")
+    for name in ("preset", "api4", "tutorial"):
+        if name == "tutorial" and left() < need(("tutorial",), reps):
+            log(f"tune {name}: skipped, {left():.0f} s left < {need((name,), reps)}")
+            record(f"tune.glm-4.6v-flash.{name}.skipped", f"{left():.0f} s of budget left, {need((name,), reps)} needed")
             continue
         try:
             gpu_tune.run_variant("glm-4.6v-flash", name, variants[name], cache=MEMBERS["glm-4.1v"][3])
