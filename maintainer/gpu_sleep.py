@@ -800,9 +800,14 @@ def tune_main() -> None:
     # seconds a variant takes here: start (~90 s with GLM-4.1V's compile cache) + warm-up (~25 s) + per repeat
     # text.c256 + img8.c64 (~80 s with one API server, ~50 s with four), + ~10 s to stop
     cost = {"preset": (125, 80), "api4": (125, 50), "tutorial": (125, 80)}
-    need = lambda names, r: sum(cost[n][0] + r * cost[n][1] for n in names)  # noqa: E731
-    reps = next((r for r in (3, 2, 1) if need(("preset", "api4"), r) <= left()), 0)
-    record("tune.glm-4.6v-flash.plan", {"repeats": reps, "left_s": round(left()), "cells": ["text.c256", "img8.c64"]})
+    text_cost = {"preset": (125, 45), "api4": (125, 20), "tutorial": (125, 45)}  # text.c256 alone
+    need = lambda names, r, c=cost: sum(c[n][0] + r * c[n][1] for n in names)  # noqa: E731
+    reps, cells = next(((r, ("text.c256", "img8.c64")) for r in (3, 2, 1) if need(("preset", "api4"), r) <= left()),
+                       (1, ("text.c256",)) if need(("preset", "api4"), 1, text_cost) <= left() else (0, ()))
+    if cells == ("text.c256",):
+        cost = text_cost
+        gpu_tune.TARGETS["glm-4.6v-flash"] = (spec, service, fn, cells, decisive, ("text.c16",))
+    record("tune.glm-4.6v-flash.plan", {"repeats": reps, "left_s": round(left()), "cells": list(cells)})
     if not reps:
         for name in ("preset", "api4", "tutorial"):
             record(f"tune.glm-4.6v-flash.{name}.skipped", f"{left():.0f} s of budget left, {need((name,), 1)} needed")
@@ -810,9 +815,9 @@ def tune_main() -> None:
     gpu_tune.REPEATS = reps
     log(f"tune: preset and api4 with {reps} repeats of the decisive cells ({left():.0f} s left)")
     for name in ("preset", "api4", "tutorial"):
-        if name == "tutorial" and left() < need(("tutorial",), reps):
-            log(f"tune {name}: skipped, {left():.0f} s left < {need((name,), reps)}")
-            record(f"tune.glm-4.6v-flash.{name}.skipped", f"{left():.0f} s of budget left, {need((name,), reps)} needed")
+        if name == "tutorial" and left() < need(("tutorial",), reps, cost):
+            log(f"tune {name}: skipped, {left():.0f} s left < {need((name,), reps, cost)}")
+            record(f"tune.glm-4.6v-flash.{name}.skipped", f"{left():.0f} s of budget left, {need((name,), reps, cost)} needed")
             continue
         try:
             gpu_tune.run_variant("glm-4.6v-flash", name, variants[name], cache=MEMBERS["glm-4.1v"][3])
