@@ -121,7 +121,7 @@ def tune_models(data: dict) -> dict[str, list[str]]:
     """The tuning runs in DATA by model (entries before the model was recorded are GLM-4.1V's), variants in order."""
     models: dict[str, list[str]] = {}
     for name, r in data.items():
-        if name.startswith("tune.") and isinstance(r, dict) and "cells" in r:
+        if name.startswith("tune.") and isinstance(r, dict) and isinstance(r.get("cells"), dict):
             models.setdefault(r.get("model", "glm-4.1v"), []).append(name)
     return models
 
@@ -275,8 +275,17 @@ def decode_report(data: dict, run: dict) -> list[str]:
                 lines.append(f"  | {cls} | {v['us_per_step']:.0f} | {v['kernels_per_step']:.0f} |")
             gemm = prof["by_class"].get("gemm", {}).get("us_per_step")
             if gemm and fn is dense_bytes_per_token:
+                bw = per_token / (gemm * 1e-6) / 1e12
+                stream_us = per_token / (hbm or peak) / 1e6
+                rest = sorted(((c, v["us_per_step"]) for c, v in prof["by_class"].items() if c != "gemm"),
+                              key=lambda kv: -kv[1])
                 lines += ["", f"  The GEMMs (all of a dense model's weights) take {gemm / 1000:.2f} ms a step: "
-                          f"{per_token / (gemm * 1e-6) / 1e12:.2f} TB/s of weights streamed while they run."]
+                          f"{bw:.2f} TB/s of weights streamed while they run, {bw / (hbm or peak):.0%} of the "
+                          f"{'measured copy' if hbm else 'data-sheet'} bandwidth. So the step's "
+                          f"{(prof['period_us'] - stream_us) / 1000:.2f} ms beyond streaming the weights at that "
+                          f"bandwidth is: GEMMs slower than a copy {(gemm - stream_us) / 1000:.2f} ms, "
+                          + ", ".join(f"{c} {us / 1000:.2f} ms" for c, us in rest if us >= 5)
+                          + f", GPU idle between kernels and steps {prof['idle_us'] / 1000:.2f} ms."]
             lines += ["", "  Costliest kernels per step: " + "; ".join(
                 f"`{k['name'][:60]}` {k['us_per_step']:.0f} µs ×{k['calls_per_step']:.0f}" for k in prof["top_kernels"][:8])]
             if prof.get("cpu_ms_median_us"):
@@ -344,13 +353,18 @@ def sleep_report(data: dict) -> list[str]:
         lines.append("")
     q = run.get("quiet") or []
     if q:
-        lines += ["**Swaps with no other load** (one request sent to the sleeping model each time; held = waiting for "
-                  "the swap; TTFT from submit = held + the server's own TTFT):", "",
-                  "| to | sleep s (level) | wake s | held s | TTFT from submit s | ok |", "|---|---|---|---|---|---|"]
+        lines += ["**Swaps with no other load** (one streamed request of 16 tokens sent to the sleeping model each "
+                  "time; held = waiting for the swap; the first token's time is taken from the first chunk with text, "
+                  "and the dummy model's tokens often stream as empty text — then only the whole answer's time is "
+                  "known, which bounds the time to first token from above):", "",
+                  "| to | sleep s (level) | wake s | held s | TTFT from submit s | whole answer from submit s | ok |",
+                  "|---|---|---|---|---|---|---|"]
         for e in q:
             sw, r = e.get("swap", {}), e.get("request", {})
+            whole = round(r["held_s"] + r["total_s"], 3) if r.get("total_s") is not None else "–"
             lines.append(f"| {e['to']} | {sw.get('sleep', {}).get('s')} (L{sw.get('sleep', {}).get('level')}) | "
-                         f"{sw.get('wake', {}).get('s')} | {r.get('held_s')} | {r.get('ttft_from_submit_s')} | {r.get('ok')} |")
+                         f"{sw.get('wake', {}).get('s')} | {r.get('held_s')} | {r.get('ttft_from_submit_s') or '–'} | "
+                         f"{whole} | {r.get('ok')} |")
         lines.append("")
     eng = run.get("engine_log") or {}
     if eng:
@@ -382,12 +396,12 @@ def sleep_report(data: dict) -> list[str]:
         lines += ["**Level 2 vs level 1 (GLM-4.1V)**: slept at level 2 (weights dropped, not copied to host RAM), woken "
                   "with `/wake_up`. Dummy weights cannot be reloaded (see the reload row above), so a real level-2 wake "
                   "adds the weights' load from disk or page cache on top of these figures.", "",
-                  "| cycle | sleep L2 s | wake from L2 s | TTFT from submit s | glm-4.1v host RSS asleep GiB | ok |",
+                  "| cycle | sleep L2 s | wake from L2 s | whole answer from submit s | glm-4.1v host RSS asleep GiB | ok |",
                   "|---|---|---|---|---|---|"]
         for c in l2:
             rss = ((c.get("asleep_snapshot") or {}).get("servers") or {}).get("glm-4.1v", {}).get("rss_gib")
             lines.append(f"| {c['cycle']} | {(c.get('sleep_l2') or {}).get('s')} | {c['wake_from_l2'].get('s')} | "
-                         f"{c['request'].get('ttft_from_submit_s')} | {rss} | {c['request'].get('ok')} |")
+                         f"{round(c['request']['held_s'] + c['request']['total_s'], 3)} | {rss} | {c['request'].get('ok')} |")
         lines.append("")
     mem = list(run.get("memory") or [])
     for key in ("quiet", "level2"):
@@ -433,7 +447,7 @@ def sglang_report(data: dict) -> list[str]:
               + f". Ours: the preset's argv + sleep mode (woken), dummy weights, vLLM 0.26; theirs: {ref['source']}, "
               "real weights, SGLang (version not stated).", "",
               "| | output tok/s | total tok/s | median TTFT ms | median ITL ms |", "|---|---|---|---|---|",
-              f"| vLLM preset | {run['output_throughput']:.1f} | {run['total_token_throughput']:.0f} | "
+              f"| vLLM 0.26, the preset (+ sleep mode, woken) | {run['output_throughput']:.1f} | {run['total_token_throughput']:.0f} | "
               f"{run['median_ttft_ms']:.0f} | {run['median_itl_ms']:.1f} |",
               f"| SGLang (published) | {ref['output_tok_s']} | {ref['total_tok_s']} | {ref['median_ttft_ms']} | "
               f"{ref['median_itl_ms']} |", "",
@@ -467,6 +481,10 @@ def main() -> None:
             lines.append("")
             lines += [f"- {name}: served as {r['run_as']}; {r.get('machine', '')}." for name, r in serves.items()
                       if "run_as" in r] + [""] * any("run_as" in r for r in serves.values())
+        failed = {k: v for k, v in data.items() if k.startswith("tune.") and isinstance(v, dict) and v.get("root_cause")}
+        if failed:
+            lines += ["Tuning servers that did not start, with the root cause from each server's log:", ""]
+            lines += [f"- {k}: " + " / ".join(f"`{c}`" for c in v["root_cause"]) for k, v in failed.items()] + [""]
         if "air.preset" in data:
             lines += fullshape(data)
         for model, names in tune_models(data).items():

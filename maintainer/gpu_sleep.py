@@ -21,9 +21,9 @@ env VLLM_SERVER_DEV_MODE=1 and VLLM_API_KEY (a random key, as compose passes it)
   level2       GLM-4.1V slept at level 2 (weights dropped) against level 1, 2 cycles; GLM-4.7-Flash stays level 1
   inflight     what /sleep does to a request in flight (default mode=abort, then mode=wait), what a chat request
                sent to a sleeping server does (held? error?), and whether /collective_rpc reload_weights works
-`tune`: gpu_tune.py's glm-4.6v-flash variants (preset, api4, then the recipe's command; see tune_main) while GLM-4.7-Flash sleeps
-at level 1 (it holds ~2 GiB of GPU memory and its weights in host RAM; it runs nothing meanwhile).
-`sglang`: GLM-4.7-Flash woken, lambda.ai's SGLang workload (random 8192 in / 1024 out, concurrency 32; 256 prompts
+`tune`: gpu_tune.py's glm-4.6v-flash variants (preset, api4, then the recipe's command; see tune_main), with GLM-4.7-Flash
+stopped first (asleep it still held 3.9 GiB, and the 2026-12-07 run's tuned servers, at vLLM's default 0.92, ran out of memory).
+`sglang`: GLM-4.7-Flash (woken, or started again), lambda.ai's SGLang workload (random 8192 in / 1024 out, concurrency 32; 256 prompts
 or fewer when the budget is short); then its level-2 sleep and wake.
 --budget is the wall-clock seconds this run may take; optional steps are skipped (and say so) when it runs short.
 """
@@ -794,6 +794,12 @@ def tune_main() -> None:
     recipe's command if time is left. img1.c64 (not decisive) is left out here to save device time."""
     import gpu_tune
 
+    # A sleeping member still holds GPU memory (GLM-4.7-Flash at level 1: ~3.9 GiB, seen 2026-12-07); a server at
+    # vLLM 0.26's default --gpu-memory-utilization 0.92 then runs out of memory on an 80 GB card. Stop it first;
+    # sglang_main starts it again.
+    for name, m in list(MEMBERS_LIVE.items()):
+        log(f"tune: stopping {name} ({m.state}) so the tuned servers get the whole GPU")
+        m.stop()
     spec, service, fn, _, decisive, warmup = gpu_tune.TARGETS["glm-4.6v-flash"]
     gpu_tune.TARGETS["glm-4.6v-flash"] = (spec, service, fn, ("text.c256", "img8.c64"), decisive, warmup)
     variants = fn()
@@ -830,11 +836,17 @@ def sglang_main() -> None:
     """GLM-4.7-Flash (its preset + sleep mode; woken) on lambda.ai's SGLang workload, then level 2."""
     import gpu_tune
 
+    res: dict = {}
     b = MEMBERS_LIVE.get("glm-4.7-flash")
     if b is None or b.proc is None or b.proc.poll() is not None:
-        record("sglang.skipped", "GLM-4.7-Flash's server is not running")
-        return
-    res: dict = {}
+        if left() < 300:
+            record("sglang.skipped", f"GLM-4.7-Flash's server is not running and {left():.0f} s are left")
+            return
+        b = MEMBERS_LIVE["glm-4.7-flash"] = Member("glm-4.7-flash")
+        res["restart"] = b.start()
+        if b.state != "awake":
+            record("sglang.glm-4.7-flash", res)
+            return
     # 256 prompts take ~200-400 s here; fewer when the budget is short (the ratio then says so)
     prompts = 256 if left() > 480 else 128 if left() > 260 else 64 if left() > 150 else 0
     gpu = smi("--query-gpu=name")
