@@ -12,6 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "docs/gpu-runs"
 sys.path.insert(0, str(ROOT / "tests/fixtures"))
 H200_TBPS = 4.8  # HBM3e bandwidth per H200 (NVIDIA's data sheet), TB/s
+H100_TBPS = 3.35  # HBM3 bandwidth per H100 SXM (NVIDIA's data sheet), TB/s
+
+
+def device_of(data: dict) -> tuple[str, float]:
+    """The GPU a run used ("H100" or "H200") and its data-sheet bandwidth, from the run's own records."""
+    text = str((data.get("tune.hbm") or {}).get("device", "")) + " " + str(data.get("_source", ""))
+    return ("H100", H100_TBPS) if "H100" in text else ("H200", H200_TBPS)
 
 
 def active_bytes_per_token(c: dict) -> tuple[float, str]:
@@ -114,7 +121,7 @@ def tune_models(data: dict) -> dict[str, list[str]]:
     """The tuning runs in DATA by model (entries before the model was recorded are GLM-4.1V's), variants in order."""
     models: dict[str, list[str]] = {}
     for name, r in data.items():
-        if name.startswith("tune.") and "cells" in r:
+        if name.startswith("tune.") and isinstance(r, dict) and isinstance(r.get("cells"), dict):
             models.setdefault(r.get("model", "glm-4.1v"), []).append(name)
     return models
 
@@ -128,15 +135,20 @@ def tune(data: dict, model: str, names: list[str]) -> list[str]:
         "glm-4.6v-flash": ("GLM-4.6V-Flash (GLM-4.1V-9B's shape)", VISION, dense_bytes_per_token),
         "glm-4.7-flash": ("GLM-4.7-Flash", FLASH47, mla_moe_bytes_per_token)}[model]
     variant = lambda n: data[n].get("variant", n.removeprefix("tune."))  # noqa: E731
+    gpu, peak_tbps = device_of(data)
     tutorial = next((n for n in names if variant(n) == "tutorial"), None)
-    base = data[tutorial]["cells"] if tutorial else {}
-    lines = [f"{title} at full shape (dummy weights), one H200, vLLM 0.26, one run of `maintainer/gpu_tune.py`: every "
+    ref = tutorial or next((n for n in names if variant(n) == "preset"), names[0])
+    base = data[ref]["cells"]
+    skipped = [f"{k.split('.')[-2]} ({v})" for k, v in data.items()
+               if k.startswith(f"tune.{model}.") and k.endswith(".skipped")]
+    lines = [f"{title} at full shape (dummy weights), one {gpu}, vLLM 0.26, one run of `maintainer/gpu_tune.py`: every "
              "variant on the same host, the same seeded prompts and images; greedy (temperature 0), EOS ignored. "
              "text = random 1024 tokens in / 256 out; imgN = N images (224² or 672², half each) + 128 text tokens, 128 "
              "out; img32 = one request of 32 images of 672² at a time (TTFT). Cells with a range ran more than once "
-             "(each with its own seed): mean, and min–max in brackets. Ratio = output tok/s ÷ the tutorial's (img32: "
-             "the tutorial's TTFT ÷ this TTFT; above 1 is better).", "",
-             "| cell | variant | req/s | output tok/s | mean TTFT ms | mean TPOT ms | ratio to tutorial |",
+             f"(each with its own seed): mean, and min–max in brackets. Ratio = output tok/s ÷ the {variant(ref)}'s "
+             f"(img32: the {variant(ref)}'s TTFT ÷ this TTFT; above 1 is better)."
+             + (f" Not run (the device time ran out): {', '.join(skipped)}." if skipped else ""), "",
+             f"| cell | variant | req/s | output tok/s | mean TTFT ms | mean TPOT ms | ratio to {variant(ref)} |",
              "|---|---|---|---|---|---|---|"]
     for cell in base:
         for name in names:
@@ -159,9 +171,9 @@ def tune(data: dict, model: str, names: list[str]) -> list[str]:
     c1, c16 = _ok(base.get("text.c1", [])), _ok(base.get("text.c16", []))
     if c1:
         tpot = _mean(c1, "mean_tpot_ms")
-        peak = H200_TBPS * 1e12 / per_token
-        lines += [f"Roofline at batch 1 (the tutorial's text.c1): {arithmetic}. At the data sheet's {H200_TBPS} TB/s: "
-                  f"{peak:.0f} tok/s ({per_token / H200_TBPS / 1e9:.2f} ms per token). Measured: TPOT {tpot:.2f} ms = "
+        peak = peak_tbps * 1e12 / per_token
+        lines += [f"Roofline at batch 1 (the {variant(ref)}'s text.c1): {arithmetic}. At the data sheet's {peak_tbps} "
+                  f"TB/s: {peak:.0f} tok/s ({per_token / peak_tbps / 1e9:.2f} ms per token). Measured: TPOT {tpot:.2f} ms = "
                   f"{1000 / tpot:.0f} tok/s, {1000 / tpot / peak:.0%} of that roofline."]
         if hbm.get("achieved_tb_s"):
             stream = per_token / hbm["achieved_tb_s"] / 1e9
@@ -208,6 +220,247 @@ def fp8(data: dict) -> list[str]:
     return lines + [""]
 
 
+
+def _st(r: dict | None) -> str:
+    """A recorded HTTP call as 'status (seconds)'; no answer as 'no answer'."""
+    if not r:
+        return "–"
+    return f"{r.get('status') if r.get('status') is not None else 'no answer'} ({r.get('s', r.get('total_s', '?'))} s)"
+
+
+def _span(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    med = sorted(xs)[len(xs) // 2]
+    return f"{med:.2f} (min {min(xs):.2f}, max {max(xs):.2f}, n {len(xs)})"
+
+
+def decode_report(data: dict, run: dict) -> list[str]:
+    """Batch-1 decode of each sleep-run member: TPOT unprofiled, the roofline, and the profiled step's anatomy."""
+    from glm_full_shape import FLASH47, VISION
+
+    gpu, peak = device_of(data)
+    hbm = (data.get("tune.hbm") or {}).get("achieved_tb_s")
+    lines = []
+    for key, name, shape, fn in (("decode_glm41v", "GLM-4.1V-9B", VISION, dense_bytes_per_token),
+                                 ("decode_glm47flash", "GLM-4.7-Flash", FLASH47, mla_moe_bytes_per_token)):
+        d = run.get(key)
+        if not d:
+            continue
+        per_token, arithmetic = fn(shape)
+        b1 = d.get("batch1") or {}
+        lines.append(f"**{name}, batch-1 decode on one {gpu}** (the sleep run's server: its preset + sleep mode; "
+                     f"vLLM's benchmark, 1024 in / 256 out, 3 requests one at a time):")
+        lines.append("")
+        if b1.get("mean_tpot_ms"):
+            tpot = b1["mean_tpot_ms"]
+            stream_ms = per_token / (hbm or peak) / 1e9
+            lines += [f"- TPOT {tpot:.2f} ms ({1000 / tpot:.0f} tok/s). {arithmetic}: at the data sheet's {peak} TB/s "
+                      f"{per_token / peak / 1e9:.2f} ms a token" + (f", at the measured copy bandwidth {hbm} TB/s "
+                      f"{stream_ms:.2f} ms" if hbm else "") + f": decode runs at {stream_ms / tpot:.0%} of the "
+                      f"{'measured' if hbm else 'data-sheet'} roofline, {tpot - stream_ms:.2f} ms a step beyond "
+                      f"streaming the weights."]
+        else:
+            lines.append(f"- batch-1 benchmark: {b1.get('error', 'not run')}")
+        prof = (d.get("profile") or {}).get("summary") or {}
+        if prof.get("period_us"):
+            lines += [f"- Under the torch profiler ({prof['decode_steps']} steady decode steps, one request; the "
+                      f"profiler slows the host side, so the period is longer than the TPOT above): a step is "
+                      f"{prof['period_us'] / 1000:.2f} ms from its first kernel to the next step's, of which the GPU is "
+                      f"busy {prof['busy_us'] / 1000:.2f} ms in {prof['kernels_per_step']:.0f} kernels and idle "
+                      f"{prof['idle_us'] / 1000:.2f} ms.", "",
+                      "  | kernel class | µs per step | kernels per step |", "  |---|---|---|"]
+            for cls, v in sorted(prof["by_class"].items(), key=lambda kv: -kv[1]["us_per_step"]):
+                lines.append(f"  | {cls} | {v['us_per_step']:.0f} | {v['kernels_per_step']:.0f} |")
+            gemm = prof["by_class"].get("gemm", {}).get("us_per_step")
+            if gemm and fn is dense_bytes_per_token:
+                bw = per_token / (gemm * 1e-6) / 1e12
+                stream_us = per_token / (hbm or peak) / 1e6
+                rest = sorted(((c, v["us_per_step"]) for c, v in prof["by_class"].items() if c != "gemm"),
+                              key=lambda kv: -kv[1])
+                lines += ["", f"  The GEMMs (all of a dense model's weights) take {gemm / 1000:.2f} ms a step: "
+                          f"{bw:.2f} TB/s of weights streamed while they run, {bw / (hbm or peak):.0%} of the "
+                          f"{'measured copy' if hbm else 'data-sheet'} bandwidth. So the step's "
+                          f"{(prof['period_us'] - stream_us) / 1000:.2f} ms beyond streaming the weights at that "
+                          f"bandwidth is: GEMMs slower than a copy {(gemm - stream_us) / 1000:.2f} ms, "
+                          + ", ".join(f"{c} {us / 1000:.2f} ms" for c, us in rest if us >= 5)
+                          + f", GPU idle between kernels and steps {prof['idle_us'] / 1000:.2f} ms."]
+            lines += ["", "  Costliest kernels per step: " + "; ".join(
+                f"`{k['name'][:60]}` {k['us_per_step']:.0f} µs ×{k['calls_per_step']:.0f}" for k in prof["top_kernels"][:8])]
+            if prof.get("cpu_ms_median_us"):
+                lines.append("  Host side per step (median µs, under the profiler): " + ", ".join(
+                    f"{k} {v:.0f}" for k, v in prof["cpu_ms_median_us"].items()))
+        elif d.get("profile"):
+            lines.append(f"- profile: {(d['profile'].get('summary') or {}).get('error') or d['profile'].get('error')}")
+        lines.append("")
+    return lines
+
+
+def sleep_report(data: dict) -> list[str]:
+    """Issue 37's GPU half: two servers taking turns on one GPU through sleep mode (maintainer/gpu_sleep.py)."""
+    run = data["sleep.run"]
+    gpu, _ = device_of(data)
+    lines = [f"### Sleep mode on one {gpu}: GLM-4.1V and GLM-4.7-Flash taking turns (vLLM 0.26)", "",
+             "Two real servers at full shape (dummy weights), each with its preset's argv plus `--enable-sleep-mode` "
+             "and a `--gpu-memory-utilization` that does not let both be awake (the fractions sum above 1), "
+             "`VLLM_SERVER_DEV_MODE=1` and an API key (`VLLM_API_KEY`), driven over HTTP by a minimal swap controller "
+             "in `maintainer/gpu_sleep.py` (hold requests for the sleeping model; drain the awake one; sleep it; wake "
+             "the other; release the held requests). The router was not in the loop.", ""]
+    for name, m in run.get("members", {}).items():
+        lines.append(f"- {name}: start-up {m.get('startup_s', 'failed')} s at gpu_memory_utilization "
+                     f"{m.get('gpu_memory_utilization')}; argv `{' '.join(m.get('argv', []))}`")
+    lines.append("")
+    f = run.get("facts") or {}
+    if f:
+        si = f.get("server_info_nokey") or {}
+        lines += ["**Facts for the controller's design** (each call made without the API key unless it says so):", "",
+                  "| call | answer |", "|---|---|",
+                  f"| GET /v1/models, no key | {_st(f.get('models_nokey'))} |",
+                  f"| GET /is_sleeping, no key | {_st(f.get('is_sleeping_nokey'))} `{f.get('is_sleeping_nokey', {}).get('body', '')[:40]}` |",
+                  f"| POST /sleep?level=1, no key | {_st(f.get('sleep_nokey'))}; then /is_sleeping: "
+                  f"`{f.get('is_sleeping_after_nokey_sleep', {}).get('body', '')[:40]}` |",
+                  f"| GET /v1/models with the key, asleep | {_st(f.get('models_asleep_withkey'))} "
+                  f"`{f.get('models_asleep_withkey', {}).get('body', '')[:160]}` |",
+                  f"| GET /health, asleep | {_st(f.get('health_asleep'))} |",
+                  f"| POST /collective_rpc check_health, no key | {_st(f.get('collective_rpc_nokey'))} "
+                  f"`{f.get('collective_rpc_nokey', {}).get('body', '')[:60]}` |",
+                  f"| POST /reset_prefix_cache, no key | {_st(f.get('reset_prefix_cache_nokey'))} |",
+                  f"| POST /wake_up, no key | {_st(f.get('wake_up_nokey'))}; then /is_sleeping: "
+                  f"`{f.get('is_sleeping_after_nokey_wake', {}).get('body', '')[:40]}` |",
+                  f"| GET /server_info, no key | {si.get('status')} ({si.get('s')} s), {si.get('bytes')} bytes, "
+                  f"sections {si.get('keys')}; holds the API key: {si.get('contains_api_key')}, holds HF_TOKEN's "
+                  f"value: {si.get('contains_hf_token')} |"]
+        inf = run.get("inflight") or {}
+        if inf:
+            ab = inf.get("sleep_during_request_mode_default(abort)", {})
+            wt = inf.get("sleep_during_request_mode_wait", {})
+            dc = inf.get("direct_chat", {})
+            rq = lambda r: (f"HTTP {r.get('status')}, {r.get('tokens')} of the tokens asked, finish `{r.get('finish')}`"  # noqa: E731
+                            + (f", error `{r.get('error')}`" if r.get("error") else ""))
+            lines += [f"| POST /sleep (default mode) during a 400-token request | sleep {_st(ab.get('sleep'))}; the "
+                      f"request: {rq(ab.get('request', {}))} |",
+                      f"| POST /sleep?mode=wait during a 400-token request | sleep {_st(wt.get('sleep'))}; the request: "
+                      f"{rq(wt.get('request', {}))} |",
+                      f"| chat request sent to a sleeping server | not answered within 8 s: "
+                      f"{not inf.get('direct_chat_done_within_8s')}; /v1/models meanwhile "
+                      f"{_st(inf.get('direct_chat_models_while_pending'))}; after /wake_up ({_st(inf.get('direct_chat_wake'))}) "
+                      f"it answered: {rq(dc)}, {dc.get('answered_after_sent_s')} s after it was sent |",
+                      f"| level 2, /wake_up?tags=weights, then POST /collective_rpc reload_weights (no key) | "
+                      f"{_st(inf.get('reload_weights_nokey'))} `{inf.get('reload_weights_nokey', {}).get('body', '')[:160]}` |",
+                      f"| after that: /wake_up?tags=kv_cache, /health, a request | {_st(inf.get('wake_kv_cache'))}, "
+                      f"{_st(inf.get('health_after'))}, {rq(inf.get('request_after', {}))} |"]
+        lines.append("")
+    q = run.get("quiet") or []
+    if q:
+        lines += ["**Swaps with no other load** (one streamed request of 16 tokens sent to the sleeping model each "
+                  "time; held = waiting for the swap; the first token's time is taken from the first chunk with text, "
+                  "and the dummy model's tokens often stream as empty text — then only the whole answer's time is "
+                  "known, which bounds the time to first token from above):", "",
+                  "| to | sleep s (level) | wake s | held s | TTFT from submit s | whole answer from submit s | ok |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in q:
+            sw, r = e.get("swap", {}), e.get("request", {})
+            whole = round(r["held_s"] + r["total_s"], 3) if r.get("total_s") is not None else "–"
+            lines.append(f"| {e['to']} | {sw.get('sleep', {}).get('s')} (L{sw.get('sleep', {}).get('level')}) | "
+                         f"{sw.get('wake', {}).get('s')} | {r.get('held_s')} | {r.get('ttft_from_submit_s') or '–'} | "
+                         f"{whole} | {r.get('ok')} |")
+        lines.append("")
+    eng = run.get("engine_log") or {}
+    if eng:
+        lines += ["The engines' own timings over the whole run (their logs: `It took … seconds to fall asleep / to wake "
+                  "up`), median (min, max, count):", ""]
+        for n, e in eng.items():
+            freed = e.get("freed") or []
+            lines.append(f"- {n}: fall asleep {_span(e.get('sleep_s', []))} s; wake up {_span(e.get('wake_s', []))} s; "
+                         f"freed per sleep {freed[0][0] if freed else '?'} GiB, of which backed up in host RAM "
+                         f"{freed[0][1] if freed else '?'} GiB (first sleep); GPU memory still in use after a sleep: "
+                         f"{sorted(set(e.get('still_in_use_gib', [])))[:4]} GiB")
+        lines.append("")
+    a = run.get("alternate")
+    if a:
+        ttfts = list((a.get("ttft_from_submit_s_max_per_round") or {}).values())
+        lines += [f"**{a['rounds']} alternations under load**: {a['streams']} streams × {a['per_stream']} requests "
+                  f"({a['max_tokens']} tokens each) per alternation, the next alternation's requests arriving while the "
+                  f"last one's were in flight: **{a['requests']} requests, {a['failed']} failed**, {a['swaps']} swaps in "
+                  f"{a['wall_s']} s. Swap (drain + sleep + wake) s: {_span(a.get('swap_s', []))}; drain s: "
+                  f"{_span(a.get('drain_s', []))}; longest hold {a.get('held_s_max')} s; slowest TTFT from submit per "
+                  f"alternation: {_span(ttfts)} s."]
+        for n in a.get("sleep_s", {}):
+            lines.append(f"- {n}: sleep s {_span(a['sleep_s'][n])}; wake s {_span(a['wake_s'].get(n, []))}")
+        if a.get("failures"):
+            lines.append(f"- failures (first 5): `{json.dumps(a['failures'])[:600]}`")
+        lines.append("")
+    l2 = run.get("level2") or []
+    if l2:
+        lines += ["**Level 2 vs level 1 (GLM-4.1V)**: slept at level 2 (weights dropped, not copied to host RAM), woken "
+                  "with `/wake_up`. Dummy weights cannot be reloaded (see the reload row above), so a real level-2 wake "
+                  "adds the weights' load from disk or page cache on top of these figures.", "",
+                  "| cycle | sleep L2 s | wake from L2 s | whole answer from submit s | glm-4.1v host RSS asleep GiB | ok |",
+                  "|---|---|---|---|---|---|"]
+        for c in l2:
+            rss = ((c.get("asleep_snapshot") or {}).get("servers") or {}).get("glm-4.1v", {}).get("rss_gib")
+            lines.append(f"| {c['cycle']} | {(c.get('sleep_l2') or {}).get('s')} | {c['wake_from_l2'].get('s')} | "
+                         f"{round(c['request']['held_s'] + c['request']['total_s'], 3)} | {rss} | {c['request'].get('ok')} |")
+        lines.append("")
+    mem = list(run.get("memory") or [])
+    for key in ("quiet", "level2"):
+        for e in run.get(key) or []:
+            for snap in (e.get("after"), e.get("asleep_snapshot")):
+                if snap:
+                    mem.append(snap)
+    mem += (run.get("alternate") or {}).get("snapshots", [])
+    walk = (run.get("memory_walk") or {}).get("swap", {}).get("between")
+    if walk:
+        mem.append(walk)
+    if mem:
+        mem.sort(key=lambda m: m.get("t", 0))
+        names = sorted({n for m in mem for n in m.get("servers", {})})
+        lines += ["**GPU and host memory at each step** (nvidia-smi: the card and each server's processes; host: each "
+                  "server's process tree RSS, and the machine's MemTotal − MemAvailable):", "",
+                  "| t s | step | GPU used MiB | " + " | ".join(f"{n}: state, GPU MiB, RSS GiB" for n in names)
+                  + " | host used GiB |", "|---|---|---|" + "---|" * len(names) + "---|"]
+        for m in mem:
+            cells = []
+            for n in names:
+                v = m.get("servers", {}).get(n)
+                cells.append(f"{v['state']}, {v['gpu_mib']}, {v['rss_gib']}" if v else "–")
+            lines.append(f"| {m.get('t')} | {m['label']} | {m.get('gpu_used_mib')} | " + " | ".join(cells)
+                         + f" | {m.get('host_used_gib')} |")
+        lines.append("")
+    lines += decode_report(data, run)
+    if run.get("errors"):
+        lines += [f"Steps that failed: `{json.dumps(run['errors'])[:800]}`", ""]
+    return lines
+
+
+def sglang_report(data: dict) -> list[str]:
+    """GLM-4.7-Flash's preset against lambda.ai's published SGLang figure on the same workload."""
+    r = data["sglang.glm-4.7-flash"]
+    gpu, _ = device_of(data)
+    run, ref = r.get("run") or {}, r.get("reference") or {}
+    lines = [f"### GLM-4.7-Flash vs the published SGLang figure (one {gpu})", ""]
+    if not run or "error" in run:
+        return lines + [f"Not measured: {r.get('skipped') or run.get('error')}", ""]
+    ratio = run["output_throughput"] / ref["output_tok_s"]
+    lines += [f"Workload: {ref['workload']}" + (f" — here {r['prompts']} prompts" if r.get("prompts") != 256 else "")
+              + f". Ours: the preset's argv + sleep mode (woken), dummy weights, vLLM 0.26; theirs: {ref['source']}, "
+              "real weights, SGLang (version not stated).", "",
+              "| | output tok/s | total tok/s | median TTFT ms | median ITL ms |", "|---|---|---|---|---|",
+              f"| vLLM 0.26, the preset (+ sleep mode, woken) | {run['output_throughput']:.1f} | {run['total_token_throughput']:.0f} | "
+              f"{run['median_ttft_ms']:.0f} | {run['median_itl_ms']:.1f} |",
+              f"| SGLang (published) | {ref['output_tok_s']} | {ref['total_tok_s']} | {ref['median_ttft_ms']} | "
+              f"{ref['median_itl_ms']} |", "",
+              f"Ratio of output tok/s, ours ÷ theirs: {ratio:.2f}" + (" (GPU: " + gpu + ")" if gpu != "H100" else "")
+              + ". Random dummy weights route tokens to experts unlike real weights; the comparison is of serving "
+              "speed only.", ""]
+    if r.get("l2_sleep"):
+        snap = (r.get("l2_asleep") or {}).get("servers", {}).get("glm-4.7-flash", {})
+        lines += [f"GLM-4.7-Flash at level 2: sleep {_st(r['l2_sleep'])}, asleep it held {snap.get('gpu_mib')} MiB "
+                  f"of GPU memory and {snap.get('rss_gib')} GiB RSS; wake {_st(r.get('l2_wake'))}.", ""]
+    return lines
+
+
 def main() -> None:
     lines = ["# GPU results", "",
              "Generated by `python maintainer/gpu_report.py` from the raw results in `docs/gpu-runs/` "
@@ -215,7 +468,8 @@ def main() -> None:
     for path in sorted(RUNS.glob("*.json")):
         data = json.loads(path.read_text())
         lines += [f"## {path.stem}", ""] + ([f"Run: {data['_source']}", ""] if "_source" in data else [])
-        serves = {k: v for k, v in data.items() if isinstance(v, dict) and ("argv" in v or "error" in v)}
+        serves = {k: v for k, v in data.items() if isinstance(v, dict) and ("argv" in v or "error" in v)
+                  and not k.startswith(("sleep.", "sglang."))}
         if serves:
             lines += ["| server | GPUs | start-up s | smoke suite | argv (as `deploy args` renders it, + host/port) |",
                       "|---|---|---|---|---|"]
@@ -227,12 +481,20 @@ def main() -> None:
             lines.append("")
             lines += [f"- {name}: served as {r['run_as']}; {r.get('machine', '')}." for name, r in serves.items()
                       if "run_as" in r] + [""] * any("run_as" in r for r in serves.values())
+        failed = {k: v for k, v in data.items() if k.startswith("tune.") and isinstance(v, dict) and v.get("root_cause")}
+        if failed:
+            lines += ["Tuning servers that did not start, with the root cause from each server's log:", ""]
+            lines += [f"- {k}: " + " / ".join(f"`{c}`" for c in v["root_cause"]) for k, v in failed.items()] + [""]
         if "air.preset" in data:
             lines += fullshape(data)
         for model, names in tune_models(data).items():
             lines += tune(data, model, names)
         if "air.tp2.bf16" in data:
             lines += fp8(data)
+        if "sleep.run" in data:
+            lines += sleep_report(data)
+        if "sglang.glm-4.7-flash" in data:
+            lines += sglang_report(data)
         for name, b in data.items():
             if name.startswith("bench."):
                 lines += [f"**{name}** (one run, same GPU, same model):", "",

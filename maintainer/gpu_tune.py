@@ -181,7 +181,7 @@ def roofline() -> None:
     torch.cuda.empty_cache()
 
 
-def run_variant(model: str, variant: str, argv: list[str]) -> None:
+def run_variant(model: str, variant: str, argv: list[str], cache: str | None = None) -> None:
     spec, service, _, cells, decisive, warmup = TARGETS[model]
     tag = f"tune.{variant}" if model == "glm-4.1v" else f"tune.{model}.{variant}"
 
@@ -196,8 +196,10 @@ def run_variant(model: str, variant: str, argv: list[str]) -> None:
             res["cells"][cell] = [run_cell(s, cell, 1000 * i + r, f"{tag}.{cell}.r{r}") for r in range(runs)]
             record(tag, res)  # each cell kept as it ends
 
-    # one compile cache per model: its first variant pays the compile, the rest start warm
-    run_server(tag, spec, service, f"/var/stage/cache-tune-{model}", argv=argv, do_bench=False, checks=measure)
+    # one compile cache per model (or CACHE, one a run before filled): its first variant pays the compile, the rest
+    # start warm
+    run_server(tag, spec, service, cache or f"/var/stage/cache-tune-{model}", argv=argv, do_bench=False,
+               checks=measure)
 
 
 def chosen(args: list[str]) -> list[tuple[str, str]]:
