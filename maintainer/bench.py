@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--venv", type=Path, default=ROOT / "build/bench-venv")
     a = p.parse_args()
 
-    d = deploy.load(str(ROOT / "deploy/stacks/default.yaml"))
+    d, _ = deploy.load(str(ROOT / "deploy/stacks/default.yaml"))
     svc = d.service(SERVICE)
     flags = container.vllm_flags(svc, d.vllm_version)
     py = ensure_venv(a.venv)

@@ -114,7 +114,7 @@ def air() -> None:
     shutil.rmtree(cache, ignore_errors=True)
     run_server("air.preset", AIR_SPEC, "glm-4.5-air", cache, do_smoke=True)
     run_server("air.warm", AIR_SPEC, "glm-4.5-air", cache, do_bench=False)
-    svc = deploy.load(AIR_SPEC).service("glm-4.5-air")
+    svc = deploy.load(AIR_SPEC)[0].service("glm-4.5-air")
     # zai-org/GLM-4.5 README: vllm serve zai-org/GLM-4.5-Air --tensor-parallel-size 4 --tool-call-parser glm45
     #   --reasoning-parser glm45 --enable-auto-tool-choice --served-model-name glm-4.5-air
     tutorial = ["vllm", "serve", svc.model, "--tensor-parallel-size", "4", "--tool-call-parser", "glm45",
@@ -125,21 +125,21 @@ def air() -> None:
 
 def ep() -> None:
     import deploy
-    from deploy import render
+    from deploy import container
 
-    d = deploy.load(AIR_SPEC)
-    _, preset = render.host_command(d.service("glm-4.5-air"), d.vllm_version)
+    d, _ = deploy.load(AIR_SPEC)
+    _, preset = container.host_command(d.service("glm-4.5-air"), d.vllm_version)
     run_server("air.ep", AIR_SPEC, "glm-4.5-air", "/var/stage/cache-air", argv=[*preset, "--enable-expert-parallel"])
 
 
 def fp8() -> None:
     import deploy
-    from deploy import render
+    from deploy import container
 
     global CONCURRENCY
     CONCURRENCY = {1: 4, 16: 32, 64: 128}
-    d = deploy.load(AIR_TP2_SPEC)
-    _, preset = render.host_command(d.service("glm-4.5-air"), d.vllm_version)
+    d, _ = deploy.load(AIR_TP2_SPEC)
+    _, preset = container.host_command(d.service("glm-4.5-air"), d.vllm_version)
     cache = "/var/stage/cache-air-tp2"
     run_server("air.tp2.bf16", AIR_TP2_SPEC, "glm-4.5-air", cache, argv=preset, do_smoke=True)
     run_server("air.tp2.fp8", AIR_TP2_SPEC, "glm-4.5-air", cache, argv=[*preset, "--quantization", "fp8"], do_smoke=True)
@@ -210,10 +210,10 @@ def flash() -> None:
 
 def glm46v() -> None:
     """GLM-4.6V at TP 4 and GLM-4.6V-FP8 at TP 2, each with exactly its preset's argv (the GLM-4.6V issue)."""
-    from gpu_tune import run_cell
+    from gpu_bench import run_cell
 
     import deploy
-    from deploy import render
+    from deploy import container
 
     def images(s: Server, res: dict) -> None:
         gpu_memory(s, res)
@@ -221,7 +221,7 @@ def glm46v() -> None:
         res["cells"] = {c: [run_cell(s, c, 100 * i + r, f"{s.name}.{c}.r{r}") for r in range(3 if c == "img8.c64" else 1)]
                         for i, c in enumerate(("img1.c16", "img1.c64", "img8.c16", "img8.c64"))}
 
-    d = deploy.load(GLM46V_SPEC)
+    d, _ = deploy.load(GLM46V_SPEC)
     svc = d.service("glm-4.6v")
     cache = "/var/stage/cache-glm46v"
     shutil.rmtree(cache, ignore_errors=True)
@@ -234,7 +234,7 @@ def glm46v() -> None:
               "--allowed-local-media-path", "/", "--mm-encoder-tp-mode", "data", "--mm-processor-cache-type", "shm",
               "--served-model-name", svc.served_model_name, "--load-format", "dummy", *FUSION_OFF]
     run_server("glm46v.recipe", GLM46V_SPEC, "glm-4.6v", cache, argv=recipe, checks=images)
-    _, preset = render.host_command(svc, d.vllm_version)
+    _, preset = container.host_command(svc, d.vllm_version)
     run_server("glm46v.api4", GLM46V_SPEC, "glm-4.6v", cache, argv=[*preset, "--api-server-count", "4"], checks=images)
     run_server("glm46v-fp8.preset", GLM46V_SPEC, "glm-4.6v-fp8", "/var/stage/cache-glm46v-fp8", do_smoke=True,
                checks=images)

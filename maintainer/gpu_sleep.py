@@ -230,10 +230,10 @@ class Member:
 
     def start(self) -> dict:
         import deploy
-        from deploy import render
+        from deploy import container
 
-        d = deploy.load(self.spec)
-        _, preset = render.host_command(d.service(self.service), d.vllm_version)
+        d, _ = deploy.load(self.spec)
+        _, preset = container.host_command(d.service(self.service), d.vllm_version)
         prof = {"profiler": "torch", "torch_profiler_dir": str(self.profile_dir), "torch_profiler_with_stack": False,
                 "ignore_frontend": True}
         argv = [*preset, "--enable-sleep-mode", "--gpu-memory-utilization", str(self.util),

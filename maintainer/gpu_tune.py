@@ -21,7 +21,6 @@ overrides a preset's default temperature).
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -32,30 +31,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "maintainer"))
 
+from gpu_bench import CELLS, run_cell  # noqa: E402, F401 (gpu_sleep reads both through this module)
 from gpu_fullshape import FLASH_SPEC, VISION_SPEC, fixtures, run_server  # noqa: E402
 from gpu_verify import OUT, Server, log, record  # noqa: E402
 
 REPEATS = 3
-MIXED = "{(224, 224, 1): 0.5, (672, 672, 1): 0.5}"
-CELLS = {  # name → (bench args, concurrency, prompts)
-    "text.c1": ("text", 1, 8), "text.c16": ("text", 16, 64), "text.c64": ("text", 64, 256),
-    "text.c256": ("text", 256, 512),
-    "img1.c16": (("img", 1, MIXED), 16, 96), "img1.c64": (("img", 1, MIXED), 64, 256),
-    "img8.c16": (("img", 8, MIXED), 16, 48), "img8.c64": (("img", 8, MIXED), 64, 128),
-    "img32": (("img", 32, "{(672, 672, 1): 1.0}"), 1, 3),
-}
-KEEP = ("completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
-        "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms",
-        "mean_itl_ms", "median_itl_ms")
-
-
 def preset_argv(spec: str, service: str):
     import deploy
-    from deploy import render
+    from deploy import container
 
-    d = deploy.load(spec)
+    d, _ = deploy.load(spec)
     svc = d.service(service)
-    return svc, render.host_command(svc, d.vllm_version)[1]
+    return svc, container.host_command(svc, d.vllm_version)[1]
 
 
 def without(argv: list[str], flag: str) -> list[str]:
@@ -120,42 +107,6 @@ TARGETS = {  # model → (spec, service, variants, cells, decisive cells, warm-u
     "glm-4.6v-flash": (FLASH_SPEC, "glm-4.6v-flash", glm46v_flash, ("text.c256", "img8.c64", "img1.c64"),
                        ("text.c256", "img8.c64"), ("text.c16", "img8.c16")),
 }
-
-
-def bench_args(server: Server, kind, conc: int, prompts: int, seed: int, name: str) -> list[str]:
-    common = ["--base-url", server.url, "--model", server.svc.served_model_name, "--tokenizer", server.svc.model,
-              "--num-prompts", str(prompts), "--max-concurrency", str(conc), "--seed", str(seed), "--ignore-eos", "--temperature", "0",
-              "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl", "--save-result", "--result-dir", str(OUT),
-              "--result-filename", f"{name}.json", "--ready-check-timeout-sec", "0"]
-    if kind == "text":
-        return ["--backend", "vllm", "--dataset-name", "random", "--random-input-len", "1024",
-                "--random-output-len", "256", *common]
-    _, images, buckets = kind
-    return ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random-mm",
-            "--random-input-len", "128", "--random-output-len", "128" if images < 32 else "16",
-            "--random-mm-base-items-per-request", str(images), "--random-mm-num-mm-items-range-ratio", "0",
-            "--random-mm-limit-mm-per-prompt", json.dumps({"image": images, "video": 0}),
-            "--random-mm-bucket-config", buckets, *common]
-
-
-def run_cell(server: Server, cell: str, seed: int, tag: str) -> dict:
-    from vllm.benchmarks.serve import add_cli_args
-    from vllm.benchmarks.serve import main as bench_main
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    kind, conc, prompts = CELLS[cell]
-    parser = FlexibleArgumentParser()
-    add_cli_args(parser)
-    t0 = time.monotonic()
-    try:
-        res = bench_main(parser.parse_args(bench_args(server, kind, conc, prompts, seed, tag)))
-    except BaseException as e:  # noqa: BLE001 — recorded, the next cell still runs
-        log(f"{tag} failed: {type(e).__name__}: {e}")
-        return {"error": f"{type(e).__name__}: {e}"[:1500], "seed": seed}
-    out = {k: res.get(k) for k in KEEP} | {"seed": seed, "wall_s": round(time.monotonic() - t0, 1)}
-    log(f"{tag}: {out['request_throughput']:.2f} req/s, {out['output_throughput']:.0f} out tok/s, "
-        f"TTFT {out['mean_ttft_ms']:.0f} ms, TPOT {out['mean_tpot_ms']:.2f} ms ({out['wall_s']}s)")
-    return out
 
 
 def roofline() -> None:

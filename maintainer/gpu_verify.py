@@ -7,7 +7,7 @@ smoke checks that apply, and benchmark. Results go to $OUT (JSON + Markdown + se
     python maintainer/gpu_verify.py bench               # SmolLM2: generated config vs the tutorial's plain command,
                                                    # then cold vs warm start with the compile cache kept
 
-Each server is started from `deploy.render.host_command` — the same code as `python -m deploy args` —
+Each server is started from `deploy.container.host_command` — the same code as `python -m deploy args` —
 with only `--host 127.0.0.1 --port P` appended. Needs the venv from maintainer/gpu_install.sh first on PATH.
 """
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import deploy  # noqa: E402
-from deploy import render  # noqa: E402
+from deploy import container  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp/gpu-out"))
 FIX = Path("/var/stage/fixtures")
@@ -52,9 +52,9 @@ def record(name: str, data) -> None:
 
 class Server:
     def __init__(self, spec: str, service: str, extra_env: dict | None = None, argv: list[str] | None = None):
-        d = deploy.load(spec)
+        d, _ = deploy.load(spec)
         self.svc = d.service(service)
-        env, default_argv = render.host_command(self.svc, d.vllm_version)
+        env, default_argv = container.host_command(self.svc, d.vllm_version)
         self.argv = (argv or default_argv) + ["--host", "127.0.0.1", "--port", str(self.svc.port)]
         self.env = {**os.environ, **env, **SAFE_ENV, **(extra_env or {})}
         self.url = f"http://127.0.0.1:{self.svc.port}"
@@ -62,7 +62,7 @@ class Server:
 
     def __enter__(self):
         OUT.mkdir(parents=True, exist_ok=True)
-        log(f"start {self.name}: {render.format_command({k: self.env[k] for k in ('CUDA_VISIBLE_DEVICES',) if k in self.env}, self.argv)}")
+        log(f"start {self.name}: {container.format_command({k: self.env[k] for k in ('CUDA_VISIBLE_DEVICES',) if k in self.env}, self.argv)}")
         self.logf = open(OUT / f"{self.name}.log", "w")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.logf, stderr=subprocess.STDOUT)
         self.t0 = time.monotonic()
@@ -112,7 +112,7 @@ def smoke(server: Server, spec: str, service: str) -> dict:
 def cmd_serve(specs: list[str]) -> int:
     failed = 0
     for spec in specs:
-        d = deploy.load(spec)
+        d, _ = deploy.load(spec)
         servers = [Server(spec, s.name) for s in d.services]
         for s in servers:
             s.__enter__()

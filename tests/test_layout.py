@@ -59,3 +59,25 @@ def test_generator_modules_stay_out_of_the_runtime_tree():
     from deploy.runtime import router_start, source
 
     assert resolve.Source is source.Source and write.KEY_PREFIX is router_start.KEY_PREFIX
+
+
+MAINTAINER = ROOT / "maintainer"
+
+
+def test_maintainer_scripts_import_and_none_imports_another_in_a_cycle():
+    """Each maintainer script imports (so a moved generator API breaks a test here, not a GPU run), and the scripts
+    that share code do so through a module none of them is (gpu_verify, gpu_bench): no cycle."""
+    import subprocess
+
+    names = sorted(p.stem for p in MAINTAINER.glob("*.py"))
+    graph = {n: {m.split(".")[0] for m, level in imports(MAINTAINER / f"{n}.py") if m.split(".")[0] in names}
+             for n in names}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(m == goal or (m not in seen and reaches(m, goal, seen | {m})) for m in graph[start])
+
+    assert [n for n in names if reaches(n, n, {n})] == []
+    code = "import sys; sys.path.insert(0, sys.argv[1]); [__import__(n) for n in sys.argv[2:]]"
+    r = subprocess.run([sys.executable, "-c", code, str(MAINTAINER), *names], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
