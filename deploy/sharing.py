@@ -51,9 +51,13 @@ DEFAULT_SLEEP_LEVEL = 1  # a wake takes ~0.5 s (measured, GLM-4.1V on an H100) i
 # memory outside torch's allocator (a sleeping server still held 1.9 GB: GLM-4.1V-9B, vLLM 0.26, one H100), plus
 # the activation peak of the start-up profiling run and the CUDA graphs (1-2 GB at the default batch sizes).
 OVERHEAD_GB = 4.0
-# What a sleeping server keeps on each of its GPUs (the 1.9 GB above, rounded up): the awake member's fraction
-# must leave this much for each sleeping one.
-SLEEP_RESIDUE_GB = 2.0
+# What a sleeping server keeps on each of its GPUs: 1.9 GiB (GLM-4.1V) and 4.0 GiB (GLM-4.7-Flash) measured on one
+# H100 with vLLM 0.26 (docs/GPU-RESULTS.md, 2026-12-07 sleep run), rounded up: the awake member's fraction must leave
+# this much for each sleeping one.
+SLEEP_RESIDUE_GB = 4.5
+# Level-1 sleep copies the weights to pinned host RAM, and the process keeps that memory for its life (it did not
+# shrink after a wake, measured): 1.33x the weights for GLM-4.1V, 1.35x for GLM-4.7-Flash (same run).
+HOST_RAM_FACTOR = 1.35
 
 @dataclass(frozen=True)
 class TurnGroup:
@@ -367,8 +371,9 @@ def _dedupe(d: _Draft) -> None:
 
 
 def _host_ram(group: TurnGroup, services: list[Service]) -> float | None:
-    """GB of pinned host RAM the sleeping members' weights take at worst (level 1; level 2 keeps none): every member
-    asleep but the one with the smallest weights. None when a member's size is not known."""
+    """GB of pinned host RAM the members' level-1 sleep takes at worst (level 2 keeps none): once each member has
+    slept, its process keeps HOST_RAM_FACTOR x its weights in host RAM, awake or not. None when a member's size is
+    not known."""
     if group.sleep_level != 1:
         return 0.0
     sizes = []
@@ -378,7 +383,7 @@ def _host_ram(group: TurnGroup, services: list[Service]) -> float | None:
             if name not in PRESETS:
                 return None
             sizes.append(PRESETS[name].download_gb)
-    return sum(sizes) - min(sizes)
+    return round(sum(sizes) * HOST_RAM_FACTOR, 1)
 
 
 def describe(d: Deployment) -> list[str]:

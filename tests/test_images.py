@@ -96,7 +96,8 @@ def test_rendered_argv_parses_with_the_real_vllm_cli(cpu_image):
     for name in PRESETS:
         d, _ = deploy.load(f"preset {name}", text=f"services:\n  s:\n    preset: {name}\n")
         s = d.services[0]
-        assert parsed[f"preset:{name}"][1:4] == [[s.served_name], s.tool_call_parser, s.reasoning_parser], name
+        served = [s.served_model_name] if s.served_model_name else None
+        assert parsed[f"preset:{name}"][1:4] == [served, s.tool_call_parser, s.reasoning_parser], name
     air = parsed["deploy/stacks/default.yaml:glm-4.5-air"]
     assert air[:4] == ["/models/ZhipuAI--GLM-4.5-Air", ["glm-4.5-air"], "glm45", "glm45"]
     assert parsed["deploy/stacks/default.yaml:glm-4.1v"][4] == {"image": 32, "video": 1}
@@ -121,7 +122,7 @@ def test_compose_builds_the_model_fetch_image(docker, tmp_path):
     assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "-o", str(tmp_path / "compose.yaml")]) == 0
     project = f"vllmtest-{uuid.uuid4().hex[:8]}"
     (tmp_path / ".env").write_text(f"COMPOSE_PROJECT_NAME={project}\n")
-    compose(tmp_path, "build", "glm-4.5-air-fetch")
+    compose(tmp_path, "build", "model-fetch-image")  # the one service that builds the image its users share
     r = compose(tmp_path, "run", "--rm", "--no-deps", "--entrypoint", "python3", "glm-4.5-air-fetch", "-c",
                 "import huggingface_hub, modelscope, deploy.runtime.fetch; print(huggingface_hub.__version__)")
     pinned = re.search(r"^huggingface_hub==(\S+)", (ROOT / "constraints.txt").read_text(), re.M | re.I).group(1)

@@ -226,7 +226,9 @@ def test_a_rendered_systemd_server_unit_runs_its_command_on_the_cpu_model(script
     binds = [f"{os.path.realpath(b.rpartition(':')[0])}:{b.rpartition(':')[2]}" for b in binds]
     env = [shlex.split(v)[0] for v in unit["Environment"]]
     name = f"vllmtest-systemd-{port}"
-    run = ["docker", "run", "-d", "--name", name, "--network", "host", "--user", f"{unit['User'][0]}:{unit['Group'][0]}",
+    # --shm-size: a host's /dev/shm, which vLLM's CPU engine uses between its processes (Docker's default is 64 MB).
+    run = ["docker", "run", "-d", "--name", name, "--network", "host", "--shm-size", "1g",
+           "--user", f"{unit['User'][0]}:{unit['Group'][0]}",
            *[x for b in binds for x in ("-v", b)], *[x for e in env for x in ("-e", e)],
            "--env-file", unit["EnvironmentFile"][0], "--entrypoint", _exec(unit)[0], cpu_image, *_exec(unit)[1:]]
     subprocess.run(run, check=True, capture_output=True)
@@ -241,7 +243,8 @@ def test_a_rendered_systemd_server_unit_runs_its_command_on_the_cpu_model(script
             except OSError:
                 if subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True,
                                   text=True).stdout.strip() != "true":
-                    pytest.fail(subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr[-3000:])
+                    logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+                    pytest.fail((logs.stdout + logs.stderr)[-6000:])
                 time.sleep(3)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", method="POST",
                                      data=b'{"model": "glm45", "messages": [{"role": "user", "content": "France?"}]}',
