@@ -133,3 +133,39 @@ def test_the_job_reads_raw_line_separators_inside_json_as_one_line():
                        "body": {"messages": [{"role": "user", "content": "x\u2028y\x85z"}]}}, ensure_ascii=False)
     ok, bad = batch.parse_lines("\ufeff" + line + "\r\n" + line.replace('"a"', '"b"') + "\n")
     assert [r["custom_id"] for _, r in ok] == ["a", "b"] and bad == []
+
+
+def test_batch_input_helper_never_overwrites_and_reads_csv(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("custom_id,prompt\nq1,Hello\nq2,\"Two, with a comma\"\n")
+    out = tmp_path / "in" / "p.jsonl"
+    assert cli.main(["batch-input", str(tmp_path / "p.csv"), "-o", str(out), "--max-tokens", "8"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["custom_id"] for x in lines] == ["q1", "q2"]
+    assert lines[1]["body"] == {"messages": [{"role": "user", "content": "Two, with a comma"}], "max_tokens": 8}
+    before = out.read_text()
+    assert cli.main(["batch-input", str(tmp_path / "p.csv"), "-o", str(out)]) == 1
+    assert out.read_text() == before and "exists; nothing was written" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("text\nhello\n")
+    assert cli.main(["batch-input", str(tmp_path / "bad.csv"), "-o", str(tmp_path / "b.jsonl")]) == 1
+    assert "no `prompt` column" in capsys.readouterr().err and not (tmp_path / "b.jsonl").exists()
+    (tmp_path / "dup.csv").write_text("custom_id,prompt\nq1,Hello\nq1,Again\n")
+    assert cli.main(["batch-input", str(tmp_path / "dup.csv"), "-o", str(tmp_path / "d.jsonl")]) == 1
+    assert "request 2: custom_id 'q1' is also on line 1" in capsys.readouterr().err
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_batch_input_lines_are_checked_one_by_one():
+    from deploy.runtime import batch
+
+    text = "\n".join([
+        '{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": []}}',
+        "not json",
+        '{"custom_id": "a", "url": "/v1/chat/completions", "body": {}}',
+        '{"custom_id": "b", "url": "/v1/chat/completions"}',
+        '{"custom_id": "c", "method": "GET", "url": "/v1/models", "body": {}}',
+        "[1]", "",
+        '{"custom_id": "d", "url": "/v1/completions", "body": {"prompt": "x"}}'])
+    ok, bad = batch.parse_lines(text)
+    assert [(n, r["custom_id"]) for n, r in ok] == [(1, "a"), (8, "d")]
+    assert [(n, cid) for n, cid, _ in bad] == [(2, None), (3, "a"), (4, "b"), (5, "c"), (6, None)]
+    assert "also on line 1" in bad[1][2] and all("Fix" in m for _, _, m in bad)

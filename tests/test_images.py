@@ -15,10 +15,11 @@ import yaml
 
 import deploy
 from deploy import cli, container, pins
+from deploy.errors import SpecError
 from deploy.images import catalog
-from deploy.targets import kubernetes
+from deploy.targets import compose, kubernetes
 from deploy.versions import VllmVersion
-from support import ROOT, venv_tool
+from support import ROOT, deployment, venv_tool
 
 DOCKERFILES = sorted(ROOT.glob("images/*/Dockerfile"))
 VERSION = VllmVersion.parse(pins.VLLM)
@@ -210,3 +211,27 @@ def test_after_a_pull_compose_up_runs_the_new_runtime_code(docker, tmp_path):
         compose(copy, "down", "-v", check=False)
         if new:  # the image this test made (the first is the checkout's own, which other tests use)
             subprocess.run(["docker", "rmi", new], capture_output=True)
+
+
+def test_gpu_server_is_the_upstream_image_and_project_images_are_built():
+    d = deployment("services:\n  air:\n    preset: glm-4.5-air\n")
+    doc = compose.compose(d)["services"]
+    assert doc["air"]["image"] == f"vllm/vllm-openai:v{pins.VLLM}" and "build" not in doc["air"]
+    build = doc["air-fetch"]["build"]
+    assert build["dockerfile"] == "images/model-fetch/Dockerfile" and build["context"] == "."
+    assert build["args"]["BASE_IMAGE"] == f"${{VLLM_COMPOSE_BASE_IMAGE:-{pins.PYTHON_IMAGE}}}"
+
+
+def test_server_image_per_service_and_the_project_variant():
+    d = deployment(f"images:\n  vllm: vllm-compose/vllm:{pins.VLLM}\nservices:\n  a:\n    preset: glm-4.5-air\n"
+                   f"  b:\n    preset: glm-4.1v-9b-thinking\n    image: vllm/vllm-openai:v{pins.VLLM}-cu129\n    port: 8001\n")
+    doc = compose.compose(d)["services"]
+    assert doc["a"]["build"]["dockerfile"] == "images/vllm/Dockerfile"
+    assert doc["b"]["image"].endswith("-cu129") and "build" not in doc["b"]
+
+
+@pytest.mark.parametrize("image,message", [
+    ("vllm-compose/nope:1", "no Dockerfile builds it"), ("Vllm Openai", "is not an image reference")])
+def test_bad_images_are_refused(image, message):
+    with pytest.raises(SpecError, match=message):
+        deployment(f"services:\n  a:\n    preset: glm-4.5-air\n    image: '{image}'\n")

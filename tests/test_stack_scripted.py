@@ -395,7 +395,7 @@ def test_every_dashboard_panel_shows_data_from_the_live_stack(scripted):
     the router, with Grafana's variables filled in as it would (rate window 1m, every server): each returns
     series, and each histogram panel a number, after a few requests — a renamed metric leaves a panel empty and
     fails here. Grafana itself cannot run on these machines (environment.md); its provisioning is checked in
-    tests/test_generator.py."""
+    tests/test_monitoring.py."""
     import math
 
     from deploy import dashboards

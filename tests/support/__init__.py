@@ -197,3 +197,29 @@ def env_secrets(work: Path) -> dict[str, str]:
 
 def api_key(work: Path, name: str = "VLLM_API_KEY") -> str:
     return env_secrets(work)[name]
+
+
+def deployment(text: str):
+    """The resolved Deployment of a spec given as TEXT (deploy.load's text form); SpecError if it is refused."""
+    import deploy
+
+    return deploy.load("spec", text=text)[0]
+
+
+SPECS = ROOT / "tests/specs"
+# Every committed stack and good spec: the goldens, the schema and the targets run over all of them.
+STACKS = sorted([*ROOT.glob("deploy/stacks/*.yaml"), *ROOT.glob("tests/stacks/**/*.yaml"), *SPECS.glob("good/*.yaml")])
+# A routed stack with a scoped key (the router's, the writer's and resolve's tests).
+ROUTED = ("router:\n  keys: {VLLM_API_KEY: '*', ROUTER_KEY_V: [glm-4.1v-9b-thinking]}\n  tls: self-signed\n"
+          "services:\n  air:\n    preset: glm-4.5-air\n  v:\n    preset: glm-4.1v-9b-thinking\n    gpus: [4]\n")
+
+
+def yaml_values():
+    """A hypothesis strategy: any YAML value, nested a few levels (hostile specs are built from it)."""
+    from hypothesis import strategies as st
+
+    return st.recursive(
+        st.none() | st.booleans() | st.integers(-5, 70000) | st.floats(allow_nan=False) | st.text(max_size=12),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+        max_leaves=20,
+    )
