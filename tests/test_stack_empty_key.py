@@ -38,7 +38,9 @@ def test_a_server_and_the_router_with_an_empty_key_do_not_start(cpu_image, tmp_p
                            for line in env.read_text().splitlines(keepends=True)))
     (tmp_path / ".env").write_text(f"COMPOSE_PROJECT_NAME=vllmtest-{uuid.uuid4().hex[:8]}\n")
     try:
-        compose(tmp_path, "up", "-d", "--no-deps", "--no-build", "demo", "router")
+        # --no-deps: no download; the router's image is built here if no earlier test made its tag (the CPU image's
+        # tag is cpu_image's).
+        compose(tmp_path, "up", "-d", "--no-deps", "demo", "router")
         deadline = time.monotonic() + 120
         while True:
             server, router = state(tmp_path, "demo"), state(tmp_path, "router")

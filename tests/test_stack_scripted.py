@@ -186,7 +186,7 @@ def test_keys_are_checked_and_scoped(scripted):
 
 
 @pytest.mark.parametrize("value,message", [
-    ("", "ROUTER_KEY_TOOLS is not set. Fix: add `ROUTER_KEY_TOOLS=sk-...`"),
+    ("", "ROUTER_KEY_TOOLS is empty or blank. Fix: add `ROUTER_KEY_TOOLS=sk-...`"),
     ("tools-key-without-the-prefix", "ROUTER_KEY_TOOLS must start with sk- and be at least 20 characters. Fix:"),
     ("SAME", "hold the same key, so their scopes cannot be told apart. Fix: give each its own."),
 ])

@@ -19,7 +19,7 @@ import deploy
 from deploy import cli, container, facts
 from deploy.targets import MARKER, Request, TargetError, compose, kubernetes, systemd, targets
 from deploy.write import WriteError, write_tree
-from support import ROOT, STACKS, free_port
+from support import ROOT, SHARED_COMPILE_CACHE, STACKS, free_port
 
 
 def _unit(text: str) -> dict[str, list[str]]:
@@ -214,9 +214,15 @@ def test_a_rendered_systemd_server_unit_runs_its_command_on_the_cpu_model(script
                     f"    device: cpu\n    dtype: float32\n    max_model_len: 2048\n    cpu_kvcache_space: 1\n"
                     f"    reasoning_parser: glm45\n    port: {port}\n")
     out, state = tmp_path / "units", tmp_path / "state"
-    (state / "cache").mkdir(parents=True)
-    os.chmod(state / "cache", 0o777)
+    state.mkdir()
     (state / "models").symlink_to(scripted_models)
+    # The compile cache every test stack shares (support.share_compile_cache): the scripted stack compiled this model
+    # with these flags already, so the unit starts warm, as a host's second start would.
+    subprocess.run(["docker", "volume", "create", SHARED_COMPILE_CACHE], capture_output=True, check=True)
+    cache = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", SHARED_COMPILE_CACHE],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    os.chmod(cache, 0o777)  # a new volume is root's; the unit runs as the servers' uid
+    (state / "cache").symlink_to(cache)
     assert cli.main(["render", str(spec), "--target", "systemd", "-o", str(out), "--python", python,
                      "--state-dir", str(state), "--prefix", str(out)]) == 0
     unit = _unit((out / "glm45-scripted-reasoning.service").read_text())
