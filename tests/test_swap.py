@@ -37,7 +37,7 @@ class Group:
                                                  str(wake_seconds), "--sleep-seconds", "0.05", "--token-seconds",
                                                  str(token_seconds)])
             srv = sleepy_vllm.make_server(a, "127.0.0.1")
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()  # a quick shutdown()
             self.servers[name] = srv
         members = [swap.Member("g", f"{n}-svc", f"127.0.0.1:{s.server_address[1]}", n) for n, s in self.servers.items()]
         self.controller = swap.Controller(members, {"g": 1}, KEY, SERVER_KEY, min_awake, drain_timeout, wake_timeout)
@@ -296,7 +296,7 @@ def test_a_member_asleep_is_healthy_without_a_probe_request_and_forgets_strikes(
     monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
     a = sleepy_vllm.parser().parse_args(["--served-model-name", "m", "--port", "0", "--asleep"])
     srv = sleepy_vllm.make_server(a, "127.0.0.1")
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()  # a quick shutdown()
     state = tmp_path / "liveness.json"
     state.write_text('{"strikes": 1}')
     monkeypatch.setenv("VLLM_COMPOSE_LIVENESS_STATE", str(state))
