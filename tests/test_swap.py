@@ -27,7 +27,7 @@ class Group:
     """Stand-ins ALPHA and BETA (one turn group, alpha first in wake preference) behind a controller."""
 
     def __init__(self, monkeypatch, min_awake=0.0, drain_timeout=5.0, wake_seconds=0.2, token_seconds=0.01,
-                 wake_timeout=5.0):
+                 wake_timeout=5.0, level=1):
         monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
         monkeypatch.setenv("VLLM_API_KEY", SERVER_KEY)
         monkeypatch.setattr(swap, "POLL_S", 0.2)
@@ -40,7 +40,7 @@ class Group:
             threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()  # a quick shutdown()
             self.servers[name] = srv
         members = [swap.Member("g", f"{n}-svc", f"127.0.0.1:{s.server_address[1]}", n) for n, s in self.servers.items()]
-        self.controller = swap.Controller(members, {"g": 1}, KEY, SERVER_KEY, min_awake, drain_timeout, wake_timeout)
+        self.controller = swap.Controller(members, {"g": level}, KEY, SERVER_KEY, min_awake, drain_timeout, wake_timeout)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.server = asyncio.run_coroutine_threadsafe(self.controller.start("127.0.0.1", 0), self.loop).result(5)
@@ -199,6 +199,26 @@ def test_a_failed_wake_is_a_503_naming_the_service_and_the_group_recovers(group)
     g.wait_for(lambda: g.states()["alpha"] == "awake")
     status, body = g.complete("beta", "y")
     assert status == 200 and body["model"] == "beta"
+
+
+def test_a_level_2_wake_reloads_the_weights_before_the_model_answers(group):
+    """Level 2 drops the weights; vLLM's plain /wake_up gives back unloaded memory (the stand-in then answers
+    `garbage-N`), so the controller wakes the weights, reloads them (/collective_rpc reload_weights) and then wakes
+    the KV cache. Each model answers with its own weights after every swap."""
+    g = group(level=2)
+    assert g.stand_in("beta").weights_loaded is False  # put to sleep at level 2 by the controller at start
+    for name in ("beta", "alpha", "beta"):
+        status, body = g.complete(name, name)
+        assert status == 200 and body["choices"][0]["text"].startswith(f"{name}-0"), body
+        assert g.stand_in(name).weights_loaded and not g.stand_in(name).asleep
+    assert g.stand_in("beta").reloads == 2 and g.stand_in("alpha").reloads == 1
+    assert g.stand_in("alpha").weights_loaded is False  # asleep at level 2 again: nothing kept
+
+
+def test_a_level_1_wake_is_one_call_and_keeps_the_weights(group):
+    g = group()
+    assert g.complete("beta")[1]["choices"][0]["text"].startswith("beta-0")
+    assert g.stand_in("beta").reloads == 0 and g.stand_in("alpha").weights_loaded
 
 
 def test_an_unreachable_member_is_a_503_naming_it(group):

@@ -13,7 +13,11 @@ Servers of one group share GPU memory that holds one of them at a time; each run
 - Sleep routes (vLLM 0.26, vllm/entrypoints/serve/dev/sleep): `POST /sleep?level=1|2` (mode `abort` by default:
   requests still in the engine end aborted), `POST /wake_up`, `GET /is_sleeping` -> {"is_sleeping": bool}. A
   request sent to a sleeping server is queued by its paused scheduler until the wake, so a sleeping server never
-  gets one from here. These routes are unauthenticated (vLLM's key guards only /v1, /v2, /inference): only this
+  gets one from here. Level 2 drops the weights and a plain `/wake_up` gives them back as fresh, unloaded memory
+  (vllm/v1/worker/gpu_worker.py restores only the model's buffers): the server would answer from garbage. So a
+  level-2 wake is vLLM's three steps: `POST /wake_up?tags=weights`, `POST /collective_rpc`
+  {"method": "reload_weights"} (read again from the model's files), `POST /wake_up?tags=kv_cache` (which resumes
+  the scheduler). These routes are unauthenticated (vLLM's key guards only /v1, /v2, /inference): only this
   controller reaches the servers of a group, and it forwards nothing but those three API prefixes.
 - Fair policy (turns). A model that is awake keeps the GPU for at least MIN_AWAKE seconds from its wake (no
   thrashing); during that time its own requests go straight through, even while another model's requests are
@@ -68,6 +72,12 @@ MODELS_HEADER = "x-vllm-compose-models"
 MAX_HELD = 2048  # held requests per model; beyond it: 503 (each holds its body, up to the router's 60 MiB)
 START_TIMEOUT = 1800.0  # how long a member's load may take before the next one's gate gives up (GLM-4.5-Air: ~15 min)
 POLL_S = 5.0  # how often members' sleep state is read (start-up, restarts)
+# How a member wakes, per sleep level: (method, path, body) in order, each answered 200 before the next.
+WAKE_STEPS = {
+    1: (("POST", "/wake_up", b""),),
+    2: (("POST", "/wake_up?tags=weights", b""), ("POST", "/collective_rpc", b'{"method": "reload_weights"}'),
+        ("POST", "/wake_up?tags=kv_cache", b"")),
+}
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
 
 
@@ -252,7 +262,10 @@ class Group:
     async def _wake(self, m: Member, previous: Member | None) -> None:
         m.state = "waking"
         t0 = time.monotonic()
-        status, body = await self.control(m, "POST", "/wake_up", self.wake_timeout)
+        for method, path, payload in WAKE_STEPS[self.level]:
+            status, body = await self.control(m, method, path, self.wake_timeout, payload)
+            if status != 200:
+                break
         if status == 200:
             seconds = time.monotonic() - t0
             m.state, m.last_error = "awake", ""
@@ -264,7 +277,7 @@ class Group:
             await self._release(m)
             return
         m.wake_failures += 1
-        m.last_error = _why(status, body)
+        m.last_error = _why(status, body) + ("" if self.level == 1 else f" (at {method} {path})")
         log(f"{m.service}: wake failed: {m.last_error}")
         await self.control(m, "POST", f"/sleep?level={self.level}", self.wake_timeout)  # give back what it took
         m.state = "asleep"
@@ -480,13 +493,15 @@ class Controller:
 
     # -------------------------------------------------------------- to the members
 
-    async def control(self, m: Member, method: str, path: str, timeout: float) -> tuple[int, str]:
+    async def control(self, m: Member, method: str, path: str, timeout: float,
+                      payload: bytes = b"") -> tuple[int, str]:
         """A sleep-route call (or any small call) to M: (status, body); status 0 with the reason when none came."""
         async def call() -> tuple[int, str]:
             reader, writer = await asyncio.open_connection(m.host, m.port)
             try:
-                writer.write(f"{method} {path} HTTP/1.1\r\nHost: {m.address}\r\nContent-Length: 0\r\n"
-                             "Connection: close\r\n\r\n".encode())
+                kind = "Content-Type: application/json\r\n" if payload else ""
+                writer.write(f"{method} {path} HTTP/1.1\r\nHost: {m.address}\r\n{kind}"
+                             f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
                 await writer.drain()
                 status, _, body = await _read_whole_response(reader)
                 return status, body.decode("utf-8", "replace")

@@ -14,6 +14,10 @@ vllm/v1/engine/core.py):
   ends the requests still running: a stream gets a last chunk with finish_reason "abort", a plain request an
   answer with finish_reason "abort". `POST /wake_up` answers 200 after --wake-seconds (level 2: twice that, the
   weights reload). `GET /is_sleeping` -> {"is_sleeping": bool}. `/health` stays 200 while asleep.
+- Level 2 drops the weights (vllm/v1/worker/gpu_worker.py): `/wake_up` gives back unloaded memory and restores only
+  the buffers, so the server answers from garbage (the stand-in's text then says `garbage-N`, not the service)
+  until `POST /collective_rpc {"method": "reload_weights"}` reads them again. `/wake_up?tags=weights` and
+  `?tags=kv_cache` wake one part each (repeatable `tags`; none = both); the server is asleep until both are awake.
 - A request that reaches a sleeping server is queued by its paused scheduler and runs after the wake (it hangs
   until then). The stand-in does the same, and counts each one (`served_while_asleep` in GET /stand-in/state):
   the controller must never send one.
@@ -50,6 +54,9 @@ class State:
         self.lock = threading.Condition()
         self.asleep = a.asleep
         self.level = 1
+        self.asleep_tags: set[str] = {"weights", "kv_cache"} if a.asleep else set()
+        self.weights_loaded = True  # False after a level-2 sleep, until reload_weights
+        self.reloads = 0
         self.epoch = 0  # bumped by each sleep: requests of an older epoch are aborted
         self.fail_wakes = 0
         self.running = 0
@@ -64,6 +71,14 @@ class State:
     @property
     def order(self) -> list[str]:
         return [user for _, user in sorted(self.arrivals)]
+
+
+def _rpc_method(body: bytes) -> object:
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    return doc.get("method") if isinstance(doc, dict) else None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -109,6 +124,7 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 return self._send(200, {"is_sleeping": st.asleep, "served": st.served, "sleeps": st.sleeps,
                                         "wakes": st.wakes, "served_while_asleep": st.served_while_asleep,
+                                        "reloads": st.reloads, "weights_loaded": st.weights_loaded,
                                         "asleep_users": st.asleep_users,
                                         "running": st.running, "order": st.order,
                                         "dev_routes_reached": st.dev_routes_reached})
@@ -126,21 +142,33 @@ class Handler(BaseHTTPRequestHandler):
                 st.lock.notify_all()
             time.sleep(a.sleep_seconds)
             with st.lock:
-                st.asleep, st.level = True, level
+                st.asleep, st.level, st.asleep_tags = True, level, {"weights", "kv_cache"}
+                st.weights_loaded = st.weights_loaded and level == 1
                 st.sleeps += 1
             return self._send(200, "", "text/plain")
         if dev and path == "/wake_up" and method == "POST":
             with st.lock:
                 failing = st.fail_wakes > 0
                 st.fail_wakes -= failing
-                level = st.level
-            time.sleep(a.wake_seconds * (2 if level == 2 else 1))
+            tags = set(query.get("tags") or ("weights", "kv_cache"))
+            time.sleep(a.wake_seconds if "weights" in tags else 0)
             if failing:
                 return self._send(500, {"error": "CUDA out of memory (stand-in: a failed wake asked for by the test)"})
             with st.lock:
-                st.asleep = False
-                st.wakes += 1
+                st.asleep_tags -= tags
+                st.asleep = bool(st.asleep_tags)
+                st.wakes += not st.asleep
                 st.lock.notify_all()
+            return self._send(200, "", "text/plain")
+        if dev and path == "/collective_rpc" and method == "POST" and _rpc_method(body) == "reload_weights":
+            with st.lock:
+                ready = "weights" not in st.asleep_tags
+            if not ready:  # vLLM would write into memory it gave back
+                return self._send(500, {"error": "reload_weights while the weights are asleep (stand-in)"})
+            time.sleep(a.wake_seconds)  # the weights read again from disk
+            with st.lock:
+                st.weights_loaded = True
+                st.reloads += 1
             return self._send(200, "", "text/plain")
         if dev and path in DEV_ROUTES:
             with st.lock:
@@ -176,7 +204,7 @@ class Handler(BaseHTTPRequestHandler):
         n = int(req.get("max_tokens") or 4)
         chat = path.endswith("chat/completions")
         service = os.environ.get("STAND_IN_SERVICE", a.served_model_name)
-        words = [f"{service}-{i}" for i in range(n)]
+        words = [f"{service if st.weights_loaded else 'garbage'}-{i}" for i in range(n)]
         try:
             if req.get("stream"):
                 self.send_response(200)
