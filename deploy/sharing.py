@@ -58,6 +58,10 @@ SLEEP_RESIDUE_GB = 4.5
 # Level-1 sleep copies the weights to pinned host RAM, and the process keeps that memory for its life (it did not
 # shrink after a wake, measured): 1.33x the weights for GLM-4.1V, 1.35x for GLM-4.7-Flash (same run).
 HOST_RAM_FACTOR = 1.35
+# And each server's own processes hold host RAM whatever the level: 8.1 GiB (GLM-4.1V) and 8.8 GiB (GLM-4.7-Flash)
+# before their first sleep, 4 API servers each (one H100, vLLM 0.26, docs/gpu-runs/2026-12-07-h100-swap-tune.json,
+# where the two took 126 GB of the host's 134 GB: 1.35 x 83 GB of weights + these two).
+SERVER_HOST_GB = 9.5
 
 @dataclass(frozen=True)
 class TurnGroup:
@@ -115,7 +119,7 @@ class Plan:
     side_by_side: tuple[tuple[str, ...], ...] = ()  # groups whose memory fits together
     turns: tuple[TurnGroup, ...] = ()
     unplaced: tuple[tuple[Need, float, str], ...] = ()  # services with a GPU count, not ids: (Need, GB, origin)
-    host_ram_gb: tuple[tuple[str, float | None], ...] = ()  # turn group → level-1 sleeping weights at worst
+    host_ram_gb: tuple[tuple[str, float | None], ...] = ()  # turn group → host RAM at worst (_host_ram)
     problems: tuple[tuple[str, str], ...] = ()  # (YAML path, message with the numbers and the fix)
     warnings: tuple[tuple[str, str], ...] = ()
 
@@ -371,11 +375,12 @@ def _dedupe(d: _Draft) -> None:
 
 
 def _host_ram(group: TurnGroup, services: list[Service]) -> float | None:
-    """GB of pinned host RAM the members' level-1 sleep takes at worst (level 2 keeps none): once each member has
-    slept, its process keeps HOST_RAM_FACTOR x its weights in host RAM, awake or not. None when a member's size is
-    not known."""
+    """GB of host RAM the members take at worst: SERVER_HOST_GB each, and at level 1 (level 2 keeps no weights)
+    HOST_RAM_FACTOR x its weights in pinned host RAM, which its process keeps once it has slept, awake or not.
+    None when a member's size is not known."""
+    base = SERVER_HOST_GB * len(group.members)
     if group.sleep_level != 1:
-        return 0.0
+        return base
     sizes = []
     for s in services:
         if s.name in group.members:
@@ -383,7 +388,7 @@ def _host_ram(group: TurnGroup, services: list[Service]) -> float | None:
             if name not in PRESETS:
                 return None
             sizes.append(PRESETS[name].download_gb)
-    return round(sum(sizes) * HOST_RAM_FACTOR, 1)
+    return round(sum(sizes) * HOST_RAM_FACTOR + base, 1)
 
 
 def describe(d: Deployment) -> list[str]:
@@ -395,9 +400,10 @@ def describe(d: Deployment) -> list[str]:
     for names in p.side_by_side:
         lines.append(f"  side by side: {', '.join(names)} (their fractions fit together)")
     for g, (_, ram) in zip(p.turns, p.host_ram_gb, strict=True):
-        held = ("no host RAM (level 2 drops the weights; a wake reloads them)" if ram == 0 else
-                f"up to {ram:g} GB of host RAM for sleeping weights (level 1)" if ram is not None else
-                "host RAM for sleeping weights unknown (a member's size is not known)")
+        held = (f"up to {ram:g} GB of host RAM (the servers' own; level 2 drops the weights, a wake reloads them)"
+                if g.sleep_level != 1 else
+                f"up to {ram:g} GB of host RAM for sleeping weights and the servers' own (level 1)" if ram is not None
+                else "host RAM for sleeping weights unknown (a member's size is not known)")
         lines.append(f"  taking turns ({g.name}): {', '.join(g.members)}; awake first: {g.awake_first}; "
                      f"sleep level {g.sleep_level}; {held}")
     for gp in p.gpus:

@@ -434,6 +434,67 @@ def sleep_report(data: dict) -> list[str]:
     return lines
 
 
+def swap_report(data: dict) -> list[str]:
+    """Issue 37 under the stack's own controller (maintainer/gpu_swap.py): start-up, quiet swaps, alternations,
+    memory, the controller's metrics."""
+    f = data["swap.full"]
+    lines = [f"**Two servers taking turns on one GPU under the stack's own controller** (`{f['spec']}`, level "
+             f"{f['level']}; members in wake-preference order: {', '.join(f['order'])}; no router, requests sent to "
+             "the controller with its key). Each member ran the argv rendered for a turn member:", ""]
+    lines += [f"- {n}: `{' '.join(a)}`" for n, a in f["member_argv"].items()]
+    lines += [f"- controller: `swap.py {' '.join(f['controller_argv'][1:])}`", ""]
+    if "error" in f:
+        lines += [f"The run stopped: `{f['error']}`", ""]
+    st = f.get("startup", {})
+    lines += ["Start-up through the gates (seconds from the first gate): " + "; ".join(
+        f"{n}: gate open at {e['gate_s']}, up at {e.get('up_s', '–')}" for n, e in st.items()) +
+        f". States after start: `{json.dumps(f.get('models_after_start'))}`.", ""]
+    if f.get("quiet"):
+        lines += ["| quiet swap to | answered in s (16 tokens, from sending) | the controller's wake s | ok |",
+                  "|---|---|---|---|"]
+        lines += [f"| {q['to']} | {q['total_s']} | {q.get('controller_wake_s')} | {q.get('ok')} |" for q in f["quiet"]]
+        lines.append("")
+    a = f.get("alternate")
+    if isinstance(a, dict):
+        lines += [f"Alternations: {a['rounds']} rounds × {a['streams']} streams × {a['per_stream']} requests "
+                  f"({a['max_tokens']} tokens each), each round started once the last one had a first token: "
+                  f"{a['requests']} requests, **{a['failed']} failed**, {a['swaps']:g} swaps in {a['wall_s']} s.", ""]
+    elif a:
+        lines += [f"Alternations: {a}", ""]
+    wakes: dict[str, list[float]] = {}
+    for n, s in f.get("controller_wakes", []):
+        wakes.setdefault(n, []).append(s)
+    if wakes:
+        lines += ["Wake seconds as the controller timed them (every swap): " + "; ".join(
+            f"{n} {_span(v)}" for n, v in wakes.items()) + ".", ""]
+    for n, e in f.get("engine_log", {}).items():
+        first, *later = e["sleep_s"] or [None]
+        lines += [f"- {n}, from its engine's log: first sleep {first:.1f} s, later sleeps {_span(later)}; wakes "
+                  f"{_span(e['wake_s'])}; a sleep freed {e['freed'][0][0] if e['freed'] else '?'} GiB, of which "
+                  f"{e['freed'][0][1] if e['freed'] else '?'} GiB backed up in host RAM."]
+    lines.append("")
+    mem = f.get("memory", [])
+    if mem:
+        names = list(f["order"])
+        lines += ["| step | GPU used MiB | host used GiB | " + " | ".join(f"{n} (state, GPU MiB, RSS GiB)" for n in names)
+                  + " |", "|---" * (3 + len(names)) + "|"]
+        for m in mem:
+            cells = [", ".join(str(m["servers"][n][k]) for k in ("state", "gpu_mib", "rss_gib")) if n in m["servers"]
+                     else "–" for n in names]
+            lines.append(f"| {m['label']} | {m['gpu_used_mib']} | {m['host_used_gib']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    level2 = data.get("swap.level2")
+    if isinstance(level2, str):
+        lines += [f"Level 2 under the controller: {level2}", ""]
+    elif isinstance(level2, dict) and level2.get("cycles"):
+        lines += ["| level 2: model | cycle | status | answered in s | the controller's wake s | same answer as its "
+                  "first |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['model']} | {c['cycle']} | {c['status']} | {c['s']} | {c['controller_wake_s']} | "
+                  f"{c['same_text_as_first']} |" for c in level2["cycles"]]
+        lines.append("")
+    return lines
+
+
 def sglang_report(data: dict) -> list[str]:
     """GLM-4.7-Flash's preset against lambda.ai's published SGLang figure on the same workload."""
     r = data["sglang.glm-4.7-flash"]
@@ -493,6 +554,8 @@ def main() -> None:
             lines += fp8(data)
         if "sleep.run" in data:
             lines += sleep_report(data)
+        if "swap.full" in data:
+            lines += swap_report(data)
         if "sglang.glm-4.7-flash" in data:
             lines += sglang_report(data)
         for name, b in data.items():
