@@ -42,18 +42,24 @@ class Group:
         members = [swap.Member("g", f"{n}-svc", f"127.0.0.1:{s.server_address[1]}", n) for n, s in self.servers.items()]
         self.controller = swap.Controller(members, {"g": 1}, KEY, SERVER_KEY, min_awake, drain_timeout, wake_timeout)
         self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.loop_thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.loop_thread.start()
         self.server = asyncio.run_coroutine_threadsafe(self.controller.start("127.0.0.1", 0), self.loop).result(5)
         self.port = self.server.sockets[0].getsockname()[1]
         self.wait_for(lambda: self.states() == {"alpha": "awake", "beta": "asleep"})
 
     def close(self):
-        async def stop():
-            for t in self.controller.tasks:
-                t.cancel()
+        async def stop():  # every task ended (a state poll may be mid-call), not left to the garbage collector
             self.server.close()
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop_thread.join(5)
+        self.loop.close()
         for s in self.servers.values():
             s.shutdown()
             s.server_close()
