@@ -28,12 +28,14 @@ def pytest_addoption(parser):
 def _quick_workers(config) -> int:
     """How many pytest-xdist workers a run gets without asking: the whole quick suite (`pytest -m "not docker"`, no
     test paths, no -n) runs on every core, up to 4; any other run (the README's full command, which starts stacks
-    in order; chosen paths; -n given, -n 0 for one process; --pdb; -s) runs as asked."""
+    in order; chosen paths or -k; -n given, -n 0 for one process; --pdb; -s; --update-goldens) runs as asked."""
     from _pytest.mark.expression import Expression
 
     if (os.environ.get("PYTEST_XDIST_WORKER") or not config.pluginmanager.hasplugin("xdist")
             or config.getoption("numprocesses", None) is not None or config.args_source == pytest.Config.ArgsSource.ARGS
-            or config.getoption("usepdb") or config.getoption("capture") == "no" or config.getoption("collectonly")):
+            or config.getoption("keyword")
+            or config.getoption("usepdb") or config.getoption("capture") == "no" or config.getoption("collectonly")
+            or config.getoption("--update-goldens")):  # one writer: other tests read compose.yaml and copy the tree
         return 0
     # Every docker test is left out by the run's -m, whatever other marks (slow) it carries.
     others = [m.split(":")[0].split("(")[0].strip() for m in config.getini("markers")]

@@ -52,9 +52,11 @@ def full_command_args(text: str) -> list[str]:
     (["-m", "not slow"], False),  # docker tests that are not slow stay in
     (["-m", "not docker", "-n", "0"], False),  # one process, on request
     (["-m", "not docker", "tests/test_spec.py"], False),  # chosen tests: as asked
+    (["-m", "not docker", "-k", "swap"], False),
     (["-m", "not docker", "--pdb"], False),
     (["-m", "not docker", "-s"], False),
     (["-m", "not docker", "-p", "no:xdist"], False),
+    (["-m", "not docker", "--update-goldens"], False),  # goldens and compose.yaml rewritten while others read them
 ])
 def test_only_the_whole_quick_suite_is_spread_over_the_cores(workers, args, quick):
     if quick and CORES < 2:
