@@ -6,6 +6,7 @@ Tests that need Docker skip without an engine (saying how to get one) — except
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -22,6 +23,45 @@ def pytest_addoption(parser):
     parser.addoption("--update-goldens", action="store_true",
                      help="rewrite tests/golden/*, compose.yaml and tests/specs/bad/*.expected from the current "
                           "generator instead of comparing (review `git diff` afterwards)")
+
+
+def _quick_workers(config) -> int:
+    """How many pytest-xdist workers a run gets without asking: the whole quick suite (`pytest -m "not docker"`, no
+    test paths, no -n) runs on every core, up to 4; any other run (the README's full command, which starts stacks
+    in order; chosen paths or -k; -n given, -n 0 for one process; --pdb; -s; --update-goldens) runs as asked."""
+    from _pytest.mark.expression import Expression
+
+    if (os.environ.get("PYTEST_XDIST_WORKER") or not config.pluginmanager.hasplugin("xdist")
+            or config.getoption("numprocesses", None) is not None or config.args_source == pytest.Config.ArgsSource.ARGS
+            or config.getoption("keyword")
+            or config.getoption("usepdb") or config.getoption("capture") == "no" or config.getoption("collectonly")
+            or config.getoption("--update-goldens")):  # one writer: other tests read compose.yaml and copy the tree
+        return 0
+    # Every docker test is left out by the run's -m, whatever other marks (slow) it carries.
+    others = [m.split(":")[0].split("(")[0].strip() for m in config.getini("markers")]
+    others = [m for m in others if m != "docker"]
+    try:
+        expression = Expression.compile(config.getoption("markexpr") or "docker")
+    except SyntaxError:
+        return 0  # pytest names the bad expression itself
+    skips_docker = not any(expression.evaluate(lambda name, **_: name == "docker" or name in marks)  # noqa: B023
+                           for marks in itertools.chain.from_iterable(itertools.combinations(others, k)
+                                                                      for k in range(len(others) + 1)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, 4) if skips_docker and cores > 1 else 0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """The quick suite on every core by default (see _quick_workers); pytest-xdist then sets up the workers."""
+    if workers := _quick_workers(config):
+        config.option.numprocesses = workers
+        config._quick_workers = workers
+
+
+def pytest_report_header(config):
+    if workers := getattr(config, "_quick_workers", 0):
+        return f"quick suite: {workers} workers (pytest-xdist, as -n {workers}); -n 0 runs it in one process"
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ refuses. The run itself (through the router, against real vLLM) is tests/test_st
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -139,16 +140,30 @@ def test_the_script_shows_progress_within_each_level():
     assert "level 1 of 2: concurrency 1, 8 requests" in sh and "level 2 of 2: concurrency 4, 16 requests" in sh
 
 
-def test_ctrl_c_stops_the_container_and_keeps_the_finished_levels(tmp_path):
+def test_ctrl_c_stops_the_container_and_keeps_the_finished_levels(tmp_path, monkeypatch):
     """run_levels against a local process that speaks the one-off container's protocol (a level's result after
-    MARK, then a level that never ends), interrupted by a real SIGINT to this process, as Ctrl-C sends it: the
-    stop callback (in bench.main: `docker rm -f` of the named container) runs, the process is ended, the finished
-    level is returned, no traceback."""
+    MARK, then a level that never ends), interrupted by a real SIGINT to this process, as Ctrl-C sends it, while
+    it waits for the second level: the stop callback (in bench.main: `docker rm -f` of the named container) runs,
+    the process is ended, the finished level is returned, no traceback."""
     level = json.dumps({"completed": 8, "output_throughput": 12.5, "mean_ttft_ms": 40.0})
     child = tmp_path / "child.py"
-    child.write_text(f"import sys, time\nprint({bench.MARK + ' 1 ' + level!r}, flush=True)\ntime.sleep(120)\n")
+    child.write_text(f"import sys, time\nprint({bench.MARK + ' 1 ' + level!r}, flush=True)\n"
+                     "print('level 2 running', flush=True)\ntime.sleep(120)\n")
     stopped = []
-    threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    second = threading.Event()  # run_levels has passed the line after level 1's result through: it holds level 1
+
+    class Passed(io.StringIO):
+        def write(self, text):
+            if "level 2 running" in text:
+                second.set()
+            return super().write(text)
+    monkeypatch.setattr(sys, "stderr", Passed())
+
+    def ctrl_c():
+        if second.wait(30):
+            time.sleep(0.1)  # back to waiting for the container's output
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=ctrl_c, daemon=True).start()
     t0 = time.monotonic()
     results, code, interrupted = bench.run_levels([sys.executable, str(child)], tmp_path, dict(os.environ),
                                                   lambda: stopped.append(time.monotonic()))

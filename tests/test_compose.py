@@ -3,6 +3,7 @@ service carries."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -20,11 +21,12 @@ import deploy
 from deploy import cli, container, pins, runtime, spec, write
 from deploy.errors import SpecError
 from deploy.targets import compose, header
-from support import EXAMPLES, ROOT, ROUTED, STACKS, check_golden, deployment, without_checkout_paths, yaml_values
+from support import EXAMPLES, ROOT, ROUTED, STACKS, check_golden, deployment, load_yaml, without_checkout_paths, yaml_values
 
 SCHEMA = json.loads((ROOT / "deploy/schema/compose-spec.json").read_text())
 
 
+@functools.cache  # the committed stacks do not change during a run: one render each, for the golden and the schema
 def rendered(path: Path) -> str:
     rel = str(path.relative_to(ROOT))
     d, _ = deploy.load(str(path))
@@ -53,13 +55,13 @@ def test_cli_render_reproduces_compose_yaml_byte_for_byte(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
 def test_rendered_compose_follows_compose_spec_schema(stack):
-    doc = yaml.safe_load(rendered(stack))
+    doc = load_yaml(rendered(stack))
     jsonschema.Draft7Validator(SCHEMA).validate(doc)
 
 
 def test_schema_rejects_what_compose_would_reject():
     """The schema check can fail: a misspelt service key is refused."""
-    doc = yaml.safe_load(rendered(ROOT / "deploy/stacks/default.yaml"))
+    doc = load_yaml(rendered(ROOT / "deploy/stacks/default.yaml"))
     doc["services"]["glm-4.5-air"]["helthcheck"] = {}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(SCHEMA).validate(doc)

@@ -10,6 +10,7 @@ made where they write them by default. `git status` must show nothing new, and n
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,9 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from support import ROOT, fresh_copy
+from support import ROOT, fresh_copy, load_yaml
 
 DEFAULT = ROOT / "deploy/stacks/default.yaml"
 STACKS = sorted([*ROOT.glob("deploy/stacks/*.yaml"), *ROOT.glob("tests/stacks/*.yaml"), *ROOT.glob("tests/stacks/*/*.yaml")])
@@ -32,13 +32,34 @@ def git(work: Path, *args: str) -> str:
 
 def writable_binds(compose_file: Path) -> set[str]:
     """Host folders the rendered stack's containers may write into (bind mounts not read-only)."""
-    doc = yaml.safe_load(compose_file.read_text())
+    doc = load_yaml(compose_file.read_text())
     out = set()
     for svc in doc["services"].values():
         for v in svc.get("volumes", []):
             if isinstance(v, dict) and v.get("type") == "bind" and not v.get("read_only"):
                 out.add(v["source"])
     return out
+
+
+# `python -m deploy ARGS...` once per line of its input, in the copy (cwd, PYTHONPATH) as the README runs it, but one
+# interpreter for all the renders (a start-up each would be most of this module's time); answers [exit code, stderr].
+RENDERER = """
+import contextlib, io, json, sys
+from deploy import cli
+for line in sys.stdin:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = cli.main(json.loads(line))
+    print(json.dumps([code, err.getvalue()]), flush=True)
+"""
+
+
+def render(renderer: subprocess.Popen, *args: str) -> tuple[int, str]:
+    renderer.stdin.write(json.dumps(args) + "\n")
+    renderer.stdin.flush()
+    answer = renderer.stdout.readline()
+    assert answer, f"the renderer died on {args}"
+    return tuple(json.loads(answer))
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +73,20 @@ def rendered(tmp_path_factory) -> Path:
 
     # Each stack where the README renders it, and the default one also inside the folders the images are built from.
     runs = [(spec, "compose.yaml") for spec in STACKS] + [(DEFAULT, "deploy/compose.yaml"), (DEFAULT, "images/c.yaml")]
-    for spec, out in runs:
-        r = subprocess.run([sys.executable, "-m", "deploy", "render", str(spec.relative_to(ROOT)), "-o", out],
-                           cwd=work, env=env, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        for source in writable_binds(work / out):
-            folder = (work / out).parent / source
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "written-by-a-container.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
-        for name in ("glm-4.5-air", "smollm2"):
-            path = bench.default_output(work, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("{}")
+    with subprocess.Popen([sys.executable, "-c", RENDERER], cwd=work, env=env, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as renderer:
+        for spec, out in runs:
+            code, err = render(renderer, "render", str(spec.relative_to(ROOT)), "-o", out)
+            assert code == 0, err
+            for source in writable_binds(work / out):
+                folder = (work / out).parent / source
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "written-by-a-container.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+            for name in ("glm-4.5-air", "smollm2"):
+                path = bench.default_output(work, name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("{}")
+        renderer.stdin.close()
     for report in ("smoke.xml", "smoke.md"):  # the README's --junitxml smoke.xml, and --report-md
         (work / report).write_text("<testsuites/>")
     (work / ".env").write_text("PIP_INDEX_URL=https://user:password@mirror.example/simple\n")

@@ -8,6 +8,7 @@ what a scheduler or kubelet would do is not exercised.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from deploy import cli, container, facts, monitoring, targets
 from deploy.errors import SpecError
 from deploy.spec import loads
 from deploy.targets import kubernetes
-from support import EXAMPLES, ROOT, admission, api_key, check_golden
+from support import EXAMPLES, ROOT, admission, api_key, check_golden, load_yaml_all
 
 STACKS = [ROOT / "deploy/stacks/default.yaml", ROOT / "tests/stacks/k8s/glm-air-multinode.yaml",
           ROOT / "tests/stacks/k8s/router-tls.yaml"]
@@ -57,12 +58,24 @@ def validate(obj: dict) -> None:
         kubernetes_validate.validate(obj, kubernetes.KUBERNETES_VERSION, strict=True)
 
 
+_RENDERS: dict[tuple[Path, tuple[str, ...]], dict[str, list[dict]]] = {}
+
+
 def rendered(stack: Path, tmp_path: Path, *extra: str) -> dict[str, list[dict]]:
-    """The manifests of STACK by file (jobs/NAME-batch.yaml for its batch jobs)."""
+    """The manifests of STACK by file (jobs/NAME-batch.yaml for its batch jobs), rendered by the CLI.
+
+    A committed stack (under the checkout, unchanged during the run) is rendered once per run and each caller
+    gets its own copy of the objects (the admission tests break theirs); a spec the test wrote is rendered
+    every time."""
+    if stack.is_relative_to(ROOT) and (stack, extra) in _RENDERS:
+        return copy.deepcopy(_RENDERS[stack, extra])
     out = tmp_path / stack.stem
     assert cli.main(["render", str(stack), "--target", "kubernetes", "-o", str(out), *extra]) == 0
-    return {str(p.relative_to(out)): [o for o in yaml.safe_load_all(p.read_text()) if o]
-            for p in sorted(out.rglob("*.yaml")) if p.name != "kustomization.yaml"}
+    files = {str(p.relative_to(out)): [o for o in load_yaml_all(p.read_text()) if o]
+             for p in sorted(out.rglob("*.yaml")) if p.name != "kustomization.yaml"}
+    if stack.is_relative_to(ROOT):
+        _RENDERS[stack, extra] = copy.deepcopy(files)
+    return files
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)

@@ -13,8 +13,6 @@ query), as no GPU is reachable here; host RAM is this machine's real /proc/memin
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -132,39 +130,50 @@ def test_side_by_side_when_fractions_fit_together():
     assert [n.gets_gb for n in p.gpus[0].needs] == [pytest.approx(0.45 * 85.5)] * 2
 
 
-def test_fractions_over_one_are_refused_and_the_fix_passes():
-    _, errors, _ = load(two(f"{VISION}, gpu_memory_utilization: 0.6", f"{VISION}, gpu_memory_utilization: 0.5"))
-    assert errors == ["services.b.gpu_memory_utilization: GPU 0: a and b run side by side (each sets "
-                      "gpu_memory_utilization), but 0.6 + 0.5 = 1.10 of its 85.5 GB. Fix: lower them to sum to at most "
-                      "1 (such as 0.5 each), or set sleep_level: 1 on them to take turns."]
-    ok(two(f"{VISION}, gpu_memory_utilization: 0.5", f"{VISION}, gpu_memory_utilization: 0.5"))
-    # The other fix: say they take turns.
-    d = ok(two(f"{VISION}, gpu_memory_utilization: 0.6, sleep_level: 1", f"{VISION}, gpu_memory_utilization: 0.5"))
+# Each refusal of the plan: the spec, the one error (naming the field, the numbers and the fix), the fixed specs
+# that then pass.
+REFUSALS = {
+    "fractions-over-one": (
+        two(f"{VISION}, gpu_memory_utilization: 0.6", f"{VISION}, gpu_memory_utilization: 0.5"),
+        "services.b.gpu_memory_utilization: GPU 0: a and b run side by side (each sets gpu_memory_utilization), but "
+        "0.6 + 0.5 = 1.10 of its 85.5 GB. Fix: lower them to sum to at most 1 (such as 0.5 each), or set "
+        "sleep_level: 1 on them to take turns.",
+        [two(f"{VISION}, gpu_memory_utilization: 0.5", f"{VISION}, gpu_memory_utilization: 0.5"),
+         # the other fix: they take turns
+         two(f"{VISION}, gpu_memory_utilization: 0.6, sleep_level: 1", f"{VISION}, gpu_memory_utilization: 0.5")]),
+    # 0.25 × 85.5 = 21.375 GB < 21 + 4; the fix asks for ceil(26.024 / 85.5, 2 places) = 0.31.
+    "weights-over-fraction": (
+        two(f"{VISION}, gpu_memory_utilization: 0.25", f"{VISION}, gpu_memory_utilization: 0.5"),
+        "services.a.gpu_memory_utilization: GPU 0: a's weights (21.0 GB) and vLLM's overhead (4 GB) need 25.0 GB but "
+        "it gets 0.25 × 85.5 GB = 21.4 GB (user); vLLM would fail after loading. Fix: set gpu_memory_utilization: 0.31.",
+        [two(f"{VISION}, gpu_memory_utilization: 0.31", f"{VISION}, gpu_memory_utilization: 0.5")]),
+    # 0.3 × 85.5 = 25.65 GB leaves 0.65 GB after 25 GB: 15,869 tokens of 40,960 bytes, 15,360 in whole K.
+    "kv-cache-under-max-model-len": (
+        two(f"{VISION}, gpu_memory_utilization: 0.3", f"{VISION}, gpu_memory_utilization: 0.5"),
+        "services.a.max_model_len: GPU 0: one sequence of max_model_len 25000 needs 1.0 GB of KV cache (40960 bytes "
+        "per token on each GPU), but 0.3 × 85.5 GB = 25.6 GB (user) leaves 0.6 GB after 21.0 GB of weights and 4 GB "
+        "of overhead; vLLM would refuse to start after loading. Fix: max_model_len: 15360 or "
+        "gpu_memory_utilization: 0.31.",
+        [two(f"{VISION}, gpu_memory_utilization: 0.3, max_model_len: 15360", f"{VISION}, gpu_memory_utilization: 0.5"),
+         two(f"{VISION}, gpu_memory_utilization: 0.31", f"{VISION}, gpu_memory_utilization: 0.5")]),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_a_plan_that_does_not_fit_is_refused_and_each_fix_passes(case):
+    text, error, fixes = REFUSALS[case]
+    _, errors, _ = load(text)
+    assert errors == [error]
+    for fixed in fixes:
+        ok(fixed)
+
+
+def test_fractions_over_one_with_sleep_level_take_turns():
+    d = ok(REFUSALS["fractions-over-one"][2][1])
     assert sharing.plan(d).turns[0].members == ("a", "b")
 
 
 # ------------------------------------------------------------------ one service's fit
-
-
-def test_weights_that_cannot_fit_their_fraction_are_refused_and_the_fix_passes():
-    # 0.25 × 85.5 = 21.375 GB < 21 + 4; the fix asks for ceil(26.024 / 85.5, 2 places) = 0.31.
-    _, errors, _ = load(two(f"{VISION}, gpu_memory_utilization: 0.25", f"{VISION}, gpu_memory_utilization: 0.5"))
-    assert errors == ["services.a.gpu_memory_utilization: GPU 0: a's weights (21.0 GB) and vLLM's overhead (4 GB) need "
-                      "25.0 GB but it gets 0.25 × 85.5 GB = 21.4 GB (user); vLLM would fail after loading. Fix: set "
-                      "gpu_memory_utilization: 0.31."]
-    ok(two(f"{VISION}, gpu_memory_utilization: 0.31", f"{VISION}, gpu_memory_utilization: 0.5"))
-
-
-def test_kv_cache_too_small_for_max_model_len_is_refused_and_both_fixes_pass():
-    # 0.3 × 85.5 = 25.65 GB leaves 0.65 GB after 25 GB: 15,869 tokens of 40,960 bytes, 15,360 in whole K.
-    text = two(f"{VISION}, gpu_memory_utilization: 0.3", f"{VISION}, gpu_memory_utilization: 0.5")
-    _, errors, _ = load(text)
-    assert errors == ["services.a.max_model_len: GPU 0: one sequence of max_model_len 25000 needs 1.0 GB of KV cache "
-                      "(40960 bytes per token on each GPU), but 0.3 × 85.5 GB = 25.6 GB (user) leaves 0.6 GB after "
-                      "21.0 GB of weights and 4 GB of overhead; vLLM would refuse to start after loading. Fix: "
-                      "max_model_len: 15360 or gpu_memory_utilization: 0.31."]
-    ok(text.replace("utilization: 0.3,", "utilization: 0.3, max_model_len: 15360,"))
-    ok(text.replace("utilization: 0.3,", "utilization: 0.31,"))
 
 
 def test_an_unshared_service_is_planned_too():
@@ -310,42 +319,48 @@ def test_kubernetes_refuses_shared_gpus_with_the_fix(tmp_path):
     kubernetes.manifests(ok(PLAIN.replace("gpus: [0]}", "gpus: [4]}")))
 
 
-def _doctor(spec_path, tmp_path, mib: int, used: int = 0) -> str:
+@pytest.fixture
+def doctor(tmp_path, monkeypatch, capsys):
+    """doctor(spec_path, mib, used=0) → what `vllm-deploy doctor SPEC` prints, in this process (tests/test_doctor.py
+    runs the command itself), with a stand-in nvidia-smi reporting four cards of MIB MiB, USED in use."""
     fake = tmp_path / "bin"
-    fake.mkdir(exist_ok=True)
-    (fake / "nvidia-smi").write_text(
-        f"#!/bin/sh\nfor i in 0 1 2 3; do echo \"$i, NVIDIA GPU, {mib}, 580.65.06, {used}\"; done\n")
-    (fake / "nvidia-smi").chmod(0o755)
-    r = subprocess.run([sys.executable, "-m", "deploy", "doctor", str(spec_path), "--dir", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
-    assert "Traceback" not in r.stdout + r.stderr
-    return r.stdout
+    fake.mkdir()
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(ROOT)
+
+    def run(spec_path, mib: int, used: int = 0) -> str:
+        (fake / "nvidia-smi").write_text(
+            f"#!/bin/sh\nfor i in 0 1 2 3; do echo \"$i, NVIDIA GPU, {mib}, 580.65.06, {used}\"; done\n")
+        (fake / "nvidia-smi").chmod(0o755)
+        capsys.readouterr()
+        cli.main(["doctor", str(spec_path), "--dir", str(tmp_path)])
+        return capsys.readouterr().out
+    return run
 
 
-def test_doctor_plans_with_the_real_gpu_memory(tmp_path):
+def test_doctor_plans_with_the_real_gpu_memory(doctor):
     """A stand-in nvidia-smi reports 40 GB cards: Air's 59.25 GB per GPU does not fit, named with nvidia-smi's size;
     on 80 GB cards it does."""
     stack = ROOT / "deploy/stacks/glm-4gpu-turns.yaml"
-    out = _doctor(stack, tmp_path, 40960)
+    out = doctor(stack, 40960)
     assert ("FAIL  gpu memory   GPU 0: glm-4.5-air's weights (55.2 GB) and vLLM's overhead (4 GB) need 59.2 GB but it "
             "gets 0.92 × 42.9 GB = 39.5 GB") in out
-    out = _doctor(stack, tmp_path, 81559, used=30000)
+    out = doctor(stack, 81559, used=30000)
     assert "ok    gpu memory   needed/given per GPU (nvidia-smi's sizes): GPU 0 85.5 GB: glm-4.5-air 65.4/78.7 GB" in out
     assert "warn  gpu memory   GPU 0 already has 31.5 GB in use" in out
 
 
-def test_doctor_checks_host_ram_for_level_one_sleep(tmp_path):
+def test_doctor_checks_host_ram_for_level_one_sleep(doctor, tmp_path):
     """This machine's real memory (24 GiB) cannot hold Air's 221 GB of sleeping weights; level 2 keeps none."""
     stack = ROOT / "deploy/stacks/glm-4gpu-turns.yaml"
     have = int(open("/proc/meminfo").read().split()[1]) * 1024 / 1e9
     assert have < 221, "this test expects a host with less than 221 GB of RAM"
-    out = _doctor(stack, tmp_path, 81559)
+    out = doctor(stack, 81559)
     assert (f"FAIL  host ram     gpus-0-1-2-3 (glm-4.5-air, glm-4.1v) needs up to 345.7 GB of host RAM (sleeping "
             f"weights at level 1, and the servers' own); this host has {have:.0f} GB. Fix: set sleep_level: 2") in out
     level2 = tmp_path / "level2.yaml"
     level2.write_text(stack.read_text().replace("awake_first: true", "awake_first: true\n    sleep_level: 2")
                       .replace("gpus: [0]\n", "gpus: [0]\n    sleep_level: 2\n"))
-    out = _doctor(level2, tmp_path, 81559)
+    out = doctor(level2, 81559)
     line = next(x for x in out.splitlines() if "host ram" in x)
     assert not line.startswith("FAIL") and "up to 19 GB of host RAM (level 2)" in line, line  # warn: less is free

@@ -42,18 +42,24 @@ class Group:
         members = [swap.Member("g", f"{n}-svc", f"127.0.0.1:{s.server_address[1]}", n) for n, s in self.servers.items()]
         self.controller = swap.Controller(members, {"g": level}, KEY, SERVER_KEY, min_awake, drain_timeout, wake_timeout)
         self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.loop_thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.loop_thread.start()
         self.server = asyncio.run_coroutine_threadsafe(self.controller.start("127.0.0.1", 0), self.loop).result(5)
         self.port = self.server.sockets[0].getsockname()[1]
         self.wait_for(lambda: self.states() == {"alpha": "awake", "beta": "asleep"})
 
     def close(self):
-        async def stop():
-            for t in self.controller.tasks:
-                t.cancel()
+        async def stop():  # every task ended (a state poll may be mid-call), not left to the garbage collector
             self.server.close()
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop_thread.join(5)
+        self.loop.close()
         for s in self.servers.values():
             s.shutdown()
             s.server_close()
@@ -142,8 +148,8 @@ def test_held_requests_are_answered_after_the_wake_in_arrival_order(group):
 
 
 def test_min_awake_keeps_the_turn_and_a_burst_for_the_awake_model_is_not_held(group):
-    g = group(min_awake=1.5)
-    assert g.complete("beta")[0] == 200  # beta wakes now: its turn lasts at least 1.5 s
+    g = group(min_awake=1.0)
+    assert g.complete("beta")[0] == 200  # beta wakes now: its turn lasts at least 1 s
     woke = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         alpha = pool.submit(g.complete, "alpha", "a")
@@ -153,16 +159,16 @@ def test_min_awake_keeps_the_turn_and_a_burst_for_the_awake_model_is_not_held(gr
         status, _ = alpha.result()
         alpha_done = time.monotonic()
     assert status == 200
-    assert alpha_done - woke >= 1.5, "the swap back came before min_awake"
-    assert all(r[0][0] == 200 and r[1] - woke < 1.2 for r in burst_done), "the burst for the awake model waited"
+    assert alpha_done - woke >= 1.0, "the swap back came before min_awake"
+    assert all(r[0][0] == 200 and r[1] - woke < 0.8 for r in burst_done), "the burst for the awake model waited"
     assert g.metric("vllm_compose_requests_held_total", "beta-svc") == 1  # only the first, which woke it
 
 
 def test_a_long_request_is_drained_for_at_most_the_bound_then_the_model_sleeps(group):
-    g = group(drain_timeout=0.5, token_seconds=0.02)
+    g = group(drain_timeout=0.3, token_seconds=0.02)
     with ThreadPoolExecutor(2) as pool:
         long = pool.submit(g.complete, "alpha", "long", 500)  # 10 s of tokens
-        time.sleep(0.3)
+        time.sleep(0.2)
         t0 = time.monotonic()
         status, body = g.complete("beta", "b")
         waited = time.monotonic() - t0
@@ -247,10 +253,24 @@ def test_streams_pass_through_chunk_by_chunk(group):
 
 
 def test_no_thrash_under_a_steady_mix(group):
-    """Two clients each keep asking for their own model for 4 s: every request answered, swaps at most one per
-    min_awake (plus the first)."""
-    g = group(min_awake=1.0, wake_seconds=0.1)
-    stop = time.monotonic() + 4
+    """Two clients each keep asking for their own model for 2 s: every request answered; each turn (a model's
+    wake to its next sleep, as the controller asks the servers) lasts at least min_awake, so swaps are at most
+    one per min_awake (plus the first)."""
+    min_awake = 0.5
+    g = group(min_awake=min_awake, wake_seconds=0.1)
+    grp = g.controller.groups["g"]
+    calls = []  # ("woke" | "sleep", service, monotonic time): each wake answered, each sleep asked
+    control = grp.control
+
+    async def recorded(m, method, path, *args):
+        if method == "POST" and path.startswith("/sleep"):
+            calls.append(("sleep", m.service, time.monotonic()))
+        answer = await control(m, method, path, *args)
+        if method == "POST" and path == "/wake_up" and answer[0] == 200:
+            calls.append(("woke", m.service, time.monotonic()))
+        return answer
+    grp.control = recorded
+    stop = time.monotonic() + 2
     results = []
 
     def client(model):
@@ -262,6 +282,13 @@ def test_no_thrash_under_a_steady_mix(group):
     swaps = g.metric("vllm_compose_swaps_total", "alpha-svc") + g.metric("vllm_compose_swaps_total", "beta-svc")
     assert results.count(200) == len(results) and len(results) > 20
     assert 2 <= swaps <= 6, swaps
+    woke, turns = {}, []
+    for event, service, t in calls:
+        if event == "woke":
+            woke[service] = t
+        elif service in woke:
+            turns.append(t - woke.pop(service))
+    assert turns and min(turns) >= min_awake, turns
     assert g.stand_in("alpha").served_while_asleep == g.stand_in("beta").served_while_asleep == 0
 
 
@@ -358,7 +385,7 @@ def test_start_gates_let_members_load_one_at_a_time(group):
         a = sleepy_vllm.parser().parse_args(["--served-model-name", "gamma", "--port", str(gport)])
         srv = sleepy_vllm.make_server(a, "127.0.0.1")
         g.servers["gamma"] = srv
-        srv.serve_forever()
+        srv.serve_forever(poll_interval=0.02)  # a quick shutdown()
     threading.Thread(target=load_gamma, daemon=True).start()
     t0 = time.monotonic()
     g.servers["beta"].shutdown()  # beta "is about to load" again: its gate waits for gamma
