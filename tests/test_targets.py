@@ -13,10 +13,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 import deploy
-from deploy import cli, container, facts
+from deploy import cli, container, facts, router, swap_service
 from deploy.targets import MARKER, Request, TargetError, compose, kubernetes, systemd, targets
 from deploy.write import WriteError, write_tree
 from support import ROOT, SHARED_COMPILE_CACHE, STACKS, free_port
@@ -38,8 +37,9 @@ def _exec(unit: dict[str, list[str]]) -> list[str]:
 
 
 def _systemd(d, tmp: Path | None = None, **options) -> dict[str, str]:
-    """The systemd target's files, monitoring and jobs dropped; {} for a routed stack (refused: tested below)."""
-    if d.router:
+    """The systemd target's files, monitoring and jobs dropped; {} for a stack whose services take turns on GPUs
+    (refused: tested below)."""
+    if swap_service.groups(d):
         return {}
     drop = frozenset(x for x, present in (("monitoring", d.monitoring_port),
                                           ("batch", any(s.batch for s in d.services))) if present)
@@ -50,7 +50,8 @@ def _systemd(d, tmp: Path | None = None, **options) -> dict[str, str]:
 def test_every_target_runs_the_same_image_argv_environment_and_mounts(stack):
     """One description per container (deploy/container.py), translated: compose's service, the Kubernetes pod's
     container and the systemd unit carry the same argv and environment; compose and Kubernetes the same image and
-    mount targets. (systemd runs the host's Python, and binds a server where compose publishes it.)"""
+    mount targets; the systemd unit binds the same container paths. (systemd runs the host's Python, and binds a server
+    where compose publishes it, or behind the router on 127.0.0.1 at its own port.)"""
     d, _ = deploy.load(stack)
     doc = compose.compose(d)["services"]
     unlit = lambda xs: [x.replace("$$", "$") for x in xs]  # noqa: E731
@@ -76,18 +77,30 @@ def test_every_target_runs_the_same_image_argv_environment_and_mounts(stack):
         assert {e["name"]: e["value"] for e in k["env"] if "value" in e} == dict(c.env)
         assert {m["mountPath"] for m in k["volumeMounts"]} >= {m.target for m in c.mounts if m.kind != "host"}
     units = _systemd(d)
-    for c in container.containers(d, jobs=False, routed=False, watched=False) if units else ():
+    ports = systemd.host_ports(d)
+    for c in container.containers(d, jobs=False, watched=False) if units else ():
         unit = _unit(units[f"{c.name}.service"])
         argv = _exec(unit)
         expected = [systemd.PYTHON if a == "python3" else a for a in c.entrypoint] + list(c.args)
         if c.role == "server":
-            expected[expected.index("--host") + 1] = d.bind_address
-            expected[expected.index("--port") + 1] = str(c.published)
+            expected[expected.index("--host") + 1] = "127.0.0.1" if d.router else d.bind_address
+            expected[expected.index("--port") + 1] = str(ports[c.name] if d.router else c.published)
         assert argv == expected, c.name
         env = dict(shlex.split(v)[0].split("=", 1) for v in unit.get("Environment", []))
         assert {k: env[k].replace("$$", "$").replace("%%", "%") for k in dict(c.env)} == dict(c.env)
         bound = {shlex.split(v)[0].rpartition(":")[2] for k in ("BindPaths", "BindReadOnlyPaths") for v in unit.get(k, [])}
-        assert bound == {m.target for m in c.mounts}, c.name
+        assert bound == {m.target for m in c.mounts} | {f.target for f in c.files}, c.name
+        assert [f.split("/")[-1] for f in unit.get("EnvironmentFile", [])] == [f for f, _ in c.env_files], c.name
+        if c.stop_grace is not None:
+            assert unit["TimeoutStopSec"] == [str(c.stop_grace)] and unit.get("KillSignal") == (
+                [c.stop_signal] if c.stop_signal else None), c.name
+    if units and d.router:  # the router unit: the compose router's config but for the servers' host addresses
+        cfg = units["files/router-haproxy"]
+        assert cfg.replace(f"bind {d.bind_address}:{d.router.port}", f"bind :{facts.ROUTER_PORT}").split("\nfrontend")[1] \
+            .split("\n  http-error")[0] == router.haproxy_cfg(d).split("\nfrontend")[1].split("\n  http-error")[0]
+        for s in d.services:
+            assert f"\n  server {s.name} 127.0.0.1:{ports[s.name]}\n" in cfg
+            assert f'"--port" "{ports[s.name]}"' in units[f"{s.name}.service"]
 
 
 def test_the_cli_reads_its_targets_from_the_registry_and_holds_no_targets_code():
@@ -157,14 +170,19 @@ def _need_systemd_analyze() -> None:
         pytest.skip("systemd-analyze is missing: apt-get install systemd")
 
 
-@pytest.mark.parametrize("stack", [s for s in STACKS if "router" not in yaml.safe_load(s.read_text())],
-                         ids=lambda p: p.stem)  # routed stacks: refused (test_systemd_refuses_what_it_cannot_express...)
+@pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.stem)
 def test_every_rendered_unit_passes_systemd_analyze_verify(stack, tmp_path):
-    """systemd's own checker on every unit of every stack (the features systemd does not render dropped); the same
-    check fails on a unit with a misspelt directive, so it is really read."""
+    """systemd's own checker on every unit of every stack (the features systemd does not render dropped; the router
+    included), stacks taking turns aside (refused: test_systemd_refuses_what_it_cannot_express...); the same check
+    fails on a unit with a misspelt directive, so it is really read."""
     _need_systemd_analyze()
     d, _ = deploy.load(stack)
-    for name, text in _systemd(d, tmp_path).items():
+    units = _systemd(d, tmp_path)
+    if not units:
+        assert swap_service.groups(d)
+        pytest.skip("services taking turns: refused by the systemd target")
+    assert ("router.service" in units) == (d.router is not None)
+    for name, text in units.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     result = _verify(tmp_path)
@@ -175,14 +193,101 @@ def test_every_rendered_unit_passes_systemd_analyze_verify(stack, tmp_path):
 
 
 def test_systemd_refuses_what_it_cannot_express_with_the_fix(tmp_path, capsys):
+    """Monitoring and batch jobs are refused (each with its --drop), the router renders; services taking turns are
+    refused with their fix; every bad option is named at once; nothing is written."""
     spec = ROOT / "tests/stacks/scripted-cpu.yaml"
     assert cli.main(["render", str(spec), "--target", "systemd", "-o", str(tmp_path / "u")]) == 1
     err = capsys.readouterr().err
-    assert "router: the systemd target does not render it yet. Fix: pass --drop router" in err
-    assert "monitoring" in err and "nothing was written" in err and not (tmp_path / "u").exists()
+    assert "monitoring: the systemd target does not render it (the router and the servers it does). Fix: pass " \
+           "--drop monitoring" in err and "router:" not in err
+    assert "nothing was written" in err and not (tmp_path / "u").exists()
+    assert cli.main(["render", str(ROOT / "tests/stacks/turns-standins.yaml"), "--target", "systemd", "--drop",
+                     "monitoring", "-o", str(tmp_path / "u")]) == 1
+    assert "take turns on shared GPUs, and the systemd target does not render the turn-taking controller. Fix: give " \
+           "each service GPUs of its own" in capsys.readouterr().err
     assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "--target", "systemd", "--drop", "batch",
-                     "--state-dir", "relative/dir", "-o", str(tmp_path / "u")]) == 1
-    assert "--state-dir 'relative/dir' must be an absolute path" in capsys.readouterr().err
+                     "--state-dir", "relative/dir", "--python", "python3", "-o", str(tmp_path / "u")]) == 1
+    err = capsys.readouterr().err
+    assert "--state-dir 'relative/dir' must be an absolute path. Fix: such as /var/lib/vllm-compose" in err
+    assert "--python 'python3' must be an absolute path. Fix: such as /usr/bin/python3" in err
+    assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize("value", ["/opt/my dir", "/opt/a:b", "/opt/%h", "/opt/$HOME", '/opt/"q"', "/opt/a\\b",
+                                   "/opt/new\nline", "/opt/caf\u00e9", "/opt/\udcff"])
+@pytest.mark.parametrize("option", ["--prefix", "--state-dir", "--python"])
+def test_systemd_paths_a_unit_would_read_otherwise_are_refused(tmp_path, capsys, option, value):
+    """A space, ':', '%', '$', a quote, a backslash, a newline or a non-ASCII byte in a path the units name (BindPaths=
+    splits on ':', specifiers expand '%', the install note is a shell line): refused naming the option, not written."""
+    code = cli.main(["render", str(ROOT / "tests/stacks/scripted-cpu.yaml"), "--target", "systemd", "--drop",
+                     "monitoring", option, value, "-o", str(tmp_path / "u")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{option} " in err and "Fix: a path of letters, digits" in err and "Traceback" not in err
+    assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "-1", "٣", "1_0", "8e3", "", " 80"])
+def test_systemd_server_port_must_be_a_port(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["render", str(ROOT / "tests/stacks/scripted-cpu.yaml"), "--target", "systemd", "--drop", "monitoring",
+                  "--server-port", value, "-o", str(tmp_path / "u")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--server-port" in err and "Fix: a whole number from 1 to 65535" in err
+    assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize(("first", "message"), [
+    ("3998", "router.port 4000 is among the ports of the servers behind it on this host (3998-4001, from "
+             "--server-port). Fix: --server-port 8000"),
+    ("65534", "--server-port 65534: the 4 servers behind the router need ports 65534-65537, past 65535")])
+def test_systemd_server_ports_never_take_the_routers_or_pass_65535(tmp_path, capsys, first, message):
+    assert cli.main(["render", str(ROOT / "tests/stacks/scripted-cpu.yaml"), "--target", "systemd", "--drop",
+                     "monitoring", "--server-port", first, "-o", str(tmp_path / "u")]) == 1
+    assert message in capsys.readouterr().err and not (tmp_path / "u").exists()
+
+
+def test_systemd_cannot_drop_the_router_and_names_colliding_units(tmp_path, capsys):
+    """--drop router is a usage error (the router renders); a service named like another's generated unit
+    (`a-health` beside `a`, `b-fetch` beside `b`) is refused naming both, before anything is written."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("services:\n" + "".join(f"  {n}:\n    preset: smollm2-135m-cpu\n    port: {8000 + i}\n"
+                                            for i, n in enumerate(["a", "a-health", "b"])))
+    assert cli.main(["render", str(spec), "--target", "systemd", "--drop", "router", "-o", str(tmp_path / "u")]) == 2
+    assert "the systemd target can leave out batch, monitoring. Fix: remove it" in capsys.readouterr().err
+    assert cli.main(["render", str(spec), "--target", "systemd", "-o", str(tmp_path / "u")]) == 1
+    err = capsys.readouterr().err
+    assert "services.a-health: its server unit a-health.service is also the healthcheck unit of 'a'. Fix: rename " \
+           "one of them" in err
+    assert not (tmp_path / "u").exists()
+
+
+def test_systemd_router_keys_stay_in_their_env_files(tmp_path, capsys):
+    """The router's keys (and the servers' key) are in router-keys.env / secrets.env, mode 0600, and in no unit,
+    script or config the target writes — by value, base64 or SHA-256; an env file others can read is warned about."""
+    import base64
+    import hashlib
+
+    out = tmp_path / "u"
+    args = ["render", str(ROOT / "tests/stacks/scripted-cpu.yaml"), "--target", "systemd", "--drop", "monitoring",
+            "-o", str(out)]
+    assert cli.main(args) == 0
+    keys = {}
+    for env in ("secrets.env", "router-keys.env"):
+        assert (out / env).stat().st_mode & 0o777 == 0o600
+        keys.update(line.split("=", 1) for line in (out / env).read_text().splitlines() if "=" in line)
+    assert set(keys) >= {"VLLM_API_KEY", "ROUTER_KEY_TOOLS"}
+    router_unit = (out / "router.service").read_text()
+    assert "EnvironmentFile=/etc/vllm-compose/secrets.env\nEnvironmentFile=/etc/vllm-compose/router-keys.env" in router_unit
+    for path in out.rglob("*"):
+        if path.is_file() and not path.name.endswith(".env"):
+            text = path.read_text()
+            for value in keys.values():
+                for spelling in (value, base64.b64encode(value.encode()).decode(), hashlib.sha256(value.encode()).hexdigest()):
+                    assert spelling not in text, (path, spelling[:6])
+    (out / "router-keys.env").chmod(0o644)
+    capsys.readouterr()
+    assert cli.main(args) == 0  # rendered again in place: the config files carry the marker too
+    assert f"warning: {out / 'router-keys.env'} can be read by other users. Fix: chmod 600" in capsys.readouterr().err
 
 
 def test_systemd_render_writes_units_env_files_and_scripts_and_rerenders_in_place(tmp_path, capsys):
