@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -369,3 +370,192 @@ def test_a_rendered_systemd_server_unit_runs_its_command_on_the_cpu_model(script
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     assert facts.SERVER_PORT != port  # the unit binds the published port, not the container's
+
+
+def _unit_env(unit: dict[str, list[str]]) -> dict[str, str]:
+    """What systemd puts in a unit's environment: its EnvironmentFile= lines (KEY=value; `#` comments) then
+    Environment=, over the manager's PATH."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    for f in unit.get("EnvironmentFile", []):
+        for line in Path(f.lstrip("-")).read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                env.update([line.split("=", 1)])
+    env.update(shlex.split(v)[0].split("=", 1) for v in unit.get("Environment", []))
+    return env
+
+
+def _namespace_script(unit: dict[str, list[str]], scratch: Path, user: tuple[str, int] | None) -> str:
+    """A shell script that plays the unit's mount namespace in `unshare -m`, changing nothing outside it: each
+    top-level folder a bind lands in (/etc, /opt) becomes an overlay on a scratch folder, so the mount points (and,
+    with USER, a line of /etc/passwd) exist only inside; each BindPaths= / BindReadOnlyPaths= line the same bind;
+    RuntimeDirectory= a fresh folder on a private /run, mode 0700, as systemd makes it. Then ExecStartPre=, then
+    exec ExecStart=."""
+    q = shlex.quote
+    binds = [(k == "BindReadOnlyPaths", *shlex.split(v)[0].rsplit(":", 1)) for k in ("BindPaths", "BindReadOnlyPaths")
+             for v in unit.get(k, [])]
+    lines = ["set -e", "mount --make-rprivate /"]
+    for top in sorted({"/" + target.split("/")[1] for _, _, target in binds} | ({"/etc"} if user else set())):
+        up, work = scratch / f"{top[1:]}-up", scratch / f"{top[1:]}-work"
+        up.mkdir(parents=True)
+        work.mkdir()
+        lines.append(f"mount -t overlay overlay -o lowerdir={top},upperdir={q(str(up))},workdir={q(str(work))} {top}")
+    if user:
+        lines += [f"echo {q(f'{user[0]}:x:{user[1]}:{user[1]}::/nonexistent:/usr/sbin/nologin')} >> /etc/passwd",
+                  f"echo {q(f'{user[0]}:x:{user[1]}:')} >> /etc/group"]
+    for read_only, source, target in binds:
+        make = f"mkdir -p {q(target)}" if Path(source).is_dir() else f"mkdir -p {q(str(Path(target).parent))} && touch {q(target)}"
+        lines += [make, f"mount --bind {q(source)} {q(target)}"]
+        if read_only:
+            lines.append(f"mount -o remount,bind,ro {q(target)}")
+    lines.append("mount -t tmpfs -o mode=0755 tmpfs /run")
+    lines += [f"install -d -m {unit.get('RuntimeDirectoryMode', ['0755'])[0]} /run/{q(d)}" for d in unit.get("RuntimeDirectory", [])]
+    lines += [" ".join(map(q, _exec({"ExecStart": [pre]}))) for pre in unit.get("ExecStartPre", [])]
+    lines.append("exec " + " ".join(map(q, _exec(unit))))
+    return "\n".join(lines) + "\n"
+
+
+def _call(port: int, path: str, key: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+    import json
+
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if body is not None else "GET",
+                                 data=json.dumps(body).encode() if body is not None else None, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    return status, json.loads(raw) if raw else {}
+
+
+def test_a_rendered_router_unit_runs_debian_haproxy_in_front_of_the_server_units(tmp_path):
+    """The router unit's ExecStartPre= and ExecStart= run as written, with its env files and its bound files, by
+    Debian's haproxy on this host (apt-get install haproxy; never started as a system service here): keys checked,
+    requests routed by `model` to the servers at the ports their own units bind, the server key passed on.
+
+    Real: HAProxy (Debian 2.6, the router image's package), router_start.py, the rendered haproxy.cfg and maps, the
+    env files, the unit's command line, its KillSignal= soft stop. Played: systemd's mount namespace (unshare -m:
+    overlays keep the mount points and the `router` user inside it; see _namespace_script). Standing in: each server
+    unit's vLLM is tests/support/sleepy_vllm.py (it speaks vLLM's OpenAI routes, checks VLLM_API_KEY like vLLM and has
+    the development routes), started with the server unit's --host/--port and environment; a real CPU server takes
+    minutes (its unit's command is run by test_a_rendered_systemd_server_unit_runs_its_command_on_the_cpu_model)."""
+    import json
+    import pwd
+    import signal
+    import threading
+
+    if os.geteuid() != 0 or shutil.which("haproxy") is None or shutil.which("unshare") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root with Debian's haproxy (.ci/run installs it)")
+        pytest.skip("needs root (a mount namespace) and Debian's haproxy: sudo apt-get install haproxy")
+    while True:  # two free ports in a row for the servers
+        first = free_port()
+        try:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", first + 1))
+            break
+        except OSError:
+            continue
+    router_port = free_port()
+    spec, out = tmp_path / "spec.yaml", tmp_path / "out"
+    outside = {p: os.path.lexists(p) for p in ("/etc/router", "/opt/vllm-compose", "/run/router")}
+    spec.write_text(f"router:\n  port: {router_port}\n  keys: {{VLLM_API_KEY: '*', ROUTER_KEY_A: [m-a]}}\nservices:\n"
+                    "  a:\n    preset: smollm2-135m-cpu\n    served_model_name: m-a\n    env: {VLLM_SERVER_DEV_MODE: '1'}\n"
+                    "  b:\n    preset: smollm2-135m-cpu\n    served_model_name: m-b\n")
+    assert cli.main(["render", str(spec), "--target", "systemd", "-o", str(out), "--prefix", str(out), "--state-dir",
+                     str(tmp_path / "state"), "--python", "/usr/bin/python3", "--server-port", str(first)]) == 0
+    keys = _unit_env({"EnvironmentFile": [str(out / "secrets.env"), str(out / "router-keys.env")]})
+    server_key, key_a = keys["VLLM_API_KEY"], keys["ROUTER_KEY_A"]
+    procs: list[subprocess.Popen] = []
+    try:
+        for name in ("a", "b"):  # each stand-in where its server unit binds, with that unit's environment
+            unit = _unit((out / f"{name}.service").read_text())
+            argv = _exec(unit)
+            host, port, served = (argv[argv.index(f) + 1] for f in ("--host", "--port", "--served-model-name"))
+            code = ("import sys; from support import sleepy_vllm as s; a = s.parser().parse_args(sys.argv[1:]); "
+                    f"s.make_server(a, {host!r}).serve_forever()")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", code, "--served-model-name", served, "--port", port, "--token-seconds", "0.05"],
+                env={**_unit_env(unit), "STAND_IN_SERVICE": name, "PYTHONPATH": str(ROOT / "tests")},
+                stderr=subprocess.DEVNULL))  # HAProxy's layer-4 checks reset connections: socketserver prints each
+        router_unit = _unit((out / "router.service").read_text())
+        assert router_unit["KillSignal"] == [facts.ROUTER_STOP_SIGNAL]
+        assert router_unit["TimeoutStopSec"] == [str(facts.ROUTER_STOP_GRACE)]
+        assert "User" not in router_unit  # root, as the container: router_start.py drops to its user
+        env = _unit_env(router_unit)
+        # The preflight names the fix: no `router` user on this host (outside the namespace), no haproxy on PATH.
+        if not any(p.pw_name == "router" for p in pwd.getpwall()):  # (else it would start the router: left out)
+            (tmp_path / "bare").mkdir()
+            pre = subprocess.run(["unshare", "-m", "sh", "-c", _namespace_script(router_unit, tmp_path / "bare", None)],
+                                 env=env, capture_output=True, text=True, timeout=30)
+            assert pre.returncode == 1 and "this host has no user router" in pre.stderr and "Fix: sudo useradd" in pre.stderr
+        nohap = subprocess.run(_exec({"ExecStart": router_unit["ExecStartPre"]}), env={**env, "PATH": "/nonexistent"},
+                               capture_output=True, text=True, timeout=30)
+        assert nohap.returncode == 1 and "HAProxy is not installed on this host" in nohap.stderr
+        assert "Fix: sudo apt-get install haproxy" in nohap.stderr
+        uid = next(u for u in range(64000, 65000) if u not in {p.pw_uid for p in pwd.getpwall()})
+        (tmp_path / "ns").mkdir()
+        log = open(tmp_path / "router.log", "w")
+        router_proc = subprocess.Popen(["unshare", "-m", "sh", "-c", _namespace_script(router_unit, tmp_path / "ns",
+                                                                                          ("router", uid))],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(router_proc)
+        deadline = time.time() + 20
+        while True:
+            try:
+                if _call(router_port, "/health")[0] == 200 and _call(router_port, "/v1/chat/completions", server_key, {
+                        "model": "m-b", "messages": [{"role": "user", "content": "hi"}]})[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert router_proc.poll() is None and time.time() < deadline, (tmp_path / "router.log").read_text()[-3000:]
+            time.sleep(0.2)
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        status, answer = _call(router_port, "/v1/chat/completions", key_a, {"model": "m-a", **chat})
+        # The client's router key in, the servers' key out: the stand-in answers only VLLM_API_KEY.
+        assert status == 200 and answer["choices"][0]["message"]["content"].startswith("a-0"), answer
+        status, answer = _call(router_port, "/v1/chat/completions", server_key, {"model": "m-b", **chat})
+        assert status == 200 and answer["choices"][0]["message"]["content"].startswith("b-0"), answer
+        assert _call(router_port, "/v1/chat/completions", None, {"model": "m-a", **chat})[1]["error"]["code"] == "invalid_api_key"
+        assert _call(router_port, "/v1/chat/completions", None, {"model": "m-a", **chat})[0] == 401
+        assert _call(router_port, "/v1/chat/completions", key_a + "x", {"model": "m-a", **chat})[0] == 401
+        status, answer = _call(router_port, "/v1/chat/completions", key_a, {"model": "m-b", **chat})
+        assert status == 403 and answer["error"]["code"] == "model_not_allowed"
+        status, answer = _call(router_port, "/v1/chat/completions", server_key, {"model": "gpt-4", **chat})
+        assert status == 404 and answer["error"]["code"] == "model_not_found"
+        # The server (dev mode) serves /sleep to anyone who reaches it; through the router it is refused.
+        status, answer = _call(router_port, "/sleep?level=1", server_key, {"model": "m-a"})
+        assert status == 403 and answer["error"]["code"] == "development_route"
+        assert _call(first, "/stand-in/state")[1]["sleeps"] == 0
+        assert [m["id"] for m in _call(router_port, "/v1/models", key_a)[1]["data"]] == ["m-a"]
+        # The unit's stop: KillSignal= (HAProxy's soft stop) lets a request in flight finish, then HAProxy exits.
+        streamed: list[str] = []
+
+        def stream() -> None:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{router_port}/v1/chat/completions", method="POST",
+                data=json.dumps({"model": "m-a", "max_tokens": 30, "stream": True, **chat}).encode(),
+                headers={"Authorization": f"Bearer {server_key}", "Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                streamed.append(r.read().decode())
+
+        t = threading.Thread(target=stream)
+        t.start()
+        time.sleep(0.5)
+        router_proc.send_signal(getattr(signal, router_unit["KillSignal"][0]))
+        t.join(timeout=int(router_unit["TimeoutStopSec"][0]))
+        assert router_proc.wait(timeout=10) == 0
+        assert streamed and "a-29" in streamed[0] and "[DONE]" in streamed[0]
+        log.close()
+        text = (tmp_path / "router.log").read_text()
+        assert "key(s) checked" in text and server_key not in text and key_a not in text
+        # Reached directly, the server does serve /sleep (keyless, as vLLM's development routes): the 403 was the router's.
+        assert _call(first, "/sleep?level=1", None, {})[0] == 200 and _call(first, "/stand-in/state")[1]["sleeps"] == 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert {p: os.path.lexists(p) for p in outside} == outside  # nothing made outside the namespace
