@@ -227,6 +227,16 @@ def test_systemd_paths_a_unit_would_read_otherwise_are_refused(tmp_path, capsys,
     assert not (tmp_path / "u").exists()
 
 
+@pytest.mark.parametrize("value", ["/", "/etc", "//", "/etc/"])
+@pytest.mark.parametrize("option", ["--prefix", "--state-dir"])
+def test_systemd_folders_must_be_folders_of_their_own(tmp_path, capsys, option, value):
+    """The printed install copies the output into --prefix (`cp -rT`): / or /etc would spread units and env files there."""
+    code = cli.main(["render", str(ROOT / "tests/stacks/scripted-cpu.yaml"), "--target", "systemd", "--drop",
+                     "monitoring", option, value, "-o", str(tmp_path / "u")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{option} {value!r} is not a folder of its own" in err and not (tmp_path / "u").exists()
+
+
 @pytest.mark.parametrize("value", ["0", "65536", "-1", "٣", "1_0", "8e3", "", " 80"])
 def test_systemd_server_port_must_be_a_port(tmp_path, capsys, value):
     with pytest.raises(SystemExit) as e:
@@ -247,9 +257,24 @@ def test_systemd_server_ports_never_take_the_routers_or_pass_65535(tmp_path, cap
     assert message in capsys.readouterr().err and not (tmp_path / "u").exists()
 
 
+def test_systemd_router_tls_paths_are_bound_or_refused(tmp_path, capsys):
+    """The spec's own certificate and key are bound read-only where router_start.py reads them (a relative one under
+    --state-dir, said in the notes); a path with ':' (BindPaths='s separator) is refused naming it."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("router:\n  tls: {cert: /etc/ssl/r.pem, key: ./r.key}\nservices:\n  a:\n    preset: smollm2-135m-cpu\n")
+    assert cli.main(["render", str(spec), "--target", "systemd", "-o", str(tmp_path / "u")]) == 0
+    unit = _unit((tmp_path / "u/router.service").read_text())
+    assert {'"/etc/ssl/r.pem:/tls/cert.pem"', '"/var/lib/vllm-compose/r.key:/tls/key.pem"'} <= set(unit["BindReadOnlyPaths"])
+    assert "router's tls-key ./r.key is read at /var/lib/vllm-compose/r.key on the host" in capsys.readouterr().err
+    spec.write_text(spec.read_text().replace("/etc/ssl/r.pem", "/etc/ssl/a:b.pem"))
+    assert cli.main(["render", str(spec), "--target", "systemd", "-o", str(tmp_path / "v")]) == 1
+    assert "the tls-cert path '/etc/ssl/a:b.pem' of router holds ':'" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
+
+
 def test_systemd_cannot_drop_the_router_and_names_colliding_units(tmp_path, capsys):
     """--drop router is a usage error (the router renders); a service named like another's generated unit
-    (`a-health` beside `a`, `b-fetch` beside `b`) is refused naming both, before anything is written."""
+    (`a-health` beside `a`) is refused naming both, before anything is written."""
     spec = tmp_path / "spec.yaml"
     spec.write_text("services:\n" + "".join(f"  {n}:\n    preset: smollm2-135m-cpu\n    port: {8000 + i}\n"
                                             for i, n in enumerate(["a", "a-health", "b"])))

@@ -97,6 +97,9 @@ def _absolute(path: str, what: str) -> str:
         raise TargetError(f"--{what} {shown(path)[:60]!r} holds a character a unit file or the install line would read "
                           "differently (a space, ':', '%', '$', a quote, a backslash, a control or non-ASCII "
                           f"character). Fix: a path of letters, digits and / . _ + @ -, such as {example}.")
+    if what != "python" and len(p.parts) < 3:  # `cp -rT DIR /etc` would spread the units and env files over /etc
+        raise TargetError(f"--{what} {shown(path)[:60]!r} is not a folder of its own; the install copies the units and "
+                          f"env files into it (or the weights, for --state-dir). Fix: such as {example}.")
     return str(p)
 
 
@@ -161,7 +164,7 @@ def _unit(d: Deployment, c: Container, o: dict, ports: dict[str, int]) -> str:
         else:
             source = m.source if m.source.startswith("/") else f"{state}/{PurePosixPath(m.source)}"
             if ":" in source:  # BindPaths= reads it as the separator, quoted or not
-                raise TargetError(f"the {m.role} folder {shown(source)[:60]!r} of {c.service} holds ':', which a unit "
+                raise TargetError(f"the {m.role} path {shown(source)[:60]!r} of {c.service} holds ':', which a unit "
                                   "cannot bind. Fix: rename it, or point the spec at a path without ':'.")
         lines.append(f"{'BindReadOnlyPaths' if m.read_only else 'BindPaths'}={_quote(f'{source}:{m.target}')}")
     for f in c.files:
@@ -300,6 +303,11 @@ def render(d: Deployment, request: Request) -> Rendered:
             + "".join(f"sudo install -d -m 0700 {x} && " for x in tls)
             + f"sudo systemctl link {linked} && sudo systemctl enable --now {started}")
     notes = [note]
+    for c in containers:  # the spec's relative host paths: compose reads them beside compose.yaml, a unit here
+        for m in c.mounts:
+            if m.kind == "host" and not m.create and not m.source.startswith("/"):
+                notes.append(f"{c.service}'s {m.role} {shown(m.source)} is read at {state}/{PurePosixPath(m.source)} "
+                             "on the host: put it there before the start")
     if d.router is not None:
         user = router_start.USER
         notes.append(f"the router unit runs Debian's HAProxy as the user {user}, on {shown(d.bind_address)}:"
