@@ -19,7 +19,7 @@ import deploy
 from deploy import cli, container, facts, router, swap_service
 from deploy.targets import MARKER, Request, TargetError, compose, kubernetes, systemd, targets
 from deploy.write import WriteError, write_tree
-from support import ROOT, SHARED_COMPILE_CACHE, STACKS, free_port
+from support import ROOT, ROUTED, SHARED_COMPILE_CACHE, STACKS, deployment, free_port
 
 
 def _unit(text: str) -> dict[str, list[str]]:
@@ -270,6 +270,23 @@ def test_systemd_router_tls_paths_are_bound_or_refused(tmp_path, capsys):
     assert cli.main(["render", str(spec), "--target", "systemd", "-o", str(tmp_path / "v")]) == 1
     assert "the tls-cert path '/etc/ssl/a:b.pem' of router holds ':'" in capsys.readouterr().err
     assert not (tmp_path / "v").exists()
+
+
+def test_systemd_self_signed_router_keeps_its_ca_root_s_and_checks_cryptography():
+    """Self-signed TLS: the CA and pair live in --state-dir/tls, bound at the router's TLS folder, made mode 0700 by
+    the install line and never handed to the servers' uid (only models/ and cache/ are); the preflight also checks
+    the Python can make the certificate."""
+    d = deployment(ROUTED)
+    r = systemd.render(d, Request("spec.yaml", "/out", frozenset(), {}))
+    unit = _unit(r.files["router.service"])
+    assert f'"/var/lib/vllm-compose/tls:{facts.ROUTER_TLS_DIR}"' in unit["BindPaths"]
+    note = r.notes[0]
+    assert f"sudo chown -R {facts.SERVER_USER} /var/lib/vllm-compose/models /var/lib/vllm-compose/cache && " \
+           "sudo install -d -m 0700 /var/lib/vllm-compose/tls && " in note
+    assert "find_spec('cryptography')" in unit["ExecStartPre"][0]
+    assert "ssl crt /run/router/router.pem" in r.files["files/router-haproxy"]
+    assert r.notes[-1].startswith("the router unit runs Debian's HAProxy as the user router, on 127.0.0.1:4000; its "
+                                  "servers listen on 127.0.0.1:8000-8001.")
 
 
 def test_systemd_cannot_drop_the_router_and_names_colliding_units(tmp_path, capsys):

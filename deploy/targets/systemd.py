@@ -299,7 +299,8 @@ def render(d: Deployment, request: Request) -> Rendered:
     started = " ".join(u for u in units if not u.endswith(("-fetch.service", "-health.service")))
     tls = [f"{state}/{PurePosixPath(m.source)}" for c in containers for m in c.mounts if m.create]
     note = (f"wrote {len(texts)} unit(s) to {out}. Install: sudo cp -rT {out} {prefix} && sudo mkdir -p {state}/models "
-            f"{state}/cache && sudo chown -R {container.SERVER_USER} {state} && "
+            # Only the servers' folders become their uid's: the router's TLS folder (its CA key) stays root's.
+            f"{state}/cache && sudo chown -R {container.SERVER_USER} {state}/models {state}/cache && "
             + "".join(f"sudo install -d -m 0700 {x} && " for x in tls)
             + f"sudo systemctl link {linked} && sudo systemctl enable --now {started}")
     notes = [note]
@@ -311,7 +312,8 @@ def render(d: Deployment, request: Request) -> Rendered:
     if d.router is not None:
         user = router_start.USER
         notes.append(f"the router unit runs Debian's HAProxy as the user {user}, on {shown(d.bind_address)}:"
-                     f"{d.router.port}; its servers listen on 127.0.0.1:{first}-{first + len(d.services) - 1}. Before "
+                     f"{d.router.port}; its servers listen on 127.0.0.1:{first}"
+                     f"{f'-{first + len(d.services) - 1}' if len(d.services) > 1 else ''}. Before "
                      f"enabling it: sudo apt-get install haproxy && (id -u {user} >/dev/null 2>&1 || sudo useradd "
                      f"--system --no-create-home --shell /usr/sbin/nologin {user})")
     return Rendered(files, env_files=True, notes=tuple(notes))
