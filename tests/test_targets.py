@@ -289,6 +289,16 @@ def test_systemd_self_signed_router_keeps_its_ca_root_s_and_checks_cryptography(
                                   "servers listen on 127.0.0.1:8000-8001.")
 
 
+@pytest.mark.parametrize(("bind", "line"), [("0.0.0.0", "bind 0.0.0.0:4100"), ("::1", "bind [::1]:4100")])
+def test_systemd_router_binds_the_stacks_address_and_names_no_docker_dns(bind, line):
+    """On a host HAProxy binds what compose would publish (bind_address:router.port; IPv6 in brackets) and reaches the
+    servers by address: no resolvers section (Docker's DNS at 127.0.0.11 is not there)."""
+    d = deployment(f"bind_address: '{bind}'\nrouter:\n  port: 4100\nservices:\n  a:\n    preset: smollm2-135m-cpu\n")
+    cfg = systemd.render(d, Request("spec.yaml", "/out", frozenset(), {})).files["files/router-haproxy"]
+    assert f"\n  {line}\n" in cfg and "resolvers" not in cfg and "127.0.0.11" not in cfg
+    assert "\n  server a 127.0.0.1:8000\n" in cfg and "docker compose" not in cfg
+
+
 def test_systemd_cannot_drop_the_router_and_names_colliding_units(tmp_path, capsys):
     """--drop router is a usage error (the router renders); a service named like another's generated unit
     (`a-health` beside `a`) is refused naming both, before anything is written."""
