@@ -312,6 +312,10 @@ def test_systemd_cannot_drop_the_router_and_names_colliding_units(tmp_path, caps
     assert "services.a-health: its server unit a-health.service is also the healthcheck unit of 'a'. Fix: rename " \
            "one of them" in err
     assert not (tmp_path / "u").exists()
+    spec.write_text("router: {}\nservices:\n  router:\n    preset: smollm2-135m-cpu\n")
+    assert cli.main(["render", str(spec), "--target", "systemd", "-o", str(tmp_path / "u")]) == 1
+    assert "services.router: collides with the router service. Fix: rename it" in capsys.readouterr().err
+    assert not (tmp_path / "u").exists()
 
 
 def test_systemd_router_keys_stay_in_their_env_files(tmp_path, capsys):
