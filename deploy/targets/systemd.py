@@ -316,4 +316,8 @@ def render(d: Deployment, request: Request) -> Rendered:
                      f"{f'-{first + len(d.services) - 1}' if len(d.services) > 1 else ''}. Before "
                      f"enabling it: sudo apt-get install haproxy && (id -u {user} >/dev/null 2>&1 || sudo useradd "
                      f"--system --no-create-home --shell /usr/sbin/nologin {user})")
+        if d.router.port < 1024:  # in a container the port is mapped; here HAProxy binds it after dropping root
+            notes.append(f"warning: router.port {d.router.port} is below 1024, which HAProxy, running as {user}, cannot "
+                         "bind on a host by default. Fix: a router.port from 1024 up, or allow it on this host: sudo "
+                         f"sysctl -w net.ipv4.ip_unprivileged_port_start={d.router.port} (and in /etc/sysctl.d/)")
     return Rendered(files, env_files=True, notes=tuple(notes))
