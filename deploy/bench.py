@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import envfile
+from . import envfile, numbers
 from .facts import ROUTER, ROUTER_PORT, SERVER_PORT
 from .resolve import Deployment
 from .write import atomic_write, shown
@@ -62,7 +62,6 @@ MOST = {"--concurrency": 4096, "--num-prompts": 100_000, "--input-len": 1_000_00
 # 51 s for the whole command, the one-off container's start included).
 CPU_DECODE_ONE, CPU_DECODE_MAX, CPU_PREFILL = 20.0, 220.0, 2000.0
 CPU_MAX_MINUTES = 10
-WHOLE = re.compile(r"[0-9]{1,9}")  # ASCII digits only: int() also takes "١٢", "1_000" and " 8 "
 
 
 class BenchError(Exception):
@@ -72,15 +71,15 @@ class BenchError(Exception):
 def whole(option: str, text: str, least: int) -> int:
     """TEXT as a whole number for OPTION, between LEAST and its bound, or a BenchError naming both."""
     most = MOST[option]
-    if not WHOLE.fullmatch(text) or not least <= int(text) <= most:
+    if (n := numbers.whole(text, least, most)) is None:
         raise BenchError(f"{option} {shown(text)!r} is not a whole number from {least} to {most:,} (ASCII digits, no "
                          f"sign or separator). Fix: e.g. {option} {max(least, 1) * 16 if option != '--images' else 1}")
-    return int(text)
+    return n
 
 
 def levels(text: str) -> list[int]:
     parts = text.split(",")
-    if not text or not all(WHOLE.fullmatch(x) and 1 <= int(x) <= MOST["--concurrency"] for x in parts):
+    if not text or any(numbers.whole(x, 1, MOST["--concurrency"]) is None for x in parts):
         raise BenchError(f"--concurrency {shown(text)!r} is not a list of whole numbers from 1 to "
                          f"{MOST['--concurrency']}. Fix: e.g. --concurrency 1,16,64")
     return [int(x) for x in parts]

@@ -33,6 +33,7 @@ from .facts import (
     ROUTER_CONFIG_DIR,
     ROUTER_PORT,
     ROUTER_STOP_GRACE,
+    ROUTER_STOP_SIGNAL,
     ROUTER_TLS_DIR,
     SERVER_HOME,
     SERVER_KEY,
@@ -253,9 +254,10 @@ def batch(d: Deployment, s: Service) -> Container:
 
 
 def router_container(d: Deployment, address=lambda s: s.name, kubernetes: bool = False,
-                     extra_args: tuple[str, ...] = ()) -> Container:
+                     extra_args: tuple[str, ...] = (), host: dict[str, int] | None = None) -> Container:
     """HAProxy in front of every server (deploy/router.py); the only container a client reaches. ADDRESS names a
-    server as the target's network knows it; EXTRA_ARGS are the target's own (its name in the certificate)."""
+    server as the target's network knows it; EXTRA_ARGS are the target's own (its name in the certificate); HOST,
+    for a target without a network of containers (systemd), each server's port on 127.0.0.1."""
     r = d.router
     assert r is not None
     mounts: list[Mount] = [Mount(ROUTER_START, "router_start.py", "script", read_only=True)]
@@ -265,7 +267,7 @@ def router_container(d: Deployment, address=lambda s: s.name, kubernetes: bool =
     elif r.tls:  # the self-signed CA and pair, made at the first start and kept
         mounts.append(Mount(ROUTER_TLS_DIR, "./tls", "host", role="tls", create=True))
     files = tuple(File(f"router-{name.split('.')[0]}", f"{ROUTER_CONFIG_DIR}/{name}", content)
-                  for name, content in router.configs(d, kubernetes, address).items())
+                  for name, content in router.configs(d, kubernetes, address, host).items())
     scheme = "https" if r.tls else "http"
     return Container(
         ROUTER, ROUTER, "router", d.image("router"), ("python3", ROUTER_START), (*router.argv(d), *extra_args),
@@ -274,7 +276,7 @@ def router_container(d: Deployment, address=lambda s: s.name, kubernetes: bool =
         port=ROUTER_PORT, published=r.port,
         probe=Probe(("python3", ROUTER_START, "--health", f"{scheme}://127.0.0.1:{ROUTER_PORT}{router.HEALTH}"),
                     5, 5, 3, 30, http=router.HEALTH, https=r.tls is not None),
-        stop_grace=ROUTER_STOP_GRACE, restarts=True,
+        stop_grace=ROUTER_STOP_GRACE, stop_signal=ROUTER_STOP_SIGNAL, restarts=True,
         # Started with the servers (those whose profile is on); it follows the others through the stack's DNS.
         after=tuple((s.name, "started-if-enabled") for s in d.services))
 

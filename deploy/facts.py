@@ -75,4 +75,5 @@ SERVER_USER = "1000:0"
 STOP_GRACE_MARGIN = 15
 # The router's stop: SIGUSR1 (images/router/Dockerfile STOPSIGNAL) makes HAProxy stop accepting and let requests in
 # flight finish; this long, on every target, before the kill.
+ROUTER_STOP_SIGNAL = "SIGUSR1"
 ROUTER_STOP_GRACE = 60

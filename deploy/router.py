@@ -94,21 +94,28 @@ def maps(d: Deployment) -> dict[str, str]:
     }
 
 
-def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.name) -> str:
+def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.name,
+                host: dict[str, int] | None = None) -> str:
     """The router's HAProxy config. On compose, Docker's DNS follows servers that start, restart or stop. On
     KUBERNETES, servers are their Services (ADDRESS: a service's name there) by full name in the router's own
     namespace (HAProxy's resolver applies no search domains; cluster domain cluster.local), through the
-    cluster DNS of the pod's resolv.conf."""
+    cluster DNS of the pod's resolv.conf. On a HOST (the systemd target: service → its port there), no network of
+    containers: each server at 127.0.0.1 on its port, no resolver, and the router bound at the stack's bind address
+    on router.port, as compose publishes it."""
     assert d.router is not None
     resolver = "cluster" if kubernetes else "docker"
 
     def server(s) -> str:  # HAProxy expands ${POD_NAMESPACE} (the Deployment sets it) inside double quotes
+        if host is not None:
+            return f"127.0.0.1:{host[s.name]}"
         return f'"{address(s)}.${{POD_NAMESPACE}}.svc.cluster.local:{SERVER_PORT}"' if kubernetes \
             else f"{address(s)}:{SERVER_PORT}"
 
     def check(servers) -> str:
         if kubernetes:
             return f"kubectl get pods -l 'app.kubernetes.io/name in ({','.join(address(s) for s in servers)})'"
+        if host is not None:
+            return f"systemctl status {' '.join(f'{s.name}.service' for s in servers)}"
         return f"docker compose ps {' '.join(s.name for s in servers)}"
     r = d.router
     c = ROUTER_CONFIG_DIR
@@ -117,7 +124,8 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
     skip = " !{ var(txn.models) -m found }" if behind else ""
     var = "%[var(txn.model),bytes(0,100),json(utf8s)]"  # the client's model, cut and escaped for JSON
     names = f"%[var(txn.keyname),map({c}/lists.map)]"
-    bind = f"bind :{ROUTER_PORT}" + (f" ssl crt {ROUTER_RUN_DIR}/router.pem ssl-min-ver TLSv1.2" if r.tls else "")
+    at = (f"[{d.bind_address}]" if ":" in d.bind_address else d.bind_address) if host is not None else ""
+    bind = f"bind {at}:{r.port if host is not None else ROUTER_PORT}" + (f" ssl crt {ROUTER_RUN_DIR}/router.pem ssl-min-ver TLSv1.2" if r.tls else "")
     lines = [
         "# Rendered by vllm-deploy from the spec's `router:` section (deploy/router.py). HAProxy 2.6, Debian bookworm.",
         "global",
@@ -126,15 +134,16 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         f"  tune.bufsize {BUFSIZE}",
         f"  tune.maxrewrite {MAXREWRITE}",
         "",
-        *(["# The cluster's DNS (the pod's resolv.conf): Services created later are followed at run time.",
-           f"resolvers {resolver}", "  parse-resolv-conf"] if kubernetes else [
-            "# Docker's DNS: servers that start later, restart with a new address or stop are followed at run time.",
-            f"resolvers {resolver}",
-            "  nameserver dns 127.0.0.11:53"]),
-        "  hold valid 10s",
-        "  hold nx 1s",
-        "  hold other 1s",
-        "",
+        *([] if host is not None else [
+            *(["# The cluster's DNS (the pod's resolv.conf): Services created later are followed at run time.",
+               f"resolvers {resolver}", "  parse-resolv-conf"] if kubernetes else [
+                "# Docker's DNS: servers that start later, restart with a new address or stop are followed at run time.",
+                f"resolvers {resolver}",
+                "  nameserver dns 127.0.0.11:53"]),
+            "  hold valid 10s",
+            "  hold nx 1s",
+            "  hold other 1s",
+            ""]),
         "defaults",
         "  mode http",
         "  log global",
@@ -155,10 +164,11 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         # Health: vLLM's /health every 2 s (0.5 s after a failure); a refused connection of a real request marks
         # the server down at once. Replicas that are down get nothing; a model with none up answers 503.
         "  default-server check inter 2s fastinter 500ms downinter 1s rise 1 fall 2 observe layer4 error-limit 1 "
-        f"on-error mark-down resolvers {resolver} resolve-prefer ipv4 init-addr libc,none",
+        "on-error mark-down" + (f" resolvers {resolver} resolve-prefer ipv4 init-addr libc,none" if host is None else ""),
         "  http-error status 502 content-type application/json string " + _quoted(_error(
             502, "the model's server closed the connection without an answer (it crashed or restarted). "
                  + ("Check: kubectl get pods; kubectl logs POD" if kubernetes else
+                    "Check: systemctl status SERVICE; journalctl -u SERVICE" if host is not None else
                     "Check: docker compose ps; docker compose logs SERVICE"), "server_error")),
         "  http-error status 504 content-type application/json string " + _quoted(_error(
             504, f"the model's server sent nothing for {TIMEOUT}", "server_error")),
@@ -271,9 +281,11 @@ def _dev_routes(d: Deployment) -> list[str]:
         + f" if {{ path,url_dec,lower -m reg ^/+({names})/*$ }}"]
 
 
-def configs(d: Deployment, kubernetes: bool = False, address=lambda s: s.name) -> dict[str, str]:
-    """Every file of the router's config (compose configs, a ConfigMap), by file name (mounted in ROUTER_CONFIG_DIR)."""
-    return {"haproxy.cfg": haproxy_cfg(d, kubernetes, address), **maps(d)}
+def configs(d: Deployment, kubernetes: bool = False, address=lambda s: s.name,
+            host: dict[str, int] | None = None) -> dict[str, str]:
+    """Every file of the router's config (compose configs, a ConfigMap, files bound by a unit), by file name (mounted
+    in ROUTER_CONFIG_DIR)."""
+    return {"haproxy.cfg": haproxy_cfg(d, kubernetes, address, host), **maps(d)}
 
 
 def argv(d: Deployment) -> list[str]:

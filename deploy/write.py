@@ -291,8 +291,7 @@ def writable_by_job(folder: Path) -> list[str]:
             f"there; or `sudo chown {JOB_UID} {folder}` and chmod 755 it"]
 
 
-def write_tree(out: Path, files: dict[str, str], marker: str, private: tuple[str, ...] = (),
-               d: Deployment | None = None) -> list[str]:
+def write_tree(out: Path, files: dict[str, str], marker: str, d: Deployment | None = None) -> list[str]:
     """FILES (paths relative to the folder OUT → text) written atomically. Every path is checked before anything is
     written: a file already there is replaced only if its first line carries MARKER (a file this tool made); a
     folder, a link, a FIFO or any other non-file in the way, or a file where a folder is needed, is refused. With D,
@@ -330,5 +329,5 @@ def write_tree(out: Path, files: dict[str, str], marker: str, private: tuple[str
     if d is not None:
         check_env_files(out, list(d.env_files()))
     for rel, text in files.items():
-        atomic_write(out / rel, text, 0o600 if rel in private else 0o644)
+        atomic_write(out / rel, text)
     return write_env_files(out, d) if d is not None else []

@@ -42,6 +42,12 @@ def test_the_cpu_demo_command_is_the_readmes():
     assert doctor.CPU_DEMO in (ROOT / "deploy/stacks/default.yaml").read_text()
 
 
+def test_the_router_stops_on_its_images_signal():
+    """Every target stops HAProxy with the signal its image declares (a soft stop: requests in flight finish); the
+    systemd unit, which runs no image, reads it from facts."""
+    assert f"STOPSIGNAL {facts.ROUTER_STOP_SIGNAL}\n" in DOCKERFILES["router"]
+
+
 def test_the_router_certificate_names_the_router_service():
     """Prometheus scrapes the router by its service name over TLS: the self-signed certificate must carry it."""
     from deploy.runtime import router_start

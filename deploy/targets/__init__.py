@@ -47,7 +47,6 @@ class Rendered:
     files: dict[str, str]  # path relative to the output (a file target: the one key "") → text, header included
     env_files: bool = False  # the writer creates the env files (Deployment.env_files) beside the output, mode 0600
     host_folders: bool = False  # the writer creates the host folders the services mount (media, batch)
-    private: tuple[str, ...] = ()  # files written with mode 0600
     notes: tuple[str, ...] = ()  # what to tell the user after the write
 
 

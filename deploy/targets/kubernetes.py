@@ -23,7 +23,7 @@ import math
 import re
 from typing import Any
 
-from .. import container, dashboards, monitoring, runtime
+from .. import container, dashboards, monitoring, numbers, runtime
 from ..container import Container
 from ..facts import (
     GRAFANA,
@@ -558,9 +558,9 @@ def options(group) -> None:
 def _positive(text: str) -> int:
     import argparse
 
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= 1024:
+    if (n := numbers.whole(text, 1, 1024)) is None:
         raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a GPU count. Fix: a whole number from 1 to 1024")
-    return int(text)
+    return n
 
 
 def render(d: Deployment, request: Request) -> Rendered:
