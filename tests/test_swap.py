@@ -31,6 +31,7 @@ class Group:
         monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
         monkeypatch.setenv("VLLM_API_KEY", SERVER_KEY)
         monkeypatch.setattr(swap, "POLL_S", 0.2)
+        monkeypatch.setattr(swap, "GATE_POLL_S", 0.1)
         self.servers = {}
         for name in ("alpha", "beta"):
             a = sleepy_vllm.parser().parse_args(["--served-model-name", name, "--port", "0", "--wake-seconds",

@@ -72,6 +72,7 @@ MODELS_HEADER = "x-vllm-compose-models"
 MAX_HELD = 2048  # held requests per model; beyond it: 503 (each holds its body, up to the router's 60 MiB)
 START_TIMEOUT = 1800.0  # how long a member's load may take before the next one's gate gives up (GLM-4.5-Air: ~15 min)
 POLL_S = 5.0  # how often members' sleep state is read (start-up, restarts)
+GATE_POLL_S = 2.0  # how often a start gate asks whether the member loading before it is up
 # How a member wakes, per sleep level: (method, path, body) in order, each answered 200 before the next.
 WAKE_STEPS = {
     1: (("POST", "/wake_up", b""),),
@@ -328,7 +329,7 @@ class Group:
                     if time.monotonic() > deadline:
                         raise SwapError(f"{other.service} did not come up within {timeout:g}s; {m.service} cannot load "
                                         f"beside it. Check: docker compose logs {other.service}")
-                    await asyncio.sleep(2)
+                    await asyncio.sleep(GATE_POLL_S)
                 try:
                     awake = status == 200 and json.loads(body).get("is_sleeping") is False
                 except (ValueError, AttributeError):

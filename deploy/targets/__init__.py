@@ -64,7 +64,7 @@ def drop_flags(dropped: frozenset[str]) -> str:
     return "".join(f" --drop {x}" for x in sorted(dropped))
 
 
-class _NoAliases(yaml.SafeDumper):
+class _NoAliases(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's emitter where built: the same bytes
     """Repeated lists (the entrypoints) are written out, not as &id001 anchors; multi-line strings (the
     monitoring configs) as literal blocks."""
 

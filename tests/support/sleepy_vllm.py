@@ -257,6 +257,7 @@ class Server(ThreadingHTTPServer):
     handler thread runs first."""
 
     daemon_threads = True
+    request_queue_size = 128  # a burst of connections is queued, as uvicorn (backlog 2048) queues it
     accepted = 0
 
     def __init__(self, *args):
