@@ -492,6 +492,11 @@ def swap_report(data: dict) -> list[str]:
         lines += [f"| {c['model']} | {c['cycle']} | {c['status']} | {c['s']} | {c['controller_wake_s']} | "
                   f"{c['same_text_as_first']} |" for c in level2["cycles"]]
         lines.append("")
+        ctl = level2.get("control_plain_wake")
+        if ctl:
+            lines += [f"The control, without the controller: {ctl['model']} slept at level 2 and woken by vLLM's plain "
+                      f"`/wake_up`, then asked the same: HTTP {ctl['status']}, same answer as its first: "
+                      f"{ctl['same_text_as_first']} (`{ctl['text']}`).", ""]
     return lines
 
 
