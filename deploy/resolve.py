@@ -223,6 +223,7 @@ class Deployment:
 
     grafana_port: int | None = None  # Grafana's host port (with monitoring)
     gpu_memory_gb: float | None = None  # each GPU's memory as the spec says; None: sharing.ASSUMED_GPU_GB
+    turns: tuple[sharing.TurnGroup, ...] = ()  # the groups taking turns, planned once (sharing.apply)
 
     def env_files(self) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
         """(file, the variables it holds, the services that read it) for each generated env file: the servers' key

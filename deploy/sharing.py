@@ -425,8 +425,9 @@ def _need_text(n: Need) -> str:
 
 
 def apply(d: Deployment, c: Collector) -> Deployment:
-    """D with the plan's refusals and warnings in C, and each service that takes turns marked for sleep mode
-    (rendered as SLEEP_FLAG by the flag table, SLEEP_ENV by deploy/container.py)."""
+    """D with the plan's refusals and warnings in C, its turn groups (Deployment.turns: planned once, read by the
+    controller's, router's, monitoring's and dashboards' content), and each service that takes turns marked for
+    sleep mode (rendered as SLEEP_FLAG by the flag table, SLEEP_ENV by deploy/container.py)."""
     p = plan(d)
     for path, message in p.problems:
         c.error(path, message)
@@ -437,4 +438,4 @@ def apply(d: Deployment, c: Collector) -> Deployment:
     services = tuple(
         dataclasses.replace(s, enable_sleep_mode=True, sources=(*s.sources, ("enable_sleep_mode", f"takes turns ({g.name})")))
         if (g := p.group_of(s.name)) else s for s in d.services)
-    return dataclasses.replace(d, services=services)
+    return dataclasses.replace(d, services=services, turns=p.turns)

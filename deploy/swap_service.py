@@ -1,7 +1,7 @@
 """The turn-taking controller (deploy/runtime/swap.py), for stacks whose servers take turns on GPUs: who it drives
 and its command (content only: deploy/container.py describes its container and each member's start gate).
 
-deploy/sharing.py decides who takes turns (`plan(d).turns`: each group's members in wake-preference order, its
+deploy/sharing.py decides who takes turns (`plan(d).turns`, kept on the Deployment as `d.turns`: each group's members in wake-preference order, its
 sleep level); this module gives the one controller that drives every group its command. The router (deploy/router.py) sends the requests for a group's models, and GET /v1/models, to it; a model
 that is not in a group keeps its own path, untouched.
 
@@ -37,7 +37,7 @@ DEV_ROUTES = ("sleep", "wake_up", "is_sleeping", "collective_rpc", "reset_prefix
 
 def groups(d: Deployment) -> tuple[sharing.TurnGroup, ...]:
     """The turn groups the controller drives (a group needs the router: sharing refuses one without it)."""
-    return sharing.plan(d).turns if d.router is not None else ()
+    return d.turns if d.router is not None else ()
 
 
 def members(d: Deployment) -> set[str]:
