@@ -119,6 +119,32 @@ def test_at_start_one_member_is_awake_the_first_in_preference_order(group):
     assert g.stand_in("beta").sleeps == 1
 
 
+def test_the_member_awake_first_pays_its_first_sleep_once_all_are_up_and_its_requests_wait(group):
+    """A server's first level-1 sleep is slow (pinned host buffers: 31.6 s for GLM-4.7-Flash on an H100): the gates
+    pay it for every member but the one awake first, so the controller sleeps and wakes that one once, at start,
+    holding its requests meanwhile (none reaches it asleep, none fails); never again, and never at level 2."""
+    g = group(wake_seconds=0.5)  # returns once alpha is awake after its warm-up
+    alpha = g.stand_in("alpha")
+    assert alpha.sleeps == 1 and alpha.wakes == 1 and not alpha.asleep
+    time.sleep(3 * swap.POLL_S)
+    assert alpha.sleeps == 1  # once
+    assert g.complete("alpha")[0] == 200 and alpha.served_while_asleep == 0
+
+    # alpha restarted (a new process: its first sleep is ahead again) and idle: the next poll pays it; requests
+    # that arrive meanwhile are held and answered after, none reaches it asleep
+    member = g.controller.groups["g"].members[0]
+    member.warm = False
+    g.wait_for(lambda: member.state == "sleeping", timeout=5)
+    with ThreadPoolExecutor(4) as pool:
+        answers = [f.result()[0] for f in [pool.submit(g.complete, "alpha", str(i)) for i in range(4)]]
+    assert answers == [200] * 4 and alpha.served_while_asleep == 0
+    assert alpha.sleeps == 2 and alpha.wakes == 2, (alpha.sleeps, alpha.wakes)
+    assert g.metric("vllm_compose_requests_held_total", "alpha-svc") == 4
+
+    l2 = group(level=2)
+    assert l2.stand_in("alpha").sleeps == 0  # a level-2 sleep keeps no pinned copy: nothing to pay ahead
+
+
 def test_the_awake_model_goes_straight_through(group):
     g = group()
     for i in range(5):
@@ -306,9 +332,10 @@ def test_only_the_router_key_is_accepted(group):
                                   "/v1/../collective_rpc", "/v1/%2e%2e/collective_rpc", "/%73leep", "/server_info"])
 def test_development_routes_are_never_forwarded(group, path):
     g = group()
+    sleeps = g.stand_in("alpha").sleeps
     status, _ = g.request("POST", path, {"model": "alpha", "method": "x"})
     assert status == 404
-    assert g.stand_in("alpha").dev_routes_reached == [] and g.stand_in("alpha").sleeps == 0
+    assert g.stand_in("alpha").dev_routes_reached == [] and g.stand_in("alpha").sleeps == sleeps
 
 
 def test_models_lists_each_member_with_its_state(group):

@@ -30,6 +30,9 @@ Servers of one group share GPU memory that holds one of them at a time; each run
 - A wake that fails (an error answer, no answer within WAKE_TIMEOUT, the server unreachable) answers that
   model's held requests 503 naming the service and the reason; the server is asked to sleep again, and the
   group goes on: other held requests get their turn, or the model that was awake before wakes again.
+- Warm-up: a server's first level-1 sleep is slow (it allocates its pinned host buffers: GLM-4.7-Flash 31.6 s,
+  later 1.15 s). The start gates make every member sleep once but the one awake first; once all are up, the
+  controller puts that one to sleep and wakes it again (its requests meanwhile are held), so no request pays it.
 - Start-up: members must load one at a time (a loading server takes its whole fraction of the GPU). Each member's
   container waits for its start gate (`--make-room`, a one-shot service): the controller waits until the member
   that loads before it is up, puts it to sleep, and lets the next one load; the first in wake-preference order
@@ -125,6 +128,7 @@ class Member:
         host, _, port = address.rpartition(":")
         self.host, self.port = host, int(port)
         self.state = "starting"  # starting | awake | asleep | waking | sleeping
+        self.warm = False  # its process has slept once (a server's first level-1 sleep is slow: see the docstring)
         self.inflight = 0
         self.tasks: set[asyncio.Task] = set()  # forwarding tasks, cancelled when a drain runs out
         self.last_error = ""
@@ -249,7 +253,7 @@ class Group:
         m.state = "sleeping"
         status, body = await self.control(m, "POST", f"/sleep?level={self.level}", self.wake_timeout)
         if status == 200:
-            m.state = "asleep"
+            m.state, m.warm = "asleep", True
             self.awake, self.closing = None, False
             log(f"{m.service}: asleep (level {self.level})")
             return True
@@ -343,11 +347,12 @@ class Group:
                     log(f"{other.service}: asleep (room for {m.service} to load)")
                 if status == 200:
                     other.state = "asleep"
+                    other.warm = other.warm or awake
                     if self.awake is other:
                         self.awake = None
                 self.loading.discard(other)
             self.loading.add(m)
-            m.state = "starting"
+            m.state, m.warm = "starting", False
             return f"room made for {m.service}"
 
     # -------------------------------------------------------------- what the members say
@@ -372,6 +377,7 @@ class Group:
             if sleeping is None:  # not up (yet, or restarting); the awake one keeps its place: its requests say why
                 if m is not self.awake:
                     m.state = "starting"
+                m.warm = False  # a new process: its first sleep is ahead
                 continue
             if sleeping:
                 if m is self.awake:
@@ -386,8 +392,37 @@ class Group:
                 log(f"{m.service}: awake beside {self.awake.service}: putting it to sleep")
                 status, body = await self.control(m, "POST", f"/sleep?level={self.level}", self.wake_timeout)
                 m.state = "asleep" if status == 200 else "starting"
+                m.warm = m.warm or status == 200
+        m = self.awake
+        if (self.level == 1 and m is not None and not m.warm and None not in seen.values() and not self.waiting
+                and m.inflight == 0):
+            await self._warm_up(m)
         if self.waiting:
             self.kick.set()
+
+    async def _warm_up(self, m: Member) -> None:
+        """Once every member is up, the awake one's first sleep, paid now rather than by the first request for
+        another model: a server's first level-1 sleep allocates its pinned host buffers (GLM-4.7-Flash: 31.6 s,
+        later sleeps 1.15 s; GLM-4.1V: 10.4 s, then 0.44 s; one H100, vLLM 0.26). The start gates pay it for every
+        other member. Its requests meanwhile are held, then released in order (the scheduler, after this poll)."""
+        m.state = "sleeping"
+        t0 = time.monotonic()
+        status, body = await self.control(m, "POST", f"/sleep?level={self.level}", self.wake_timeout)
+        m.warm = True  # tried once: a failure is not retried at every poll
+        if status != 200:
+            m.state = "awake"
+            log(f"{m.service}: its first sleep, tried ahead, failed ({_why(status, body)}); it stays awake")
+            return
+        slept = time.monotonic() - t0
+        for method, path, payload in WAKE_STEPS[self.level]:
+            status, body = await self.control(m, method, path, self.wake_timeout, payload)
+        if status != 200:
+            m.state, self.awake = "asleep", None
+            log(f"{m.service}: woken after its first sleep, the wake failed ({_why(status, body)}); the next request "
+                "for it wakes it")
+            return
+        m.state, self.awake_since = "awake", time.monotonic()
+        log(f"{m.service}: first sleep paid ahead in {slept:.2f}s (woken again in {time.monotonic() - t0 - slept:.2f}s)")
 
 
 class _Rewake(Ticket):
