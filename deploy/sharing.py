@@ -59,8 +59,9 @@ SLEEP_RESIDUE_GB = 4.5
 # shrink after a wake, measured): 1.33x the weights for GLM-4.1V, 1.35x for GLM-4.7-Flash (same run).
 HOST_RAM_FACTOR = 1.35
 # And each server's own processes hold host RAM whatever the level: 8.1 GiB (GLM-4.1V) and 8.8 GiB (GLM-4.7-Flash)
-# before their first sleep, 4 API servers each (one H100, vLLM 0.26, docs/gpu-runs/2026-12-07-h100-swap-tune.json,
-# where the two took 126 GB of the host's 134 GB: 1.35 x 83 GB of weights + these two).
+# before their first sleep, 4 API servers each, tensor parallel 1 (one H100, vLLM 0.26,
+# docs/gpu-runs/2026-12-07-h100-swap-tune.json: 117.5 GiB in use with both). Counted once per member: a server at
+# tensor parallel N runs N workers, so this undercounts it (not measured).
 SERVER_HOST_GB = 9.5
 
 @dataclass(frozen=True)

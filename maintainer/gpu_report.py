@@ -457,7 +457,7 @@ def swap_report(data: dict) -> list[str]:
     a = f.get("alternate")
     if isinstance(a, dict):
         lines += [f"Alternations: {a['rounds']} rounds × {a['streams']} streams × {a['per_stream']} requests "
-                  f"({a['max_tokens']} tokens each), each round started once the last one had a first token: "
+                  f"({a['max_tokens']} tokens each), each round started once one of the last round's requests had been answered: "
                   f"{a['requests']} requests, **{a['failed']} failed**, {a['swaps']:g} swaps in {a['wall_s']} s.", ""]
     elif a:
         lines += [f"Alternations: {a}", ""]
@@ -467,6 +467,10 @@ def swap_report(data: dict) -> list[str]:
     if wakes:
         lines += ["Wake seconds as the controller timed them (every swap): " + "; ".join(
             f"{n} {_span(v)}" for n, v in wakes.items()) + ".", ""]
+    w = f.get("warm_up")
+    if isinstance(w, dict) and "first_sleep_s" in w:
+        lines += [f"The controller paid the awake-first member's first sleep ahead, once both were up: sleep "
+                  f"{w['first_sleep_s']} s, wake {w['wake_s']} s.", ""]
     for n, e in f.get("engine_log", {}).items():
         first, *later = e["sleep_s"] or [None]
         lines += [f"- {n}, from its engine's log: first sleep {first:.1f} s, later sleeps {_span(later)}; wakes "

@@ -238,6 +238,32 @@ class Stack:
             m.stop()
 
 
+def warm_up(st: Stack, timeout: float = 300) -> dict:
+    """Wait for the controller to pay the awake-first member's first sleep ahead (its log), and say how long."""
+    t0 = time.monotonic()
+    pat = re.compile(r"swap: (\S+): (first sleep paid ahead in|awake again in) ([\d.]+)s")
+    while time.monotonic() - t0 < timeout:
+        text = (OUT / "swap.controller.log").read_text(errors="replace")
+        found = {m.group(2): float(m.group(3)) for m in pat.finditer(text)}
+        if "awake again in" in found:
+            out = {"first_sleep_s": found.get("first sleep paid ahead in"), "wake_s": found["awake again in"],
+                   "waited_s": round(time.monotonic() - t0, 1)}
+            log(f"warm-up: {out}")
+            st.snap("after the warm-up")
+            return out
+        time.sleep(1)
+    return {"error": f"no warm-up in the controller's log within {timeout:g} s"}
+
+
+def engine_log(name: str) -> dict:
+    """The engine's own sleep and wake seconds, and what a sleep freed, from its log."""
+    path = OUT / f"{name}.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return {"sleep_s": [float(x) for x in re.findall(r"It took ([\d.]+) seconds to fall asleep", text)],
+            "wake_s": [float(x) for x in re.findall(r"It took ([\d.]+) seconds to wake up", text)],
+            "freed": re.findall(r"sleep freed ([\d.]+) GiB memory in total, of which ([\d.]+) GiB is backed up", text)[:1]}
+
+
 def quiet(st: Stack, n: int = 4) -> list[dict]:
     """N swaps with nothing else running: one streamed request to the sleeping model each time, sent 6 s after the
     last wake (the controller keeps a woken model awake 5 s at least), so its wait is the swap alone."""
@@ -260,8 +286,8 @@ def quiet(st: Stack, n: int = 4) -> list[dict]:
 
 def alternate(st: Stack, rounds: int = 20, streams: int = 8, per_stream: int = 2, max_tokens: int = 32) -> dict:
     """ROUNDS alternations under load: each round, STREAMS threads send PER_STREAM requests one after the other to
-    one model (the two models in turn); the next round starts once one of this round's requests has its first
-    token, so each round's requests arrive while the last round's are running or held."""
+    one model (the two models in turn); the next round starts once one of this round's requests has been answered,
+    so each round's requests arrive while the last round's are running or held."""
     names = list(st.members)
     results: list[dict] = []
     lock = threading.Lock()
@@ -311,6 +337,7 @@ def full_shape(spec: str) -> dict:
         st.snap("controller up, nothing loaded")
         st.up()
         record("swap.full", res)
+        res["warm_up"] = warm_up(st)  # the awake-first member's first sleep, paid ahead by the controller
         res["quiet"] = quiet(st)
         record("swap.full", res)
         if left() > 240:
@@ -325,6 +352,7 @@ def full_shape(spec: str) -> dict:
         res["error"] = f"{type(e).__name__}: {e}"
         log(f"swap full-shape: {res['error']}")
     finally:
+        res["engine_log"] = {n: engine_log(f"swap.full.{n}") for n in st.members}
         st.down()
         st.snap("all stopped")
         record("swap.full", res)

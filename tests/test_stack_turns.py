@@ -67,7 +67,7 @@ def stack(docker, tmp_path_factory):
         compose(work, "up", "-d", "--wait", "router", "swap", "alpha", "beta", "plain", timeout=600)
         # alpha (awake first) has its first sleep paid ahead once both are up; the tests count sleeps after it
         deadline = time.monotonic() + 60
-        while "alpha: first sleep paid ahead" not in compose(work, "logs", "--no-log-prefix", facts.SWAP).stdout:
+        while "alpha: awake again in" not in compose(work, "logs", "--no-log-prefix", facts.SWAP).stdout:
             assert time.monotonic() < deadline, "the controller did not warm alpha up within 60 s"
             time.sleep(1)
         print(f"\nturns stack up in {time.monotonic() - t0:.0f}s")

@@ -130,19 +130,57 @@ def test_the_member_awake_first_pays_its_first_sleep_once_all_are_up_and_its_req
     assert alpha.sleeps == 1  # once
     assert g.complete("alpha")[0] == 200 and alpha.served_while_asleep == 0
 
-    # alpha restarted (a new process: its first sleep is ahead again) and idle: the next poll pays it; requests
-    # that arrive meanwhile are held and answered after, none reaches it asleep
+    # alpha restarts (a new process, awake, its first sleep ahead again) while the controller polls: once it
+    # answers again the controller pays that sleep; requests that arrive meanwhile are held, none reaches it asleep
     member = g.controller.groups["g"].members[0]
-    member.warm = False
-    g.wait_for(lambda: member.state == "sleeping", timeout=5)
+    port = g.servers["alpha"].server_address[1]
+    g.servers["alpha"].shutdown()
+    g.servers["alpha"].server_close()
+    g.wait_for(lambda: member.misses >= swap.RESTART_MISSES, timeout=5)
+    a = sleepy_vllm.parser().parse_args(["--served-model-name", "alpha", "--port", str(port), "--wake-seconds", "1.5",
+                                         "--sleep-seconds", "0.05", "--token-seconds", "0.01"])
+    g.servers["alpha"] = srv = sleepy_vllm.make_server(a, "127.0.0.1")
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    g.wait_for(lambda: member.state in ("sleeping", "waking"), timeout=5)
     with ThreadPoolExecutor(4) as pool:
         answers = [f.result()[0] for f in [pool.submit(g.complete, "alpha", str(i)) for i in range(4)]]
-    assert answers == [200] * 4 and alpha.served_while_asleep == 0
-    assert alpha.sleeps == 2 and alpha.wakes == 2, (alpha.sleeps, alpha.wakes)
+    new = g.stand_in("alpha")
+    assert answers == [200] * 4 and new.served_while_asleep == 0
+    assert new.sleeps == 1 and new.wakes == 1, (new.sleeps, new.wakes)
     assert g.metric("vllm_compose_requests_held_total", "alpha-svc") == 4
 
     l2 = group(level=2)
     assert l2.stand_in("alpha").sleeps == 0  # a level-2 sleep keeps no pinned copy: nothing to pay ahead
+
+
+def test_a_request_for_the_other_model_during_the_warm_up_wakes_that_one(group):
+    """The warm-up's sleep done, a request for beta is waiting: alpha stays asleep and beta wakes at once (no
+    wake of alpha, no minimum turn for it)."""
+    g = group(wake_seconds=0.5)
+    member = g.controller.groups["g"].members[0]
+    alpha, beta = g.stand_in("alpha"), g.stand_in("beta")
+    member.warm = False
+    g.wait_for(lambda: member.state == "sleeping", timeout=5)
+    t0 = time.monotonic()
+    status, body = g.complete("beta", "b")
+    assert status == 200 and body["choices"][0]["text"].startswith("beta-0")
+    assert time.monotonic() - t0 < 1.5  # beta's wake (0.5 s) and little else: not alpha's wake and turn
+    assert alpha.asleep and alpha.wakes == 1 and beta.wakes == 1
+
+
+def test_a_level_2_wake_that_fails_at_the_reload_gives_the_memory_back(group):
+    """The weights' memory is awake when the reload fails: vLLM's /sleep does nothing to a server asleep in part,
+    so the controller wakes the rest, then puts it all to sleep; the next request wakes it properly."""
+    g = group(level=2)
+    c = http.client.HTTPConnection(*g.servers["beta"].server_address[:2])
+    c.request("POST", "/stand-in/fail-reload?times=1")
+    assert c.getresponse().status == 200
+    status, body = g.complete("beta", "x")
+    assert status == 503 and "/collective_rpc" in body["error"]["message"], body
+    beta = g.stand_in("beta")
+    assert beta.asleep and beta.asleep_tags == {"weights", "kv_cache"}  # all of it given back
+    status, body = g.complete("beta", "y")
+    assert status == 200 and body["choices"][0]["text"].startswith("beta-0") and beta.reloads == 1
 
 
 def test_the_awake_model_goes_straight_through(group):

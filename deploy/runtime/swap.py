@@ -75,6 +75,7 @@ MODELS_HEADER = "x-vllm-compose-models"
 MAX_HELD = 2048  # held requests per model; beyond it: 503 (each holds its body, up to the router's 60 MiB)
 START_TIMEOUT = 1800.0  # how long a member's load may take before the next one's gate gives up (GLM-4.5-Air: ~15 min)
 POLL_S = 5.0  # how often members' sleep state is read (start-up, restarts)
+RESTART_MISSES = 3  # polls in a row without an answer: the member is taken for restarted (a busy one answers late)
 GATE_POLL_S = 2.0  # how often a start gate asks whether the member loading before it is up
 # How a member wakes, per sleep level: (method, path, body) in order, each answered 200 before the next.
 WAKE_STEPS = {
@@ -129,6 +130,7 @@ class Member:
         self.host, self.port = host, int(port)
         self.state = "starting"  # starting | awake | asleep | waking | sleeping
         self.warm = False  # its process has slept once (a server's first level-1 sleep is slow: see the docstring)
+        self.misses = 0  # state polls in a row it did not answer (RESTART_MISSES: a new process, its first sleep ahead)
         self.inflight = 0
         self.tasks: set[asyncio.Task] = set()  # forwarding tasks, cancelled when a drain runs out
         self.last_error = ""
@@ -284,11 +286,19 @@ class Group:
         m.wake_failures += 1
         m.last_error = _why(status, body) + ("" if self.level == 1 else f" (at {method} {path})")
         log(f"{m.service}: wake failed: {m.last_error}")
-        await self.control(m, "POST", f"/sleep?level={self.level}", self.wake_timeout)  # give back what it took
+        await self._give_back(m, partly=path != WAKE_STEPS[self.level][0][1])
         m.state = "asleep"
         self._fail(m, f"service {m.service} could not be woken: {m.last_error}")
         if previous is not None and previous is not m and not self.waiting:
             self.waiting.append(_Rewake(previous))  # the model that was awake comes back for its clients
+
+    async def _give_back(self, m: Member, partly: bool) -> None:
+        """After a failed wake: whatever it took on the GPU, back. PARTLY: a level-2 wake stopped after its first
+        step (the weights' memory awake, the KV cache not): vLLM's /sleep does nothing to a server still asleep in
+        part (its executor counts as sleeping), so the rest is woken first, then all of it put to sleep."""
+        if partly:
+            await self.control(m, "POST", "/wake_up", self.wake_timeout)
+        await self.control(m, "POST", f"/sleep?level={self.level}", self.wake_timeout)
 
     async def _release(self, m: Member) -> None:
         """M's held requests, in arrival order: each is on its way before the next is let go."""
@@ -374,12 +384,15 @@ class Group:
             except (ValueError, KeyError, TypeError):
                 seen[m] = None
         for m, sleeping in seen.items():
+            m.misses = m.misses + 1 if sleeping is None else 0
             if sleeping is None:  # not up (yet, or restarting); the awake one keeps its place: its requests say why
                 if m is not self.awake:
                     m.state = "starting"
-                m.warm = False  # a new process: its first sleep is ahead
+                if m.misses >= RESTART_MISSES:
+                    m.warm = False  # a new process: its first sleep is ahead
                 continue
             if sleeping:
+                m.warm = True  # a server comes up awake: one found asleep has slept
                 if m is self.awake:
                     self.awake = None  # it was put to sleep (or restarted asleep) behind our back
                 m.state = "asleep"
@@ -404,7 +417,8 @@ class Group:
         """Once every member is up, the awake one's first sleep, paid now rather than by the first request for
         another model: a server's first level-1 sleep allocates its pinned host buffers (GLM-4.7-Flash: 31.6 s,
         later sleeps 1.15 s; GLM-4.1V: 10.4 s, then 0.44 s; one H100, vLLM 0.26). The start gates pay it for every
-        other member. Its requests meanwhile are held, then released in order (the scheduler, after this poll)."""
+        other member. Its requests meanwhile are held, then released in order (the scheduler, after this poll);
+        a request for another model that came meanwhile finds it asleep, and that model wakes at once."""
         m.state = "sleeping"
         t0 = time.monotonic()
         status, body = await self.control(m, "POST", f"/sleep?level={self.level}", self.wake_timeout)
@@ -414,15 +428,25 @@ class Group:
             log(f"{m.service}: its first sleep, tried ahead, failed ({_why(status, body)}); it stays awake")
             return
         slept = time.monotonic() - t0
+        log(f"{m.service}: first sleep paid ahead in {slept:.2f}s")
+        if any(t.member is not m for t in self.waiting):
+            m.state, self.awake = "asleep", None  # another model was asked for: it is the one to wake
+            return
+        m.state = "waking"
         for method, path, payload in WAKE_STEPS[self.level]:
             status, body = await self.control(m, method, path, self.wake_timeout, payload)
+            if status != 200:
+                break
         if status != 200:
+            m.wake_failures += 1
+            m.last_error = _why(status, body)
+            log(f"{m.service}: woken after its first sleep, the wake failed ({m.last_error}); the next request "
+                "for it tries again")
+            await self._give_back(m, partly=False)
             m.state, self.awake = "asleep", None
-            log(f"{m.service}: woken after its first sleep, the wake failed ({_why(status, body)}); the next request "
-                "for it wakes it")
             return
         m.state, self.awake_since = "awake", time.monotonic()
-        log(f"{m.service}: first sleep paid ahead in {slept:.2f}s (woken again in {time.monotonic() - t0 - slept:.2f}s)")
+        log(f"{m.service}: awake again in {time.monotonic() - t0 - slept:.2f}s")
 
 
 class _Rewake(Ticket):

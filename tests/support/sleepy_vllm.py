@@ -12,12 +12,14 @@ vllm/v1/engine/core.py):
   (VLLM_API_KEY) guards only /v1, /v2 and /inference.
 - `POST /sleep?level=1|2[&mode=abort]` answers 200 once asleep (after --sleep-seconds); mode abort (the default)
   ends the requests still running: a stream gets a last chunk with finish_reason "abort", a plain request an
-  answer with finish_reason "abort". `POST /wake_up` answers 200 after --wake-seconds (level 2: twice that, the
-  weights reload). `GET /is_sleeping` -> {"is_sleeping": bool}. `/health` stays 200 while asleep.
+  answer with finish_reason "abort". `POST /wake_up` answers 200 after --wake-seconds (waking the weights' memory
+  takes that; a level-2 reload as long again). `GET /is_sleeping` -> {"is_sleeping": bool}. `/health` stays 200 while asleep.
 - Level 2 drops the weights (vllm/v1/worker/gpu_worker.py): `/wake_up` gives back unloaded memory and restores only
   the buffers, so the server answers from garbage (the stand-in's text then says `garbage-N`, not the service)
   until `POST /collective_rpc {"method": "reload_weights"}` reads them again. `/wake_up?tags=weights` and
-  `?tags=kv_cache` wake one part each (repeatable `tags`; none = both); the server is asleep until both are awake.
+  `?tags=kv_cache` wake one part each (repeatable `tags`; none = both); the server is asleep until both are awake,
+  and a `/sleep` then does nothing (vLLM's executor counts as sleeping and returns early), so a failed level-2 wake
+  must wake the rest before it can give the memory back. A wake of a server that is awake changes nothing.
 - A request that reaches a sleeping server is queued by its paused scheduler and runs after the wake (it hangs
   until then). The stand-in does the same, and counts each one (`served_while_asleep` in GET /stand-in/state):
   the controller must never send one.
@@ -26,7 +28,7 @@ vllm/v1/engine/core.py):
 
 Test controls (not vLLM's): GET /stand-in/state (state, counters, the order requests arrived in: their `user`
 field), POST /stand-in/fail-wake?times=N (the next N wakes answer 500 like a failed CUDA allocation, the server
-staying asleep).
+staying asleep), POST /stand-in/fail-reload?times=N (the next N reload_weights answer 500, as a missing file would).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class State:
         self.reloads = 0
         self.epoch = 0  # bumped by each sleep: requests of an older epoch are aborted
         self.fail_wakes = 0
+        self.fail_reloads = 0
         self.running = 0
         self.served = 0
         self.served_while_asleep = 0
@@ -132,6 +135,10 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.fail_wakes = int(query.get("times", ["1"])[0])
             return self._send(200, {"fail_wakes": st.fail_wakes})
+        if path == "/stand-in/fail-reload" and method == "POST":
+            with st.lock:
+                st.fail_reloads = int(query.get("times", ["1"])[0])
+            return self._send(200, {"fail_reloads": st.fail_reloads})
         if dev and path == "/is_sleeping" and method == "GET":
             with st.lock:
                 return self._send(200, {"is_sleeping": st.asleep})
@@ -142,6 +149,8 @@ class Handler(BaseHTTPRequestHandler):
                 st.lock.notify_all()
             time.sleep(a.sleep_seconds)
             with st.lock:
+                if st.asleep_tags:  # asleep, or asleep in part: nothing happens (vLLM logs "already sleeping")
+                    return self._send(200, "", "text/plain")
                 st.asleep, st.level, st.asleep_tags = True, level, {"weights", "kv_cache"}
                 st.weights_loaded = st.weights_loaded and level == 1
                 st.sleeps += 1
@@ -155,16 +164,21 @@ class Handler(BaseHTTPRequestHandler):
             if failing:
                 return self._send(500, {"error": "CUDA out of memory (stand-in: a failed wake asked for by the test)"})
             with st.lock:
+                was = bool(st.asleep_tags)
                 st.asleep_tags -= tags
                 st.asleep = bool(st.asleep_tags)
-                st.wakes += not st.asleep
+                st.wakes += was and not st.asleep
                 st.lock.notify_all()
             return self._send(200, "", "text/plain")
         if dev and path == "/collective_rpc" and method == "POST" and _rpc_method(body) == "reload_weights":
             with st.lock:
                 ready = "weights" not in st.asleep_tags
+                failing = st.fail_reloads > 0
+                st.fail_reloads -= failing
             if not ready:  # vLLM would write into memory it gave back
                 return self._send(500, {"error": "reload_weights while the weights are asleep (stand-in)"})
+            if failing:
+                return self._send(500, {"error": "FileNotFoundError: model-00001-of-00002.safetensors (stand-in)"})
             time.sleep(a.wake_seconds)  # the weights read again from disk
             with st.lock:
                 st.weights_loaded = True
