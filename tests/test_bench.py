@@ -163,10 +163,16 @@ def test_ctrl_c_stops_the_container_and_keeps_the_finished_levels(tmp_path, monk
         if second.wait(30):
             time.sleep(0.1)  # back to waiting for the container's output
         os.kill(os.getpid(), signal.SIGINT)
+    # Ctrl-C as a terminal delivers it: Python's own handler, whatever this run inherited (a shell without job
+    # control starts background jobs with SIGINT ignored, and Python then installs none)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=ctrl_c, daemon=True).start()
     t0 = time.monotonic()
-    results, code, interrupted = bench.run_levels([sys.executable, str(child)], tmp_path, dict(os.environ),
-                                                  lambda: stopped.append(time.monotonic()))
+    try:
+        results, code, interrupted = bench.run_levels([sys.executable, str(child)], tmp_path, dict(os.environ),
+                                                      lambda: stopped.append(time.monotonic()))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert interrupted and code == 130 and stopped and time.monotonic() - t0 < 30
     assert results == {1: {k: json.loads(level).get(k) for k in bench.KEEP}}
     assert "12.5" in bench.table(results)
