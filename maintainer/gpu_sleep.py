@@ -273,13 +273,17 @@ class Member:
         return {"from": was, "status": r["status"], "s": r["s"], **({"body": r["body"]} if r["status"] != 200 else {})}
 
     def engine_log(self) -> dict:
-        """The engine's own timings, from its log: fall-asleep and wake-up seconds, GiB freed / backed up."""
-        text = (OUT / f"sleep.{self.name}.log").read_text(errors="replace") if (OUT / f"sleep.{self.name}.log").exists() else ""
-        return {"sleep_s": [float(x) for x in re.findall(r"It took ([\d.]+) seconds to fall asleep", text)],
-                "wake_s": [float(x) for x in re.findall(r"It took ([\d.]+) seconds to wake up", text)],
-                "freed": re.findall(r"sleep freed ([\d.]+) GiB memory in total, of which ([\d.]+) GiB is backed up",
-                                    text),
-                "still_in_use_gib": re.findall(r"([\d.]+) GiB memory is still in use", text)}
+        return engine_log(f"sleep.{self.name}")
+
+
+def engine_log(name: str) -> dict:
+    """The engine's own timings, from server NAME's log: fall-asleep and wake-up seconds, GiB freed / backed up."""
+    path = OUT / f"{name}.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return {"sleep_s": [float(x) for x in re.findall(r"It took ([\d.]+) seconds to fall asleep", text)],
+            "wake_s": [float(x) for x in re.findall(r"It took ([\d.]+) seconds to wake up", text)],
+            "freed": re.findall(r"sleep freed ([\d.]+) GiB memory in total, of which ([\d.]+) GiB is backed up", text),
+            "still_in_use_gib": re.findall(r"([\d.]+) GiB memory is still in use", text)}
 
 
 # ------------------------------------------------------------------------------------------- controller

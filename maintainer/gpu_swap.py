@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "maintainer"))
 
 import gpu_sleep  # noqa: E402
-from gpu_sleep import KEY, call, left, now, prompt, smi, snapshot, stream  # noqa: E402
+from gpu_sleep import KEY, call, engine_log, left, now, prompt, smi, snapshot, stream  # noqa: E402
 from gpu_verify import OUT, Server, log, record  # noqa: E402
 
 import deploy  # noqa: E402
@@ -253,15 +253,6 @@ def warm_up(st: Stack, timeout: float = 300) -> dict:
             return out
         time.sleep(1)
     return {"error": f"no warm-up in the controller's log within {timeout:g} s"}
-
-
-def engine_log(name: str) -> dict:
-    """The engine's own sleep and wake seconds, and what a sleep freed, from its log."""
-    path = OUT / f"{name}.log"
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return {"sleep_s": [float(x) for x in re.findall(r"It took ([\d.]+) seconds to fall asleep", text)],
-            "wake_s": [float(x) for x in re.findall(r"It took ([\d.]+) seconds to wake up", text)],
-            "freed": re.findall(r"sleep freed ([\d.]+) GiB memory in total, of which ([\d.]+) GiB is backed up", text)[:1]}
 
 
 def quiet(st: Stack, n: int = 4) -> list[dict]:

@@ -266,13 +266,18 @@ class Group:
         self._fail(target, reason)
         return False
 
-    async def _wake(self, m: Member, previous: Member | None) -> None:
-        m.state = "waking"
-        t0 = time.monotonic()
+    async def _wake_steps(self, m: Member) -> tuple[int, str, str]:
+        """M's wake at this group's level (WAKE_STEPS), step by step: (status, body, the last step's 'METHOD PATH')."""
         for method, path, payload in WAKE_STEPS[self.level]:
             status, body = await self.control(m, method, path, self.wake_timeout, payload)
             if status != 200:
                 break
+        return status, body, f"{method} {path}"
+
+    async def _wake(self, m: Member, previous: Member | None) -> None:
+        m.state = "waking"
+        t0 = time.monotonic()
+        status, body, step = await self._wake_steps(m)
         if status == 200:
             seconds = time.monotonic() - t0
             m.state, m.last_error = "awake", ""
@@ -284,9 +289,10 @@ class Group:
             await self._release(m)
             return
         m.wake_failures += 1
-        m.last_error = _why(status, body) + ("" if self.level == 1 else f" (at {method} {path})")
+        m.last_error = _why(status, body) + ("" if self.level == 1 else f" (at {step})")
         log(f"{m.service}: wake failed: {m.last_error}")
-        await self._give_back(m, partly=path != WAKE_STEPS[self.level][0][1])
+        first = WAKE_STEPS[self.level][0]
+        await self._give_back(m, partly=step != f"{first[0]} {first[1]}")
         m.state = "asleep"
         self._fail(m, f"service {m.service} could not be woken: {m.last_error}")
         if previous is not None and previous is not m and not self.waiting:
@@ -433,10 +439,7 @@ class Group:
             m.state, self.awake = "asleep", None  # another model was asked for: it is the one to wake
             return
         m.state = "waking"
-        for method, path, payload in WAKE_STEPS[self.level]:
-            status, body = await self.control(m, method, path, self.wake_timeout, payload)
-            if status != 200:
-                break
+        status, body, _ = await self._wake_steps(m)
         if status != 200:
             m.wake_failures += 1
             m.last_error = _why(status, body)
