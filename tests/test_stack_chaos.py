@@ -84,6 +84,13 @@ def test_killed_engine_heals(stack):
     took = serving_again(client, t0)
     assert restarts(work) == before + 1, "serving again without one restart: the kill changed nothing"
     print(f"\nkill -9 EngineCore: restarted, serving again after {took:.0f}s", file=sys.stderr)
+    logs = compose(work, "logs", SERVICE).stdout
+    inits = re.findall(r"init engine \(profile, create kv cache, warmup model\) took (\S+) s", logs)
+    print(f"engine init, each start: {inits} s", file=sys.stderr)
+    # The restart found the compile cache its first start wrote (the image's VLLM_USE_AOT_COMPILE=0: vLLM 0.32's
+    # AOT cache never loads on CPU and every start traced the model again, ~60 s on 2 cores).
+    assert "Compiling model again due to a load failure" not in logs, logs[-3000:]
+    assert len(inits) >= 2, logs[-3000:]
 
 
 def test_stopped_engine_is_detected_and_healed(stack):

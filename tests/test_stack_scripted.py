@@ -289,25 +289,30 @@ def test_bodies_the_router_cannot_route_get_a_400_that_says_why(scripted):
 def test_streamed_chunks_arrive_as_the_server_sends_them(scripted):
     """SSE through the router, not buffered: the chunks of a 48-token stream (~12 KB) arrive spread over its
     duration, in many separate reads. A proxy that buffers the response delivers it in one burst at the end; one
-    that buffers 4-8 KB delivers two or three bursts. The server itself may bunch chunks when CI's two cores are
-    busy (a 2 s stall, then 30 chunks in one read, was seen), so the bar is bursts, not per-chunk gaps."""
+    that buffers 4-8 KB delivers two or three bursts, on every try. The server itself may bunch chunks when CI's two
+    cores are busy (a 2 s stall, then 30 or 44 chunks in one read, were seen), so the bar is bursts, not per-chunk
+    gaps, and a stream gets up to three tries: a buffering proxy fails all three, a stalled server rarely twice."""
     work, ports, key = scripted
     c = client(work, ports["router"], key)
-    t0 = time.monotonic()
-    arrivals = []
-    for chunk in c.chat.completions.create(model="smollm2-135m-instruct", stream=True, max_tokens=48, temperature=0,
-                                           messages=[{"role": "user", "content": "Tell me about Paris."}],
-                                           extra_body={"ignore_eos": True}):
-        if chunk.choices and chunk.choices[0].delta.content:
-            arrivals.append(time.monotonic() - t0)
-    total = arrivals[-1]
-    assert len(arrivals) >= 40, arrivals
-    gaps = [arrivals[i + 1] - arrivals[i] for i in range(len(arrivals) - 1)]
-    bursts = 1 + sum(g > 0.002 for g in gaps)  # runs of chunks read within 2 ms of each other
-    print(f"\nstream through the router: {len(arrivals)} chunks in {bursts} bursts, first at {arrivals[0]:.3f}s, "
-          f"last at {total:.3f}s, median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
-    assert arrivals[0] < 0.5 * total, arrivals
-    assert bursts >= 8, arrivals
+    tries = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        arrivals = []
+        for chunk in c.chat.completions.create(model="smollm2-135m-instruct", stream=True, max_tokens=48, temperature=0,
+                                               messages=[{"role": "user", "content": "Tell me about Paris."}],
+                                               extra_body={"ignore_eos": True}):
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic() - t0)
+        total = arrivals[-1]
+        assert len(arrivals) >= 40, arrivals
+        gaps = [arrivals[i + 1] - arrivals[i] for i in range(len(arrivals) - 1)]
+        bursts = 1 + sum(g > 0.002 for g in gaps)  # runs of chunks read within 2 ms of each other
+        print(f"\nstream through the router: {len(arrivals)} chunks in {bursts} bursts, first at {arrivals[0]:.3f}s, "
+              f"last at {total:.3f}s, median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
+        tries.append((bursts, [round(a, 3) for a in arrivals]))
+        if arrivals[0] < 0.5 * total and bursts >= 8:
+            return
+    pytest.fail(f"every stream arrived bunched (bursts, arrival times): {tries}")
 
 
 def test_a_rotated_key_works_and_the_old_one_is_refused_after_the_recreate(scripted):
