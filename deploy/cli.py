@@ -69,7 +69,7 @@ def cmd_render(a) -> int:
         if target.OUTPUT == "file":
             notes = write_file(out, rendered.files[""], d, rendered.env_files, rendered.host_folders)
         else:
-            notes = write_tree(out, rendered.files, MARKER, d if rendered.env_files else None)
+            notes = write_tree(out, rendered.files, MARKER, d, rendered.env_files)
     except WriteError as e:
         for line in str(e).splitlines():  # every problem, each on its line
             print(f"{a.spec}: {line}", file=sys.stderr)

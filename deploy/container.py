@@ -253,11 +253,10 @@ def batch(d: Deployment, s: Service) -> Container:
                                stop_grace=None, restarts=False, profiles=("batch",))
 
 
-def router_container(d: Deployment, address=lambda s: s.name, kubernetes: bool = False,
-                     extra_args: tuple[str, ...] = (), host: dict[str, int] | None = None) -> Container:
-    """HAProxy in front of every server (deploy/router.py); the only container a client reaches. ADDRESS names a
-    server as the target's network knows it; EXTRA_ARGS are the target's own (its name in the certificate); HOST,
-    for a target without a network of containers (systemd), each server's port on 127.0.0.1."""
+def router_container(d: Deployment, at: router.Placement = router.NETWORK, extra_args: tuple[str, ...] = ()) -> Container:
+    """HAProxy in front of every server (deploy/router.py); the only container a client reaches. AT is where the
+    target places it (how it reaches the servers, binds, looks); EXTRA_ARGS are the target's own (its name in the
+    certificate)."""
     r = d.router
     assert r is not None
     mounts: list[Mount] = [Mount(ROUTER_START, "router_start.py", "script", read_only=True)]
@@ -267,7 +266,7 @@ def router_container(d: Deployment, address=lambda s: s.name, kubernetes: bool =
     elif r.tls:  # the self-signed CA and pair, made at the first start and kept
         mounts.append(Mount(ROUTER_TLS_DIR, "./tls", "host", role="tls", create=True))
     files = tuple(File(f"router-{name.split('.')[0]}", f"{ROUTER_CONFIG_DIR}/{name}", content)
-                  for name, content in router.configs(d, kubernetes, address, host).items())
+                  for name, content in router.configs(d, at).items())
     scheme = "https" if r.tls else "http"
     return Container(
         ROUTER, ROUTER, "router", d.image("router"), ("python3", ROUTER_START), (*router.argv(d), *extra_args),

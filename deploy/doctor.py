@@ -305,10 +305,10 @@ def check_gpu_memory(d: Deployment) -> list[Line]:
 
 def check_host_ram(d: Deployment, meminfo: Path = Path("/proc/meminfo")) -> list[Line]:
     """Level-1 sleep keeps a sleeping server's weights in pinned host RAM, and every server's processes hold some of
-    their own: for each group taking turns, the most it holds at once (sharing.plan's host_ram_gb) against this
-    host's memory."""
-    p = sharing.plan(d)
-    if not p.turns:
+    their own: for each group taking turns, the most it holds at once (sharing.host_ram) against this host's
+    memory."""
+    groups = sharing.host_ram(d)
+    if not groups:
         return []
     try:
         info = {k: int(v.split()[0]) * 1024 / 1e9 for k, _, v in
@@ -317,7 +317,7 @@ def check_host_ram(d: Deployment, meminfo: Path = Path("/proc/meminfo")) -> list
     except (OSError, ValueError, KeyError, IndexError):
         return [Line(False, "host ram", f"cannot read {meminfo}.", "run doctor on the Linux host of the stack.")]
     lines = []
-    for g, (_, need) in zip(p.turns, p.host_ram_gb, strict=True):
+    for g, need in groups:
         who = ", ".join(g.members)
         if need is None:
             lines.append(Line(True, "host ram", f"{g.name} ({who}): a member's weights' size is not known, so the host "

@@ -14,12 +14,14 @@ into the container's own /run/router and execs HAProxy as an unprivileged user.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections.abc import Callable
 
 from . import swap_service
 from .facts import ROUTER_CONFIG_DIR, ROUTER_PORT, ROUTER_RUN_DIR, ROUTER_TLS_DIR, SERVER_PORT, SWAP, SWAP_KEY, SWAP_PORT
-from .resolve import Deployment
+from .resolve import Deployment, Service
 
 CONFIGS = ("haproxy.cfg", "backends.map", "scopes.map", "models.map", "lists.map")
 HEALTH = "/health"  # answered by the router itself
@@ -94,29 +96,32 @@ def maps(d: Deployment) -> dict[str, str]:
     }
 
 
-def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.name,
-                host: dict[str, int] | None = None) -> str:
-    """The router's HAProxy config. On compose, Docker's DNS follows servers that start, restart or stop. On
-    KUBERNETES, servers are their Services (ADDRESS: a service's name there) by full name in the router's own
-    namespace (HAProxy's resolver applies no search domains; cluster domain cluster.local), through the
-    cluster DNS of the pod's resolv.conf. On a HOST (the systemd target: service → its port there), no network of
-    containers: each server at 127.0.0.1 on its port, no resolver, and the router bound at the stack's bind address
-    on router.port, as compose publishes it."""
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a target puts the router: how HAProxy reaches each server, where it binds, which DNS (if any) follows
+    the servers, and what a user runs to look at them. Each target hands one to container.router_container;
+    compose's network of containers (NETWORK) is the default."""
+    server: Callable[[Service], str]  # a server's address:port on its `server` line
+    look: Callable[[list[Service]], str]  # the command showing those servers (a model's 503 names it)
+    logs: str  # where a crashed server's story is (the 502 names it)
+    bind: str = f":{ROUTER_PORT}"
+    resolver: str = ""  # the `resolvers` section that follows the servers at run time; "" for fixed addresses
+    dns: tuple[str, ...] = ()  # that section: a comment, then its lines
+
+
+# Compose: Docker's DNS follows servers that start, restart (new address) or stop, by their service names.
+NETWORK = Placement(
+    server=lambda s: f"{s.name}:{SERVER_PORT}",
+    look=lambda servers: f"docker compose ps {' '.join(s.name for s in servers)}",
+    logs="docker compose ps; docker compose logs SERVICE",
+    resolver="docker",
+    dns=("# Docker's DNS: servers that start later, restart with a new address or stop are followed at run time.",
+         "  nameserver dns 127.0.0.11:53"))
+
+
+def haproxy_cfg(d: Deployment, at: Placement = NETWORK) -> str:
+    """The router's HAProxy config, placed AT (Placement: compose's network by default)."""
     assert d.router is not None
-    resolver = "cluster" if kubernetes else "docker"
-
-    def server(s) -> str:  # HAProxy expands ${POD_NAMESPACE} (the Deployment sets it) inside double quotes
-        if host is not None:
-            return f"127.0.0.1:{host[s.name]}"
-        return f'"{address(s)}.${{POD_NAMESPACE}}.svc.cluster.local:{SERVER_PORT}"' if kubernetes \
-            else f"{address(s)}:{SERVER_PORT}"
-
-    def check(servers) -> str:
-        if kubernetes:
-            return f"kubectl get pods -l 'app.kubernetes.io/name in ({','.join(address(s) for s in servers)})'"
-        if host is not None:
-            return f"systemctl status {' '.join(f'{s.name}.service' for s in servers)}"
-        return f"docker compose ps {' '.join(s.name for s in servers)}"
     r = d.router
     c = ROUTER_CONFIG_DIR
     behind = swap_service.members(d)  # services taking turns: reached through the controller
@@ -124,8 +129,7 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
     skip = " !{ var(txn.models) -m found }" if behind else ""
     var = "%[var(txn.model),bytes(0,100),json(utf8s)]"  # the client's model, cut and escaped for JSON
     names = f"%[var(txn.keyname),map({c}/lists.map)]"
-    at = (f"[{d.bind_address}]" if ":" in d.bind_address else d.bind_address) if host is not None else ""
-    bind = f"bind {at}:{r.port if host is not None else ROUTER_PORT}" + (f" ssl crt {ROUTER_RUN_DIR}/router.pem ssl-min-ver TLSv1.2" if r.tls else "")
+    bind = f"bind {at.bind}" + (f" ssl crt {ROUTER_RUN_DIR}/router.pem ssl-min-ver TLSv1.2" if r.tls else "")
     lines = [
         "# Rendered by vllm-deploy from the spec's `router:` section (deploy/router.py). HAProxy 2.6, Debian bookworm.",
         "global",
@@ -134,16 +138,8 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         f"  tune.bufsize {BUFSIZE}",
         f"  tune.maxrewrite {MAXREWRITE}",
         "",
-        *([] if host is not None else [
-            *(["# The cluster's DNS (the pod's resolv.conf): Services created later are followed at run time.",
-               f"resolvers {resolver}", "  parse-resolv-conf"] if kubernetes else [
-                "# Docker's DNS: servers that start later, restart with a new address or stop are followed at run time.",
-                f"resolvers {resolver}",
-                "  nameserver dns 127.0.0.11:53"]),
-            "  hold valid 10s",
-            "  hold nx 1s",
-            "  hold other 1s",
-            ""]),
+        *([at.dns[0], f"resolvers {at.resolver}", *at.dns[1:], "  hold valid 10s", "  hold nx 1s", "  hold other 1s", ""]
+          if at.resolver else []),
         "defaults",
         "  mode http",
         "  log global",
@@ -164,12 +160,10 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
         # Health: vLLM's /health every 2 s (0.5 s after a failure); a refused connection of a real request marks
         # the server down at once. Replicas that are down get nothing; a model with none up answers 503.
         "  default-server check inter 2s fastinter 500ms downinter 1s rise 1 fall 2 observe layer4 error-limit 1 "
-        "on-error mark-down" + (f" resolvers {resolver} resolve-prefer ipv4 init-addr libc,none" if host is None else ""),
+        "on-error mark-down" + (f" resolvers {at.resolver} resolve-prefer ipv4 init-addr libc,none" if at.resolver else ""),
         "  http-error status 502 content-type application/json string " + _quoted(_error(
             502, "the model's server closed the connection without an answer (it crashed or restarted). "
-                 + ("Check: kubectl get pods; kubectl logs POD" if kubernetes else
-                    "Check: systemctl status SERVICE; journalctl -u SERVICE" if host is not None else
-                    "Check: docker compose ps; docker compose logs SERVICE"), "server_error")),
+                 + f"Check: {at.logs}", "server_error")),
         "  http-error status 504 content-type application/json string " + _quoted(_error(
             504, f"the model's server sent nothing for {TIMEOUT}", "server_error")),
         "  http-error status 408 content-type application/json string " + _quoted(_error(
@@ -240,8 +234,8 @@ def haproxy_cfg(d: Deployment, kubernetes: bool = False, address=lambda s: s.nam
              else "  http-request del-header Authorization"),
             "  http-error status 503 content-type application/json string " + _quoted(_error(
                 503, f"model {served}: no server is up ({down}: starting, stopped, or failing /health). "
-                     f"Check: {check(servers)}", "service_unavailable", "model_unavailable")),
-            *(f"  server {s.name} {server(s)}" for s in servers),
+                     f"Check: {at.look(servers)}", "service_unavailable", "model_unavailable")),
+            *(f"  server {s.name} {at.server(s)}" for s in servers),
         ]
     if behind:
         lines += _swap_backend(SWAP_BACKEND, "the model list")
@@ -281,11 +275,10 @@ def _dev_routes(d: Deployment) -> list[str]:
         + f" if {{ path,url_dec,lower -m reg ^/+({names})/*$ }}"]
 
 
-def configs(d: Deployment, kubernetes: bool = False, address=lambda s: s.name,
-            host: dict[str, int] | None = None) -> dict[str, str]:
+def configs(d: Deployment, at: Placement = NETWORK) -> dict[str, str]:
     """Every file of the router's config (compose configs, a ConfigMap, files bound by a unit), by file name (mounted
     in ROUTER_CONFIG_DIR)."""
-    return {"haproxy.cfg": haproxy_cfg(d, kubernetes, address, host), **maps(d)}
+    return {"haproxy.cfg": haproxy_cfg(d, at), **maps(d)}
 
 
 def argv(d: Deployment) -> list[str]:

@@ -375,6 +375,11 @@ def _dedupe(d: _Draft) -> None:
     d.problems[:] = list(dict.fromkeys(d.problems))
 
 
+def host_ram(d: Deployment) -> list[tuple[TurnGroup, float | None]]:
+    """Each turn group of D (planned once, Deployment.turns) with the host RAM its members take at worst."""
+    return [(g, _host_ram(g, list(d.services))) for g in d.turns]
+
+
 def _host_ram(group: TurnGroup, services: list[Service]) -> float | None:
     """GB of host RAM the members take at worst: SERVER_HOST_GB each, and at level 1 (level 2 keeps no weights)
     HOST_RAM_FACTOR x its weights in pinned host RAM, which its process keeps once it has slept, awake or not.

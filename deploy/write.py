@@ -196,33 +196,37 @@ def check_host_folders(folder: Path, d: Deployment) -> None:
         raise WriteError("\n".join(dict.fromkeys(problems)))
 
 
-def write_file(out: Path, text: str, d: Deployment, env_files: bool = True, host_folders: bool = True) -> list[str]:
-    """A one-file target's output (compose.yaml) at OUT, the env files beside it (keys they lack, in those this tool
-    made), and the host folders the services mount that are missing (made by the user who renders, so that the
-    containers' user can read and write them: Docker would create them owned by root). Every check first. Returns
-    what to tell the user."""
-    if env_files:
-        check_env_files(out.parent, list(d.env_files()), out)  # every env file read and checked before any write
+def write_file(out: Path, text: str, d: Deployment, env_files: frozenset[str] = frozenset(),
+               host_folders: bool = True) -> list[str]:
+    """A one-file target's output (compose.yaml) at OUT, the ENV_FILES (of Deployment.env_files) beside it (keys they
+    lack, in those this tool made), and the host folders the services mount that are missing (made by the user who
+    renders, so that the containers' user can read and write them: Docker would create them owned by root). Every
+    check first. Returns what to tell the user."""
+    check_env_files(out.parent, _wanted(d, env_files), out)  # every env file read and checked before any write
     if host_folders:
         check_host_folders(out.parent, d)
     atomic_write(out, text)
-    notes = write_env_files(out.parent, d) if env_files else []
+    notes = write_env_files(out.parent, d, env_files)
     notes.append(f"wrote {out}")
     return notes + (make_host_folders(out.parent, d) if host_folders else [])
 
 
-def write_env_files(folder: Path, d: Deployment) -> list[str]:
-    """The env files in FOLDER (checked by check_env_files first): each created (mode 0600) or given the keys it
-    lacks. Returns what to tell the user."""
-    files = [(folder / f, names, readers) for f, names, readers in d.env_files()]
+def _wanted(d: Deployment, names: frozenset[str]) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    return [x for x in d.env_files() if x[0] in names]
+
+
+def write_env_files(folder: Path, d: Deployment, names: frozenset[str]) -> list[str]:
+    """The env files NAMES (of Deployment.env_files) in FOLDER, checked by check_env_files first: each created (mode
+    0600) or given the keys it lacks. Returns what to tell the user."""
+    files = [(folder / f, held, readers) for f, held, readers in _wanted(d, names)]
     notes = []
     main = folder / d.env_file
     # Before the keys were split by reader, env_file held them all: a key found there keeps its value.
     older = envfile.read(main) if main.is_file() else {}
     moved: list[str] = []
-    for env, names, readers in files:
+    for env, held, readers in files:
         existed = env.exists()
-        added, carried, missing = ensure_env_file(env, names, older if env != main else None)
+        added, carried, missing = ensure_env_file(env, held, older if env != main else None)
         moved += carried
         if added or carried:
             notes.append(f"{'added to' if existed else 'created'} {env} (mode 0600): "
@@ -291,11 +295,12 @@ def writable_by_job(folder: Path) -> list[str]:
             f"there; or `sudo chown {JOB_UID} {folder}` and chmod 755 it"]
 
 
-def write_tree(out: Path, files: dict[str, str], marker: str, d: Deployment | None = None) -> list[str]:
+def write_tree(out: Path, files: dict[str, str], marker: str, d: Deployment | None = None,
+               env_files: frozenset[str] = frozenset()) -> list[str]:
     """FILES (paths relative to the folder OUT → text) written atomically. Every path is checked before anything is
     written: a file already there is replaced only if its first line carries MARKER (a file this tool made); a
-    folder, a link, a FIFO or any other non-file in the way, or a file where a folder is needed, is refused. With D,
-    the stack's env files go beside them (created mode 0600, or given the keys they lack). Returns what to tell the
+    folder, a link, a FIFO or any other non-file in the way, or a file where a folder is needed, is refused. The
+    ENV_FILES of D's go beside them (created mode 0600, or given the keys they lack). Returns what to tell the
     user."""
     problems = []
     if out.is_symlink() or (out.exists() and not out.is_dir()):
@@ -327,7 +332,7 @@ def write_tree(out: Path, files: dict[str, str], marker: str, d: Deployment | No
         raise WriteError("\n".join(f"{p}; nothing was written. Fix: move it away or choose an empty folder with -o."
                                    for p in dict.fromkeys(problems)))
     if d is not None:
-        check_env_files(out, list(d.env_files()))
+        check_env_files(out, _wanted(d, env_files))
     for rel, text in files.items():
         atomic_write(out / rel, text)
-    return write_env_files(out, d) if d is not None else []
+    return write_env_files(out, d, env_files) if d is not None else []

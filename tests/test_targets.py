@@ -257,6 +257,30 @@ def test_systemd_server_ports_never_take_the_routers_or_pass_65535(tmp_path, cap
     assert message in capsys.readouterr().err and not (tmp_path / "u").exists()
 
 
+def test_systemd_server_port_without_a_router_is_refused(tmp_path, capsys):
+    """--server-port places servers behind the router; without one each server keeps its spec port, so the option
+    would change nothing: refused naming it, nothing written."""
+    assert cli.main(["render", str(ROOT / "tests/stacks/vision-cpu.yaml"), "--target", "systemd", "--server-port", "9000",
+                     "-o", str(tmp_path / "u")]) == 1
+    err = capsys.readouterr().err
+    assert "--server-port 9000: it places the servers behind a router, and this spec has none" in err
+    assert "Fix: leave out --server-port" in err and not (tmp_path / "u").exists()
+
+
+def test_systemd_writes_only_the_env_files_its_units_read(tmp_path, capsys):
+    """With monitoring dropped no unit reads Grafana's password: grafana.env is not made (compose, which renders
+    Grafana, makes it). Every EnvironmentFile= a unit names is there, mode 0600, but the user's own hub.env."""
+    spec = ROOT / "tests/stacks/scripted-cpu.yaml"
+    assert cli.main(["render", str(spec), "--target", "systemd", "--drop", "monitoring", "-o", str(tmp_path / "u")]) == 0
+    made = {p.name for p in (tmp_path / "u").glob("*.env")}
+    read = {line.rpartition("/")[2] for unit in (tmp_path / "u").glob("*.service")
+            for line in unit.read_text().splitlines() if line.startswith("EnvironmentFile=")}
+    assert made == read - {facts.HUB_ENV_FILE} and "grafana.env" not in made and {"secrets.env", "router-keys.env"} <= made, (made, read)
+    assert all((tmp_path / "u" / f).stat().st_mode & 0o777 == 0o600 for f in made)
+    assert cli.main(["render", str(spec), "-o", str(tmp_path / "c" / "compose.yaml")]) == 0
+    assert (tmp_path / "c" / "grafana.env").is_file()
+
+
 def test_systemd_router_tls_paths_are_bound_or_refused(tmp_path, capsys):
     """The spec's own certificate and key are bound read-only where router_start.py reads them (a relative one under
     --state-dir, said in the notes); a path with ':' (BindPaths='s separator) is refused naming it."""

@@ -45,7 +45,7 @@ class Request:
 @dataclass(frozen=True)
 class Rendered:
     files: dict[str, str]  # path relative to the output (a file target: the one key "") → text, header included
-    env_files: bool = False  # the writer creates the env files (Deployment.env_files) beside the output, mode 0600
+    env_files: frozenset[str] = frozenset()  # those of Deployment.env_files the files read: the writer makes them, 0600
     host_folders: bool = False  # the writer creates the host folders the services mount (media, batch)
     notes: tuple[str, ...] = ()  # what to tell the user after the write
 

@@ -37,7 +37,8 @@ def options(group) -> None:
 
 
 def render(d: Deployment, request: Request) -> Rendered:
-    return Rendered({"": compose_yaml(d, header(request.spec), request.context)}, env_files=True, host_folders=True)
+    return Rendered({"": compose_yaml(d, header(request.spec), request.context)},
+                    env_files=frozenset(f for f, _, _ in d.env_files()), host_folders=True)
 
 
 def _lit(text: str) -> str:

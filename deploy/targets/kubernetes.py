@@ -23,7 +23,7 @@ import math
 import re
 from typing import Any
 
-from .. import container, dashboards, monitoring, numbers, runtime
+from .. import container, dashboards, monitoring, numbers, router, runtime
 from ..container import Container
 from ..facts import (
     GRAFANA,
@@ -329,6 +329,16 @@ def batch_objects(d: Deployment, s: Service) -> list[dict[str, Any]]:
     ]
 
 
+# The router in a namespace: servers are their Services by full name in its own namespace (HAProxy's resolver applies
+# no search domains; cluster domain cluster.local; HAProxy expands ${POD_NAMESPACE}, which the Deployment sets, inside
+# double quotes), through the cluster DNS of the pod's resolv.conf.
+PLACEMENT = router.Placement(
+    server=lambda s: f'"{object_name(s)}.${{POD_NAMESPACE}}.svc.cluster.local:{SERVER_PORT}"',
+    look=lambda servers: f"kubectl get pods -l 'app.kubernetes.io/name in ({','.join(object_name(s) for s in servers)})'",
+    logs="kubectl get pods; kubectl logs POD",
+    resolver="cluster",
+    dns=("# The cluster's DNS (the pod's resolv.conf): Services created later are followed at run time.",
+         "  parse-resolv-conf"))
 ROUTER_CONFIG = "vllm-compose-router"  # ConfigMap: haproxy.cfg and the maps (deploy/router.py)
 ROUTER_TLS_SECRET = "vllm-compose-router-tls"  # router.tls.cert/key: kubectl create secret tls ... --cert --key
 ROUTER_TLS_SIZE = "16Mi"  # the self-signed CA and pair, kept across restarts
@@ -344,7 +354,7 @@ def router_objects(d: Deployment, watched: bool = False) -> list[dict[str, Any]]
     name = ROUTER
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "vllm-compose"}
     # Its Service name in the self-signed certificate too, so that in-cluster clients verify it.
-    c = container.router_container(d, address=object_name, kubernetes=True,
+    c = container.router_container(d, PLACEMENT,
                                    extra_args=(f"--host={name}.$(POD_NAMESPACE).svc",) if r.tls and not r.tls.cert else ())
     files = {f.target.rpartition("/")[2]: f.content for f in c.files}
     mounts = [{"name": "config", "mountPath": f.target, "subPath": f.target.rpartition("/")[2], "readOnly": True}

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from .. import container, numbers, runtime, swap_service
+from .. import container, numbers, router, runtime, swap_service
 from ..container import Container
 from ..facts import ROUTER_RUN_DIR, SERVER_PORT, fetch_name
 from ..resolve import Deployment
@@ -57,7 +57,7 @@ def options(group) -> None:
                        help=f"systemd: where the weights and the compile cache live (default: {STATE_DIR})")
     group.add_argument("--prefix", default=PREFIX, metavar="DIR",
                        help=f"systemd: where this output folder is installed (default: {PREFIX})")
-    group.add_argument("--server-port", type=_port, default=SERVER_PORTS, metavar="N",
+    group.add_argument("--server-port", type=_port, default=None, metavar="N",
                        help="systemd: behind the router, the servers listen on 127.0.0.1 from this port on, one each in "
                             f"spec order (default: {SERVER_PORTS})")
 
@@ -109,6 +109,16 @@ def host_ports(d: Deployment, first: int = SERVER_PORTS) -> dict[str, int]:
     if d.router is None:
         return {s.name: s.port for s in d.services if s.port is not None}
     return {s.name: first + i for i, s in enumerate(d.services)}
+
+
+def placement(d: Deployment, ports: dict[str, int]) -> router.Placement:
+    """The router on a host: no network of containers, so no resolver; each server at 127.0.0.1 on its port (PORTS),
+    the router bound at the stack's bind address on router.port, as compose publishes it."""
+    assert d.router is not None
+    bind = f"[{d.bind_address}]" if ":" in d.bind_address else d.bind_address
+    return router.Placement(server=lambda s: f"127.0.0.1:{ports[s.name]}",
+                            look=lambda servers: f"systemctl status {' '.join(f'{s.name}.service' for s in servers)}",
+                            logs="systemctl status SERVICE; journalctl -u SERVICE", bind=f"{bind}:{d.router.port}")
 
 
 def _host_argv(c: Container, d: Deployment, python: str, ports: dict[str, int]) -> list[str]:
@@ -236,8 +246,12 @@ def _unit_names(d: Deployment) -> list[str]:
 def render(d: Deployment, request: Request) -> Rendered:
     o = {"python": request.options.get("python", PYTHON), "state_dir": request.options.get("state_dir", STATE_DIR),
          "prefix": request.options.get("prefix", PREFIX)}
-    first = request.options.get("server_port", SERVER_PORTS)
+    first = request.options.get("server_port") or SERVER_PORTS
     problems = []
+    if d.router is None and request.options.get("server_port") is not None:
+        problems.append(f"--server-port {first}: it places the servers behind a router, and this spec has none: each "
+                        "server listens on its own services.NAME.port. Fix: leave out --server-port, or add a `router:` "
+                        "section to the spec.")
     for key in ("python", "state_dir", "prefix"):
         try:
             o[key] = _absolute(o[key], key.replace("_", "-"))
@@ -272,7 +286,7 @@ def render(d: Deployment, request: Request) -> Rendered:
     problems += _unit_names(d)
     containers = container.containers(d, jobs=False, routed=False, watched=False)
     if d.router is not None and not problems:
-        containers.append(container.router_container(d, host=ports))
+        containers.append(container.router_container(d, placement(d, ports)))
     texts: dict[str, str] = {}
     if not problems:
         try:
@@ -320,4 +334,5 @@ def render(d: Deployment, request: Request) -> Rendered:
             notes.append(f"warning: router.port {d.router.port} is below 1024, which HAProxy, running as {user}, cannot "
                          "bind on a host by default. Fix: a router.port from 1024 up, or allow it on this host: sudo "
                          f"sysctl -w net.ipv4.ip_unprivileged_port_start={d.router.port} (and in /etc/sysctl.d/)")
-    return Rendered(files, env_files=True, notes=tuple(notes))
+    # Only the env files a unit reads (grafana.env not, with monitoring dropped).
+    return Rendered(files, env_files=frozenset(f for c in containers for f, _ in c.env_files), notes=tuple(notes))
