@@ -132,3 +132,15 @@ def test_the_build_context_holds_no_secret_or_result(rendered, docker):
     bad = [n for n in files if n.endswith((".env", ".pem", "smoke.xml", "smoke.md")) or "tls" in Path(n).parts
            or re.search(r"(^|/)(bench/[^/]+\.json|batch/[^/]+/(input|output)/)", n)]
     assert bad == []
+
+
+def test_a_venv_that_is_a_link_stays_out_of_git(tmp_path):
+    """The README's `.venv` may be a symbolic link to a venv elsewhere (a second checkout sharing one): git must not
+    see it either. A link is not a folder to git, so a `.venv/` pattern let one through (and a commit of it, checked
+    out over a real venv, replaced the venv with a link)."""
+    git(tmp_path, "init", "-q")
+    (tmp_path / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / ".venv").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "x").write_text("x")
+    assert ".venv" not in git(tmp_path, "status", "--porcelain", "--untracked-files=all")
