@@ -142,6 +142,15 @@ def cmd_rotate_keys(a) -> int:
     # the router).
     groups = [(workdir / f, tuple(n for n in held if n in names), readers) for f, held, readers in d.env_files()]
     groups = [g for g in groups if g[1]]
+    # Every key (no --key): an env file the folder lacks is one nothing rendered there reads (systemd with
+    # --drop monitoring makes no grafana.env); its keys are left, and said so. None there at all: render first.
+    absent = [g for g in groups if not a.key and not g[0].exists() and not g[0].is_symlink()]
+    if absent and len(absent) < len(groups):
+        groups = [g for g in groups if g not in absent]
+        for path, held, _ in absent:
+            print(f"{shown(str(path))} is not there (nothing rendered into {shown(a.dir)} reads it): "
+                  f"{', '.join(held)} not rotated.", file=sys.stderr)
+        names = tuple(n for _, held, _ in groups for n in held)
     for path, _, _ in groups:
         if (what := _not_a_file(path)) or path.is_symlink():
             print(f"{a.spec}: {shown(str(path))} is {what or 'a symbolic link'}, not an env file this tool made; nothing "

@@ -108,6 +108,9 @@ class Placement:
     resolver: str = ""  # the `resolvers` section that follows the servers at run time; "" for fixed addresses
     dns: tuple[str, ...] = ()  # that section: a comment, then its lines
 
+    def __post_init__(self) -> None:
+        assert not self.resolver or len(self.dns) >= 2, "a resolver's section: a comment, then at least one line"
+
 
 # Compose: Docker's DNS follows servers that start, restart (new address) or stop, by their service names.
 NETWORK = Placement(
@@ -248,7 +251,8 @@ SWAP_BACKEND = "_swap"  # GET /v1/models with turns; a served name's backend nev
 
 
 def _swap_backend(backend: str, what: str) -> list[str]:
-    """A backend whose one server is the turn-taking controller, called with its own key (from its env file)."""
+    """A backend whose one server is the turn-taking controller, called with its own key (from its env file). On the
+    stack's network only (compose): the other targets refuse services taking turns, so no Placement names it."""
     return [
         "",
         f"backend {backend}",

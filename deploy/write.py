@@ -219,6 +219,8 @@ def write_env_files(folder: Path, d: Deployment, names: frozenset[str]) -> list[
     """The env files NAMES (of Deployment.env_files) in FOLDER, checked by check_env_files first: each created (mode
     0600) or given the keys it lacks. Returns what to tell the user."""
     files = [(folder / f, held, readers) for f, held, readers in _wanted(d, names)]
+    if not files:  # a target that writes none (Kubernetes: a Secret from them): nothing here is read
+        return []
     notes = []
     main = folder / d.env_file
     # Before the keys were split by reader, env_file held them all: a key found there keeps its value.

@@ -281,6 +281,30 @@ def test_systemd_writes_only_the_env_files_its_units_read(tmp_path, capsys):
     assert (tmp_path / "c" / "grafana.env").is_file()
 
 
+def test_a_kubernetes_render_reads_no_env_file_in_its_folder(tmp_path, capsys):
+    """Kubernetes writes no env file (the keys become a Secret): a secrets.env in the output folder that is not
+    UTF-8 is neither read nor touched."""
+    out = tmp_path / "k"
+    out.mkdir()
+    (out / "secrets.env").write_bytes(b"VLLM_API_KEY=\xff\xfe\n")
+    assert cli.main(["render", str(ROOT / "deploy/stacks/default.yaml"), "--target", "kubernetes", "-o", str(out)]) == 0
+    assert (out / "secrets.env").read_bytes() == b"VLLM_API_KEY=\xff\xfe\n" and "Traceback" not in capsys.readouterr().err
+
+
+def test_rotate_keys_in_a_systemd_folder_without_grafana_rotates_the_keys_there(tmp_path, capsys):
+    """`rotate-keys` (every key) in a folder rendered with --drop monitoring: the keys of the env files there get new
+    values, Grafana's password (no file, no reader) is named as not rotated; nothing else is made."""
+    spec, out = ROOT / "tests/stacks/scripted-cpu.yaml", tmp_path / "u"
+    assert cli.main(["render", str(spec), "--target", "systemd", "--drop", "monitoring", "-o", str(out)]) == 0
+    before = {p.name: p.read_text() for p in out.glob("*.env")}
+    capsys.readouterr()
+    assert cli.main(["rotate-keys", str(spec), "--dir", str(out)]) == 0
+    err = capsys.readouterr().err
+    after = {p.name: p.read_text() for p in out.glob("*.env")}
+    assert set(after) == set(before) and all(after[f] != before[f] for f in before), err
+    assert "grafana.env is not there" in err and "GF_SECURITY_ADMIN_PASSWORD not rotated" in err, err
+
+
 def test_systemd_router_tls_paths_are_bound_or_refused(tmp_path, capsys):
     """The spec's own certificate and key are bound read-only where router_start.py reads them (a relative one under
     --state-dir, said in the notes); a path with ':' (BindPaths='s separator) is refused naming it."""

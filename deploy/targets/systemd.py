@@ -18,7 +18,7 @@ paths are the container's; only --host/--port become the published address, sinc
   self-signed pair in --state-dir/tls), writes the keys' hashes into its own runtime folder /run/router and runs
   HAProxy as the user `router`; a preflight names the fix when haproxy, that user or (self-signed TLS) the Python
   cryptography package is missing. With no network of containers, the servers behind it listen on 127.0.0.1 from
-  --server-port on (one port each, in spec order), and haproxy.cfg names them there (router.py's host form); the
+  --server-port on (one port each, in spec order), and haproxy.cfg names them there (`placement`, below); the
   router binds the stack's bind address on router.port. Stopped with HAProxy's soft stop (SIGUSR1) and the router's
   grace, like the container.
 
